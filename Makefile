@@ -1,0 +1,48 @@
+# Set-up and checks for wcs. `make run` and `make test` work on a fresh Debian machine (run as root or with sudo).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= etc/flashphoner.properties
+APT_PACKAGES := ffmpeg
+
+.PHONY: venv system-deps run test unit integration lint bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# compat mode puts the checkout itself on sys.path, so twistd finds twisted/plugins/wcs_plugin.py
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Real peers the integration tests drive (ffmpeg as the RTMP encoder).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+run: venv
+	$(VENV)/bin/twistd -n --pidfile= wcs --config $(CONFIG)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: venv system-deps
+	$(VENV)/bin/pytest -q tests/integration
+
+test: venv system-deps lint
+	$(VENV)/bin/pytest -q tests
+
+bench: venv system-deps
+	$(PY) bench/snapshot_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""Per-stream video decoding with PyAV: one codec context per stream, used by one thread at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av
+import av.error
+from av.video.frame import VideoFrame
+
+from wcs.media.units import MediaUnit, VideoParams
+from wcs.streams import Gop
+
+# Codec names of MediaUnit/VideoParams -> FFmpeg decoder names.
+DECODERS = {"H264": "h264", "VP8": "vp8"}
+
+
+def can_decode(codec: str) -> bool:
+    return codec in DECODERS
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedFrame:
+    """A fully decoded picture and where it came from (GOP sequence number and unit pts)."""
+
+    frame: VideoFrame
+    gop_seq: int
+    pts: int
+
+
+class StreamDecoder:
+    """Decodes one stream's GOP cache incrementally, remembering how far it got.
+
+    Not thread-safe by design: the snapshot service runs at most one job per stream at a time.
+    A decoder that keeps up with the stream costs one decode per frame; one that falls a GOP
+    behind jumps to the newest keyframe instead of decoding what nobody will see.
+    """
+
+    def __init__(self) -> None:
+        self._ctx: av.CodecContext | None = None
+        self._params: VideoParams | None = None
+        self._gop_seq = -1
+        self._pos = 0
+        self.latest: DecodedFrame | None = None
+        self.frames_decoded = 0
+        self.errors = 0
+
+    def _open(self, params: VideoParams) -> None:
+        name = DECODERS.get(params.codec)
+        if name is None:
+            raise ValueError(f"no decoder for codec {params.codec}")
+        ctx = av.CodecContext.create(name, "r")
+        if params.extradata:
+            ctx.extradata = params.extradata
+        # Frame threading would add one frame of delay per thread: freshness matters more here,
+        # and streams already decode in parallel on the pool.
+        ctx.thread_count = 1
+        self._ctx = ctx
+        self._params = params
+        self._gop_seq = -1
+        self._pos = 0
+        self.latest = None
+
+    def reset(self) -> None:
+        """Forget all decoder state (after an error); the next job starts at a keyframe."""
+        self._ctx = None
+        self._params = None
+        self._gop_seq = -1
+        self._pos = 0
+        self.latest = None
+
+    def _feed(self, ctx: av.CodecContext, unit: MediaUnit | None, gop_seq: int) -> None:
+        packet: av.Packet | None = None
+        if unit is not None:
+            packet = av.Packet(unit.data)
+            packet.pts = unit.pts
+            packet.dts = unit.dts
+            packet.time_base = unit.time_base
+        try:
+            frames = ctx.decode(packet)
+        except av.error.FFmpegError:
+            self.errors += 1
+            return
+        for frame in frames:
+            self.frames_decoded += 1
+            # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
+            if frame.is_corrupt or frame.pts is None:
+                continue
+            assert isinstance(frame, VideoFrame)
+            self.latest = DecodedFrame(frame, gop_seq, frame.pts)
+
+    def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
+        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame out."""
+        if self._ctx is None or gop.params is not self._params:
+            self._open(gop.params)
+        ctx = self._ctx
+        assert ctx is not None
+        if gop.seq != self._gop_seq:
+            if gop.seq < self._gop_seq:
+                raise ValueError("GOP sequence went backwards")
+            self._gop_seq = gop.seq
+            self._pos = 0
+        for unit in gop.units[self._pos : end]:
+            self._feed(ctx, unit, gop.seq)
+        self._pos = max(self._pos, end)
+        return self.latest
+
+    def newest(self, gop: Gop, end: int) -> DecodedFrame | None:
+        """Like catch_up, but never returns a picture older than the GOP's keyframe.
+
+        Right after a keyframe the decoder may still hold it for B-frame reordering; draining
+        releases it at the price of decoding this GOP's first frames again next time.
+        """
+        frame = self.catch_up(gop, end)
+        keyframe_pts = gop.units[0].pts
+        if frame is not None and frame.gop_seq == gop.seq and frame.pts >= keyframe_pts:
+            return frame
+        ctx = self._ctx
+        assert ctx is not None
+        self._feed(ctx, None, gop.seq)
+        ctx.flush_buffers()
+        self._pos = 0
+        frame = self.latest
+        if frame is not None and frame.gop_seq == gop.seq and frame.pts >= keyframe_pts:
+            return frame
+        return None

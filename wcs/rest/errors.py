@@ -1,0 +1,43 @@
+"""The JSON error body of the WCS REST API, identical in shape for every status."""
+
+from __future__ import annotations
+
+import time
+
+from twisted.web.http import RESPONSES
+
+_EXCEPTION = "com.flashphoner.rest.server.exception."
+_EXCEPTIONS = {
+    400: "BadRequestException",
+    401: "UnauthorizedException",
+    404: "NotFoundException",
+    405: "MethodNotAllowedException",
+    409: "ConflictException",
+    413: "PayloadTooLargeException",
+    500: "InternalErrorException",
+}
+
+
+class RestError(Exception):
+    """An error answered to a REST client with `status` and `message`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str, path: str, now_ms: int | None = None) -> dict[str, object]:
+    """The WCS error object, keys in the order WCS sends them."""
+    ts = int(time.time() * 1000) if now_ms is None else now_ms
+    exception = _EXCEPTION + _EXCEPTIONS.get(status, "InternalErrorException")
+    error = RESPONSES.get(status, b"Error").decode("ascii")
+    return {
+        "exception": exception,
+        "reason": f"{exception}, {error}, {message}, ts: {ts}, path: {path}",
+        "path": path,
+        "error": error,
+        "message": message,
+        "timestamp": ts,
+        "status": status,
+    }

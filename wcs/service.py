@@ -1,0 +1,138 @@
+"""WCSService: owns the stream registry, the thread pool and the snapshot service; runs listeners."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from wcs.config import Settings
+from wcs.rest.resources import build_site
+from wcs.rtmp.protocol import RTMPServerFactory
+from wcs.snapshot.service import SnapshotService
+from wcs.streams import StreamRegistry
+from wcs.tls import ensure_self_signed, server_context
+
+log = Logger(namespace="wcs.service")
+
+POOL_THREADS = 4
+
+
+class ListenerService(Service):
+    """Listens on one TCP port (optionally TLS) while running; remembers the bound port."""
+
+    def __init__(
+        self, reactor: Any, label: str, ip: str, port: int, factory: IProtocolFactory
+    ) -> None:
+        self.name = label
+        self.label = label
+        self._reactor = reactor
+        self._ip = ip
+        self._port_number = port
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint_cls = TCP6ServerEndpoint if ":" in self._ip else TCP4ServerEndpoint
+        endpoint = endpoint_cls(self._reactor, self._port_number, interface=self._ip)
+        d = endpoint.listen(self.factory)
+
+        def bound(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            return port
+
+        self.listening = d.addCallback(bound)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()  # type: ignore[no-any-return]
+        return None
+
+    @property
+    def bound_port(self) -> int | None:
+        return self.port.getHost().port if self.port is not None else None  # type: ignore[attr-defined]
+
+
+class WCSService(MultiService):
+    """The whole server: one registry in the middle, front-ends in, consumers out."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.registry = StreamRegistry()
+        self.pool = ThreadPool(minthreads=1, maxthreads=POOL_THREADS, name="wcs-pool")
+        self.snapshots = SnapshotService(
+            self.registry,
+            self.run_in_pool,
+            reactor,
+            interval_ms=settings.snapshot_taking_interval_ms,
+            attempts=settings.snapshot_taking_attempts,
+        )
+        self.listeners: list[ListenerService] = []
+        self._build_listeners()
+
+    def run_in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Blocking work (decode, PNG, disk) goes here, never on the reactor thread."""
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+    def _tls_wrap(self, factory: IProtocolFactory) -> IProtocolFactory:
+        s = self.settings
+        if s.https_cert and s.https_key:
+            cert, key = s.https_cert, s.https_key
+        else:
+            cert, key = ensure_self_signed()
+        return TLSMemoryBIOFactory(server_context(cert, key), False, factory)  # type: ignore[arg-type]
+
+    def _build_listeners(self) -> None:
+        s = self.settings
+        site = build_site(s, self.registry, self.snapshots)
+        wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
+            ("http", s.http_port, lambda: site),
+            ("https", s.https_port, lambda: self._tls_wrap(site)),
+            ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
+        ]
+        for label, port, make in wanted:
+            if port:
+                listener = ListenerService(self.reactor, label, s.ip, port, make())
+                listener.setServiceParent(self)
+                self.listeners.append(listener)
+
+    def startService(self) -> None:
+        self.pool.start()
+        self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        super().startService()
+        waits = [lst.listening for lst in self.listeners if lst.listening is not None]
+        DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            self._ready, self._listen_failed
+        )
+
+    def _ready(self, _: object) -> None:
+        ports = ", ".join(f"{lst.label}={lst.bound_port}" for lst in self.listeners)
+        log.info("wcs ready: {ports} (pid {pid})", ports=ports or "no listeners", pid=os.getpid())
+
+    def _listen_failed(self, failure: Failure) -> None:
+        err = failure.value
+        reason = getattr(err, "subFailure", failure).getErrorMessage()
+        log.critical("wcs cannot listen: {reason}; stopping", reason=reason)
+        reactor: IReactorCore = self.reactor
+        reactor.stop()
+
+    def stopService(self) -> Deferred[None] | None:
+        # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
+        self.registry.terminate_all()
+        return super().stopService()  # type: ignore[no-any-return]

@@ -1,0 +1,219 @@
+"""On-demand snapshots: take(name) -> Deferred[PNG bytes], decoding in the pool, shared per stream.
+
+A stream nobody asks about costs only its GOP cache. The first request decodes from the newest
+keyframe; the stream then stays *hot* for a while, decoding each frame as it arrives, so the next
+request only pays for the last frame or two and the PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode
+from wcs.media.image import frame_to_png
+from wcs.media.units import MediaUnit
+from wcs.streams import Gop, Stream, StreamNotFound, StreamRegistry
+
+log = Logger(namespace="wcs.snapshot")
+
+T = TypeVar("T")
+PoolRunner = Callable[..., "Deferred[Any]"]
+
+HOT_SECONDS = 15.0
+
+
+class SnapshotTimeout(Exception):
+    """No frame could be produced within snapshot_taking_interval_ms."""
+
+    message = "Snapshot response timeout"
+
+
+class FrameSource:
+    """One stream's decoder and the requests waiting on it. A sink of the stream while hot."""
+
+    def __init__(
+        self, stream: Stream, run_in_pool: PoolRunner, clock: IReactorTime, hot_seconds: float
+    ) -> None:
+        self.stream = stream
+        self.decoder = StreamDecoder()
+        self._run = run_in_pool
+        self._clock = clock
+        self._hot_seconds = hot_seconds
+        self._hot_until = 0.0
+        self._attached = False
+        self._busy = False
+        self._waiters: list[Deferred[bytes | None]] = []
+        self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
+        self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
+        self.jobs = 0
+
+    # -- reactor side -------------------------------------------------------------------------
+    def request(self) -> Deferred[bytes | None]:
+        """PNG of the newest frame as of now, or None when the stream has nothing decodable."""
+        d: Deferred[bytes | None] = Deferred()
+        self._waiters.append(d)
+        self._hot_until = self._clock.seconds() + self._hot_seconds
+        if not self._attached:
+            self._attached = True
+            self.stream.add_sink(self)
+        self._kick()
+        return d
+
+    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        if unit.kind != "video":
+            return
+        if self._clock.seconds() > self._hot_until and not self._waiters:
+            self._attached = False
+            stream.remove_sink(self)
+            return
+        self._kick()
+
+    def stream_ended(self, stream: Stream) -> None:
+        self._attached = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(StreamNotFound(stream.name))
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        gop = self.stream.gop
+        if gop is None or not can_decode(gop.params.codec):
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+            return
+        end = len(gop.units)
+        if not self._waiters and self._done_at == (gop.seq, end):
+            return
+        waiters, self._waiters = self._waiters, []
+        self._busy = True
+        self.jobs += 1
+        job = self._run(self._job, gop, end, bool(waiters))
+        job.addBoth(self._finished, waiters, (gop.seq, end))
+
+    def _finished(
+        self, result: bytes | None | Failure, waiters: list[Deferred[bytes | None]], at: tuple[int, int]
+    ) -> None:
+        self._busy = False
+        self._done_at = at
+        png: bytes | None = None
+        if isinstance(result, Failure):
+            log.failure(
+                "stream {stream_name}: decoding failed; decoder reset",
+                result,
+                stream_name=self.stream.name,
+            )
+            self.decoder.reset()
+        else:
+            png = result
+        for d in waiters:
+            d.callback(png)
+        if self.stream.ended:
+            return
+        if self._waiters or self._clock.seconds() <= self._hot_until:
+            self._kick()
+
+    # -- pool side ----------------------------------------------------------------------------
+    def _job(self, gop: Gop, end: int, want_png: bool) -> bytes | None:
+        if not want_png:
+            self.decoder.catch_up(gop, end)
+            return None
+        frame = self.decoder.newest(gop, end)
+        if frame is None:
+            return None
+        cached = self._png_of
+        if cached is not None and cached[0] is frame:
+            return cached[1]
+        png = frame_to_png(frame.frame)
+        self._png_of = (frame, png)
+        return png
+
+
+class SnapshotService:
+    """take(name): the newest frame of a live stream as PNG, within the configured interval."""
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        run_in_pool: PoolRunner,
+        clock: IReactorTime,
+        *,
+        interval_ms: int = 3000,
+        attempts: int = 30,
+        hot_seconds: float = HOT_SECONDS,
+    ) -> None:
+        self.registry = registry
+        self._run = run_in_pool
+        self._clock = clock
+        self.interval = interval_ms / 1000.0
+        self.attempts = max(1, attempts)
+        self._hot_seconds = hot_seconds
+        self._sources: dict[Stream, FrameSource] = {}
+
+    def source(self, stream: Stream) -> FrameSource:
+        """The stream's shared FrameSource (made on first use, dropped when the stream ends)."""
+        src = self._sources.get(stream)
+        if src is None:
+            src = self._sources[stream] = FrameSource(
+                stream, self._run, self._clock, self._hot_seconds
+            )
+            stream.on_end(self._sources.pop)
+        return src
+
+    def take(self, name: str) -> Deferred[bytes]:
+        stream = self.registry.get(name)
+        if stream is None:
+            return fail(StreamNotFound(name))
+        return _Attempts(self, stream).result
+
+
+class _Attempts:
+    """One request: ask the stream's FrameSource up to `attempts` times within the interval."""
+
+    def __init__(self, service: SnapshotService, stream: Stream) -> None:
+        self.service = service
+        self.stream = stream
+        self.source = service.source(stream)
+        self.result: Deferred[bytes] = Deferred()
+        clock = service._clock
+        self._clock = clock
+        self._delay = service.interval / service.attempts
+        self._retry: IDelayedCall | None = None
+        self._timeout = clock.callLater(service.interval, self._timed_out)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self._retry = None
+        if self.result.called:
+            return
+        self.source.request().addCallbacks(self._got, self._failed)
+
+    def _got(self, png: bytes | None) -> None:
+        if self.result.called:
+            return
+        if png is not None:
+            self._timeout.cancel()
+            self.result.callback(png)
+        elif self._retry is None:
+            self._retry = self._clock.callLater(self._delay, self._attempt)
+
+    def _failed(self, failure: Failure) -> None:
+        if self.result.called:
+            return
+        self._timeout.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+        self.result.errback(failure)
+
+    def _timed_out(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if not self.result.called:
+            self.result.errback(SnapshotTimeout())

@@ -1,0 +1,292 @@
+"""The stream registry: live streams by name, their codec parameters, GOP cache and consumers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from wcs.media.units import MediaUnit, VideoParams
+
+log = Logger(namespace="wcs.streams")
+
+MAX_NAME_BYTES = 255
+# A GOP longer than this is not cached (a snapshot then waits for the next keyframe):
+# 60 s at 30 fps, or 32 MiB of compressed video, whichever comes first.
+MAX_GOP_UNITS = 1800
+MAX_GOP_BYTES = 32 * 1024 * 1024
+
+PROVIDER_RTMP = "Flash"
+PROVIDER_RTSP = "RTSP"
+PROVIDER_WEBRTC = "WebRTC"
+
+
+class StreamError(Exception):
+    """Base of the errors the registry raises; `info` is the WebSDK STREAM_STATUS_INFO text."""
+
+    info = "Stream error"
+
+
+class NameInUse(StreamError):
+    info = "Stream name is already in use"
+
+
+class InvalidName(StreamError):
+    info = "Invalid stream name"
+
+
+class StreamNotFound(StreamError):
+    info = "Stream not found"
+
+
+def check_stream_name(name: str) -> str:
+    """Return `name` if it is safe to use as a key and as a folder name, else raise InvalidName."""
+    if not name:
+        raise InvalidName("empty stream name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidName(f"stream name longer than {MAX_NAME_BYTES} bytes")
+    if name in (".", ".."):
+        raise InvalidName(f"stream name {name!r} is reserved")
+    for ch in name:
+        if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise InvalidName(f"stream name contains forbidden character {ch!r}")
+    return name
+
+
+class StreamSink(Protocol):
+    """A consumer of one stream's media (snapshot decoder, auto-snapshotter, player)."""
+
+    def unit_received(self, stream: Stream, unit: MediaUnit) -> None: ...
+
+    def stream_ended(self, stream: Stream) -> None: ...
+
+
+@dataclass(eq=False)
+class Gop:
+    """All video units since one keyframe, in decode order; append-only, so a pool thread may read
+    a prefix while the reactor appends."""
+
+    seq: int
+    params: VideoParams
+    units: list[MediaUnit] = field(default_factory=list)
+    size: int = 0
+
+
+class Stream:
+    """One live publish of a name. A new publish of the same name is a new Stream object."""
+
+    def __init__(
+        self,
+        name: str,
+        provider: str,
+        *,
+        media_session_id: str | None = None,
+        on_terminate: Callable[[], None] | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self.media_session_id = media_session_id or str(uuid.uuid4())
+        self.created_ms = clock_ms()
+        self.status = "PUBLISHING"
+        self.video: VideoParams | None = None
+        self.audio_codec: str | None = None
+        self.has_video = False
+        self.has_audio = False
+        self.gop: Gop | None = None
+        self.ended = False
+        self.end_reason = ""
+        self.video_units = 0
+        self.audio_units = 0
+        self.bytes_in = 0
+        self._gop_seq = 0
+        self._gop_overflow_logged = False
+        self._sinks: list[StreamSink] = []
+        self._on_terminate = on_terminate
+        self._on_end: list[Callable[[Stream], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
+
+    # -- the publishing side ------------------------------------------------------------------
+    def set_video_params(self, params: VideoParams) -> None:
+        """New decoder parameters (e.g. an H.264 sequence header); takes effect at the next keyframe."""
+        self.has_video = True
+        self.video = params
+
+    def set_audio_codec(self, codec: str) -> None:
+        self.has_audio = True
+        self.audio_codec = codec
+
+    def push(self, unit: MediaUnit) -> None:
+        """Hand one media unit to the stream: cache video for snapshots, then fan out to sinks."""
+        if self.ended:
+            return
+        self.bytes_in += len(unit.data)
+        if unit.kind == "video":
+            self.video_units += 1
+            self.has_video = True
+            self._cache_video(unit)
+        else:
+            self.audio_units += 1
+            self.has_audio = True
+        for sink in list(self._sinks):
+            sink.unit_received(self, unit)
+
+    def _cache_video(self, unit: MediaUnit) -> None:
+        params = self.video
+        if params is None or params.codec != unit.codec:
+            params = self.video = VideoParams(codec=unit.codec)
+        if unit.keyframe:
+            self._gop_seq += 1
+            self.gop = Gop(self._gop_seq, params, [unit], len(unit.data))
+            return
+        gop = self.gop
+        if gop is None:
+            return  # nothing decodable until the next keyframe
+        if len(gop.units) >= MAX_GOP_UNITS or gop.size + len(unit.data) > MAX_GOP_BYTES:
+            if not self._gop_overflow_logged:
+                self._gop_overflow_logged = True
+                log.warn(
+                    "stream {stream_name}: GOP longer than {units} units / {size} bytes; "
+                    "snapshots wait for the next keyframe",
+                    stream_name=self.name,
+                    units=MAX_GOP_UNITS,
+                    size=MAX_GOP_BYTES,
+                )
+            self.gop = None
+            return
+        gop.units.append(unit)
+        gop.size += len(unit.data)
+
+    def end(self, reason: str = "Stopped by publisher stop") -> None:
+        """The publish is over: sinks are told once, the registry forgets the name."""
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        self.status = "UNPUBLISHED"
+        self.gop = None
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.stream_ended(self)
+        callbacks, self._on_end = self._on_end, []
+        for cb in callbacks:
+            cb(self)
+
+    def terminate(self) -> None:
+        """Ask the publisher's front-end to disconnect (REST /stream/terminate, shutdown)."""
+        if self._on_terminate is not None:
+            self._on_terminate()
+        self.end("Stopped by server")
+
+    # -- consumers ----------------------------------------------------------------------------
+    def add_sink(self, sink: StreamSink) -> None:
+        if not self.ended and sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def remove_sink(self, sink: StreamSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def on_end(self, callback: Callable[[Stream], None]) -> None:
+        if self.ended:
+            callback(self)
+        else:
+            self._on_end.append(callback)
+
+    def to_json(self) -> dict[str, object]:
+        """The stream object of the WCS REST API."""
+        video = self.video
+        return {
+            "mediaSessionId": self.media_session_id,
+            "name": self.name,
+            "published": not self.ended,
+            "hasVideo": self.has_video,
+            "hasAudio": self.has_audio,
+            "status": self.status,
+            "videoCodec": video.codec if video else None,
+            "audioCodec": self.audio_codec,
+            "width": video.width if video else 0,
+            "height": video.height if video else 0,
+            "createDate": self.created_ms,
+            "mediaProvider": self.provider,
+            "record": False,
+        }
+
+
+class StreamRegistry:
+    """Live streams by name. A name is held by one publisher at a time."""
+
+    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
+        self._streams: dict[str, Stream] = {}
+        self._observers: list[Callable[[Stream], None]] = []
+        self._clock_ms = clock_ms
+
+    def publish(
+        self,
+        name: str,
+        provider: str,
+        *,
+        media_session_id: str | None = None,
+        on_terminate: Callable[[], None] | None = None,
+    ) -> Stream:
+        """Register a new live stream; raises InvalidName or NameInUse."""
+        check_stream_name(name)
+        if name in self._streams:
+            raise NameInUse(name)
+        kwargs = {} if self._clock_ms is None else {"clock_ms": self._clock_ms}
+        stream = Stream(
+            name,
+            provider,
+            media_session_id=media_session_id,
+            on_terminate=on_terminate,
+            **kwargs,
+        )
+        self._streams[name] = stream
+        stream.on_end(self._forget)
+        log.info(
+            "stream {stream_name} published ({provider}, mediaSessionId {msid})",
+            stream_name=name,
+            provider=provider,
+            msid=stream.media_session_id,
+        )
+        for observer in list(self._observers):
+            observer(stream)
+        return stream
+
+    def _forget(self, stream: Stream) -> None:
+        if self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
+            log.info(
+                "stream {stream_name} ended: {reason}",
+                stream_name=stream.name,
+                reason=stream.end_reason,
+            )
+
+    def add_observer(self, callback: Callable[[Stream], None]) -> None:
+        """Call `callback(stream)` for every stream published from now on."""
+        self._observers.append(callback)
+
+    def get(self, name: str) -> Stream | None:
+        return self._streams.get(name)
+
+    def by_media_session_id(self, media_session_id: str) -> Stream | None:
+        for stream in self._streams.values():
+            if stream.media_session_id == media_session_id:
+                return stream
+        return None
+
+    def all(self) -> list[Stream]:
+        return list(self._streams.values())
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def terminate_all(self) -> None:
+        for stream in self.all():
+            stream.terminate()

@@ -1,0 +1,57 @@
+"""`twistd wcs`: command-line options and makeService (installs the asyncio reactor)."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+log = Logger(namespace="wcs")
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = "WCS-compatible streaming server: RTMP ingest, PNG snapshots over REST."
+    optParameters = [
+        ["config", "c", None, "Path to flashphoner.properties (default: built-in defaults)."],
+    ]
+
+
+def install_reactor() -> object:
+    """Install the asyncio reactor (aiortc shares its loop) unless one is already running.
+
+    A different reactor chosen beforehand (e.g. `twistd --reactor=epoll`) is refused.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise SystemExit(
+            f"wcs needs the asyncio reactor, but {type(reactor).__name__} is installed; "
+            "run without --reactor or with --reactor=asyncio"
+        )
+    return reactor
+
+
+def makeService(options: Options) -> IService:
+    reactor = install_reactor()
+
+    from wcs.config import ConfigError, Settings, load_settings
+    from wcs.service import WCSService
+
+    try:
+        if options["config"]:
+            settings, unknown = load_settings(options["config"])
+        else:
+            settings, unknown = Settings(), []
+    except ConfigError as err:
+        raise SystemExit(f"wcs: configuration error: {err}") from None
+    for key in unknown:
+        log.warn("unknown configuration key {key} ignored", key=key)
+    return WCSService(settings, reactor)
