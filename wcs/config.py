@@ -1,0 +1,377 @@
+"""Configuration: a Java-properties parser and the frozen ``Settings`` built from it.
+
+Pure code; the only I/O is ``load_settings``, which reads the file it is given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_FILE_SIZE",
+    "MAX_LINE_LENGTH",
+    "NAMING_VALUES",
+    "PROPERTY_FIELDS",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "parse_properties",
+    "settings_from_properties",
+]
+
+MAX_LINE_LENGTH = 64 * 1024
+MAX_FILE_SIZE = 1024 * 1024
+
+# Canonical spellings of snapshot_auto_naming, as WCS writes them.
+NAMING_VALUES = ("mediaSessionId", "streamName")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that the server cannot run with."""
+
+
+# ---------------------------------------------------------------------------
+# Java .properties syntax
+# ---------------------------------------------------------------------------
+
+# Java's whitespace for properties is only these three; other Unicode spaces are content.
+_WHITESPACE = " \t\f"
+_SEPARATORS = "=:"
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def _ends_with_continuation(line: str) -> bool:
+    """True if the line ends in an odd number of backslashes (the last one escapes the newline)."""
+    count = len(line) - len(line.rstrip("\\"))
+    return count % 2 == 1
+
+
+def _unescape(raw: str, lineno: int) -> list[tuple[str, bool]]:
+    """Decode escapes, pairing each character with whether it was escaped (`\\ ` survives strip)."""
+    out: list[tuple[str, bool]] = []
+    i = 0
+    n = len(raw)
+    while i < n:
+        ch = raw[i]
+        if ch != "\\":
+            out.append((ch, False))
+            i += 1
+            continue
+        if i + 1 >= n:
+            # A lone trailing backslash (continuation at end of file): Java drops it.
+            break
+        nxt = raw[i + 1]
+        if nxt == "u":
+            digits = raw[i + 2 : i + 6]
+            if len(digits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+                raise ConfigError(f"line {lineno}: malformed \\uXXXX escape: {raw[i : i + 6]!r}")
+            out.append((chr(int(digits, 16)), True))
+            i += 6
+            continue
+        # Java maps any other escaped character to itself (\\, \=, \:, \ , \#, ...).
+        out.append((_ESCAPES.get(nxt, nxt), True))
+        i += 2
+    return out
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """Join continuation lines; return (first line number, logical line) without comments/blanks."""
+    natural = _NEWLINE.split(text)
+    result: list[tuple[int, str]] = []
+    i = 0
+    while i < len(natural):
+        line = natural[i]
+        lineno = i + 1
+        i += 1
+        stripped = line.lstrip(_WHITESPACE)
+        # Comment and blank lines are never continued, even if they end in a backslash (Java).
+        if not stripped or stripped[0] in "#!":
+            continue
+        parts = [stripped]
+        length = len(stripped)
+        while _ends_with_continuation(parts[-1]):
+            parts[-1] = parts[-1][:-1]
+            if i >= len(natural):
+                break
+            cont = natural[i].lstrip(_WHITESPACE)
+            i += 1
+            parts.append(cont)
+            length += len(cont)
+            if length > MAX_LINE_LENGTH:
+                break
+        logical = "".join(parts)
+        if len(logical) > MAX_LINE_LENGTH:
+            raise ConfigError(f"line {lineno}: line longer than {MAX_LINE_LENGTH} characters")
+        result.append((lineno, logical))
+    return result
+
+
+def _split_key_value(line: str) -> tuple[str, str]:
+    """Split a logical line at the first unescaped '=', ':' or whitespace (Java rules)."""
+    i = 0
+    n = len(line)
+    while i < n:
+        ch = line[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in _SEPARATORS or ch in _WHITESPACE:
+            break
+        i += 1
+    key = line[: min(i, n)]
+    rest = line[min(i, n) :].lstrip(_WHITESPACE)
+    # One '=' or ':' may follow the key's whitespace ("key = value", "key value", "key=value").
+    if rest and rest[0] in _SEPARATORS:
+        rest = rest[1:].lstrip(_WHITESPACE)
+    return key, rest
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Parse Java .properties text into a dict; later duplicates win.
+
+    Differs from Java only in stripping unescaped trailing whitespace from values (operators
+    leave it by accident; an escaped ``\\ `` is kept). There are no inline comments.
+    """
+    if len(text) > MAX_FILE_SIZE:
+        raise ConfigError(f"configuration larger than {MAX_FILE_SIZE} bytes")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    props: dict[str, str] = {}
+    for lineno, line in _logical_lines(text):
+        raw_key, raw_value = _split_key_value(line)
+        key = "".join(c for c, _ in _unescape(raw_key, lineno))
+        value_chars = _unescape(raw_value, lineno)
+        while value_chars and not value_chars[-1][1] and value_chars[-1][0] in _WHITESPACE:
+            value_chars.pop()
+        props[key] = "".join(c for c, _ in value_chars)
+    return props
+
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every server setting, typed. Ports are None when the listener is disabled.
+
+    Built by ``settings_from_properties`` (which validates). ``dataclasses.replace`` does not
+    validate, so tests may set e.g. ``http_port=0`` to ask the OS for a free port.
+    """
+
+    http_port: int | None = 8081
+    https_port: int | None = 8444
+    ws_port: int | None = 8080
+    wss_port: int | None = 8443
+    rtmp_port: int | None = 1935
+    rtsp_port: int | None = 554
+    ip: str = "0.0.0.0"
+    https_cert: str | None = None
+    https_key: str | None = None
+    snapshot_taking_interval_ms: int = 3000
+    snapshot_taking_attempts: int = 30
+    snapshot_auto_enabled: bool = False
+    snapshot_auto_dir: str = "snapshots"
+    snapshot_auto_naming: str = "mediaSessionId"
+    snapshot_auto_rate: int = 30
+    snapshot_auto_retention: int = 20
+    disable_rest_auth: bool = True
+    rest_auth_user: str = "admin"
+    # repr=False so that logging the settings never prints the password.
+    rest_auth_password: str | None = field(default=None, repr=False)
+    rest_access_control_allow_origin: str = "*"
+
+
+# Property key (as written in flashphoner.properties) -> Settings field.
+PROPERTY_FIELDS: Mapping[str, str] = {
+    "http.port": "http_port",
+    "https.port": "https_port",
+    "ws.port": "ws_port",
+    "wss.port": "wss_port",
+    "rtmp.port": "rtmp_port",
+    "rtsp.port": "rtsp_port",
+    "ip": "ip",
+    "https.cert": "https_cert",
+    "https.key": "https_key",
+    "snapshot_taking_interval_ms": "snapshot_taking_interval_ms",
+    "snapshot_taking_attempts": "snapshot_taking_attempts",
+    "snapshot_auto_enabled": "snapshot_auto_enabled",
+    "snapshot_auto_dir": "snapshot_auto_dir",
+    "snapshot_auto_naming": "snapshot_auto_naming",
+    "snapshot_auto_rate": "snapshot_auto_rate",
+    "snapshot_auto_retention": "snapshot_auto_retention",
+    "disable_rest_auth": "disable_rest_auth",
+    "rest_auth_user": "rest_auth_user",
+    "rest_auth_password": "rest_auth_password",
+    "rest_access_control_allow_origin": "rest_access_control_allow_origin",
+}
+
+# Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
+_INT_MAX = 2**31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+# Values that end up in HTTP headers (CORS, Basic auth) must not smuggle CR/LF or other controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bad(key: str, value: str, expected: str) -> ConfigError:
+    return ConfigError(f"bad value for {key}: {value!r} (expected {expected})")
+
+
+def _parse_int(key: str, value: str, lo: int, hi: int, expected: str) -> int:
+    if not _INTEGER.fullmatch(value):
+        raise _bad(key, value, expected)
+    number = int(value)
+    if not lo <= number <= hi:
+        raise _bad(key, value, expected)
+    return number
+
+
+def _port(key: str, value: str) -> int | None:
+    if value == "":
+        return None
+    port = _parse_int(key, value, 0, 65535, "a port number 0..65535; 0 or empty disables")
+    return port or None
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str, str], int]:
+    expected = f"an integer >= {lo}" if hi == _INT_MAX else f"an integer {lo}..{hi}"
+
+    def parse(key: str, value: str) -> int:
+        return _parse_int(key, value, lo, hi, expected)
+
+    return parse
+
+
+def _bool(key: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _bad(key, value, "true or false (also yes/no, on/off, 1/0)")
+
+
+def _ip(key: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _bad(key, value, "an IPv4 or IPv6 address such as 0.0.0.0 or ::") from None
+
+
+def _optional_path(key: str, value: str) -> str | None:
+    if _CONTROL.search(value):
+        raise _bad(key, value, "a file path without control characters")
+    return value or None
+
+
+def _path(key: str, value: str) -> str:
+    if value == "" or _CONTROL.search(value):
+        raise _bad(key, value, "a non-empty path without control characters")
+    return value
+
+
+def _naming(key: str, value: str) -> str:
+    # Case-insensitive, normalised to WCS's spelling: a case slip is unambiguous and should not
+    # stop start-up, and downstream code can compare against the canonical names exactly.
+    for name in NAMING_VALUES:
+        if value.lower() == name.lower():
+            return name
+    raise _bad(key, value, " or ".join(NAMING_VALUES))
+
+
+def _user(key: str, value: str) -> str:
+    # Basic auth splits "user:password" at the first colon, so a user name cannot hold one.
+    if value == "" or ":" in value or _CONTROL.search(value):
+        raise _bad(key, value, "a non-empty user name without ':' or control characters")
+    return value
+
+
+def _password(key: str, value: str) -> str | None:
+    if _CONTROL.search(value):
+        # The value itself is not echoed: it is a secret.
+        raise ConfigError(f"bad value for {key}: (hidden) (expected no control characters)")
+    return value or None
+
+
+def _origin(key: str, value: str) -> str:
+    if value == "" or _CONTROL.search(value):
+        raise _bad(key, value, "'*' or an origin such as https://example.com")
+    return value
+
+
+_PARSERS: Mapping[str, Callable[[str, str], Any]] = {
+    "http.port": _port,
+    "https.port": _port,
+    "ws.port": _port,
+    "wss.port": _port,
+    "rtmp.port": _port,
+    "rtsp.port": _port,
+    "ip": _ip,
+    "https.cert": _optional_path,
+    "https.key": _optional_path,
+    "snapshot_taking_interval_ms": _int_range(1, 600_000),
+    "snapshot_taking_attempts": _int_range(1, 10_000),
+    "snapshot_auto_enabled": _bool,
+    "snapshot_auto_dir": _path,
+    "snapshot_auto_naming": _naming,
+    "snapshot_auto_rate": _int_range(1, _INT_MAX),
+    "snapshot_auto_retention": _int_range(0, _INT_MAX),
+    "disable_rest_auth": _bool,
+    "rest_auth_user": _user,
+    "rest_auth_password": _password,
+    "rest_access_control_allow_origin": _origin,
+}
+
+
+def settings_from_properties(props: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Validate properties into ``Settings``; also return the sorted unknown keys.
+
+    Raises ConfigError naming the key (and the value, except for the password).
+    """
+    values: dict[str, Any] = {}
+    for key, raw in props.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            continue
+        values[PROPERTY_FIELDS[key]] = parser(key, raw.strip(_WHITESPACE))
+    unknown = sorted(key for key in props if key not in _PARSERS)
+    settings = Settings(**values)
+
+    if (settings.https_cert is None) != (settings.https_key is None):
+        present, missing = (
+            ("https.cert", "https.key") if settings.https_cert else ("https.key", "https.cert")
+        )
+        raise ConfigError(f"{present} is set but {missing} is not: set both or neither")
+    if not settings.disable_rest_auth and settings.rest_auth_password is None:
+        raise ConfigError(
+            "rest_auth_password must be set when disable_rest_auth is false "
+            "(REST Basic auth needs a password)"
+        )
+    return settings, unknown
+
+
+def load_settings(path: str) -> tuple[Settings, list[str]]:
+    """Read and validate a properties file (UTF-8, falling back to Latin-1 like Java's loader)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path!r}: {e.strerror or e}") from e
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: configuration larger than {MAX_FILE_SIZE} bytes")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    try:
+        return settings_from_properties(parse_properties(text))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
