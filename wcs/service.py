@@ -1,8 +1,9 @@
-"""WCSService: owns the stream registry, the thread pool and the snapshot service; runs listeners."""
+"""WCSService: owns the stream registry, thread pool and snapshot service; runs the listeners."""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +60,7 @@ class ListenerService(Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
+            return port.stopListening()
         return None
 
     @property
@@ -96,7 +97,7 @@ class WCSService(MultiService):
             cert, key = s.https_cert, s.https_key
         else:
             cert, key = ensure_self_signed()
-        return TLSMemoryBIOFactory(server_context(cert, key), False, factory)  # type: ignore[arg-type]
+        return TLSMemoryBIOFactory(server_context(cert, key), False, factory)
 
     def _build_listeners(self) -> None:
         s = self.settings
@@ -115,11 +116,21 @@ class WCSService(MultiService):
     def startService(self) -> None:
         self.pool.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        self.reactor.callWhenRunning(self._handle_sigterm)
         super().startService()
         waits = [lst.listening for lst in self.listeners if lst.listening is not None]
         DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             self._ready, self._listen_failed
         )
+
+    def _handle_sigterm(self) -> None:
+        # twistd re-raises SIGTERM at exit (status -15); an operator's SIGTERM is a normal stop,
+        # so stop the reactor ourselves and let the process exit 0 after a clean shutdown.
+        def on_sigterm(signum: int, frame: object) -> None:
+            log.info("SIGTERM received, stopping")
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def _ready(self, _: object) -> None:
         ports = ", ".join(f"{lst.label}={lst.bound_port}" for lst in self.listeners)
@@ -135,4 +146,4 @@ class WCSService(MultiService):
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
         self.registry.terminate_all()
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()

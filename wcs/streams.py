@@ -107,14 +107,14 @@ class Stream:
         self._gop_overflow_logged = False
         self._sinks: list[StreamSink] = []
         self._on_terminate = on_terminate
-        self._on_end: list[Callable[[Stream], None]] = []
+        self._on_end: list[Callable[[Stream], object]] = []
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
 
     # -- the publishing side ------------------------------------------------------------------
     def set_video_params(self, params: VideoParams) -> None:
-        """New decoder parameters (e.g. an H.264 sequence header); takes effect at the next keyframe."""
+        """New decoder parameters (an H.264 sequence header); used from the next keyframe on."""
         self.has_video = True
         self.video = params
 
@@ -193,7 +193,7 @@ class Stream:
         if sink in self._sinks:
             self._sinks.remove(sink)
 
-    def on_end(self, callback: Callable[[Stream], None]) -> None:
+    def on_end(self, callback: Callable[[Stream], object]) -> None:
         if self.ended:
             callback(self)
         else:

@@ -187,7 +187,9 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 def make_clip(path: Path, *, bframes: bool, audio: bool, size: str = "1280x720") -> Clip:
     video = ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-keyint_min", "60"]
     video += ["-sc_threshold", "0"]
-    video += ["-profile:v", "main", "-bf", "3"] if bframes else ["-profile:v", "baseline", "-bf", "0"]
+    video += (
+        ["-profile:v", "main", "-bf", "3"] if bframes else ["-profile:v", "baseline", "-bf", "0"]
+    )
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}"]
     if audio:
         cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
@@ -213,18 +215,24 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Clip]:
     }
 
 
-def publish(url: str, clip: Path | None = None, *, extra_input: list[str] | None = None) -> subprocess.Popen[bytes]:
+def publish(
+    url: str, clip: Path | None = None, *, extra_input: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     """ffmpeg as an RTMP encoder, sending `clip` in real time (-re) without re-encoding."""
     if clip is not None:
         cmd = ["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", url]
     else:
         cmd = ["ffmpeg", "-v", "error", "-re", *(extra_input or []), "-f", "flv", url]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 @contextlib.contextmanager
-def publishing(server: Server, name: str, clip: Path) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
-    """Publish `clip` as `name`; yields (process, monotonic time the server accepted the publish)."""
+def publishing(
+    server: Server, name: str, clip: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
+    """Publish `clip` as `name`; yields (process, monotonic time the server accepted it)."""
     mark = server.log_mark()
     proc = publish(server.rtmp(name), clip)
     try:
@@ -258,4 +266,3 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
-

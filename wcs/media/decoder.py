@@ -1,8 +1,9 @@
-"""Per-stream video decoding with PyAV: one codec context per stream, used by one thread at a time."""
+"""Per-stream video decoding with PyAV: one codec context per stream, one thread at a time."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import av.error
@@ -37,7 +38,7 @@ class StreamDecoder:
     """
 
     def __init__(self) -> None:
-        self._ctx: av.CodecContext | None = None
+        self._ctx: Any = None  # av.VideoCodecContext; PyAV types create() as the base class
         self._params: VideoParams | None = None
         self._gop_seq = -1
         self._pos = 0
@@ -69,7 +70,7 @@ class StreamDecoder:
         self._pos = 0
         self.latest = None
 
-    def _feed(self, ctx: av.CodecContext, unit: MediaUnit | None, gop_seq: int) -> None:
+    def _feed(self, ctx: Any, unit: MediaUnit | None, gop_seq: int) -> None:
         packet: av.Packet | None = None
         if unit is not None:
             packet = av.Packet(unit.data)
@@ -90,7 +91,7 @@ class StreamDecoder:
             self.latest = DecodedFrame(frame, gop_seq, frame.pts)
 
     def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
-        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame out."""
+        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
         if self._ctx is None or gop.params is not self._params:
             self._open(gop.params)
         ctx = self._ctx

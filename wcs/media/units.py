@@ -23,7 +23,7 @@ class MediaUnit:
 
 @dataclass(frozen=True, slots=True)
 class VideoParams:
-    """What a decoder needs before the first keyframe; a new object whenever the encoder changes it."""
+    """What a decoder needs before the first keyframe; a new object when the encoder changes it."""
 
     codec: str
     width: int = 0

@@ -27,7 +27,9 @@ class RestError(Exception):
         self.message = message
 
 
-def error_body(status: int, message: str, path: str, now_ms: int | None = None) -> dict[str, object]:
+def error_body(
+    status: int, message: str, path: str, now_ms: int | None = None
+) -> dict[str, object]:
     """The WCS error object, keys in the order WCS sends them."""
     ts = int(time.time() * 1000) if now_ms is None else now_ms
     exception = _EXCEPTION + _EXCEPTIONS.get(status, "InternalErrorException")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -81,7 +80,9 @@ class JsonEndpoint(Resource):
             result = maybeDeferred(self.handler, request, body)
         except RestError as err:
             return self._error(request, err.status, err.message)
-        result.addCallbacks(self._respond, self._respond_error, (request,), None, (request,))
+        result.addCallbacks(
+            self._respond, self._respond_error, callbackArgs=(request,), errbackArgs=(request,)
+        )
         return server.NOT_DONE_YET
 
     def _check_auth(self, request: server.Request) -> None:
@@ -182,7 +183,7 @@ class StreamApi:
         def encoded(png: bytes) -> dict[str, str]:
             return {"data": base64.b64encode(png).decode("ascii")}
 
-        def translate(failure: Failure) -> None:
+        def translate(failure: Failure) -> NoReturn:
             if failure.check(StreamNotFound):
                 raise RestError(404, "Stream not found")
             if failure.check(SnapshotTimeout):
@@ -247,7 +248,9 @@ def build_rest_tree(
     return rest
 
 
-def build_site(settings: Settings, registry: StreamRegistry, snapshots: SnapshotService) -> server.Site:
+def build_site(
+    settings: Settings, registry: StreamRegistry, snapshots: SnapshotService
+) -> server.Site:
     root = Resource()
     root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots))
     site = server.Site(root, timeout=60)

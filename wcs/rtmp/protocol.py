@@ -1,4 +1,4 @@
-"""RTMP server protocol: frames bytes through the pure parsers, answers commands, feeds the registry."""
+"""RTMP server protocol: bytes through the pure parsers, commands answered, media to a Stream."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ log = Logger(namespace="wcs.rtmp")
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 MAX_CONNECTIONS = 1000
+# A 4K keyframe is a few MB; OBS and ffmpeg use fewer than 10 chunk streams. Together these bound
+# what one connection can make us buffer to 16 x 8 MiB, and only with bytes it actually sent.
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+MAX_CHUNK_STREAMS = 16
 OUT_CHUNK_SIZE = 4096
 WINDOW_ACK_SIZE = 2_500_000
 STREAM_ID = 1
@@ -61,7 +65,9 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def __init__(self, registry: StreamRegistry) -> None:
         self.registry = registry
         self._handshake: ServerHandshake | None = ServerHandshake()
-        self._decoder = ChunkDecoder()
+        self._decoder = ChunkDecoder(
+            max_message_size=MAX_MESSAGE_SIZE, max_chunk_streams=MAX_CHUNK_STREAMS
+        )
         self._encoder = ChunkEncoder()
         self._peer = "?"
         self._app = ""
@@ -162,10 +168,16 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         elif t == chunks.AUDIO:
             self._audio(m.timestamp, m.payload)
         elif t in (chunks.COMMAND_AMF0, chunks.COMMAND_AMF3):
-            payload = m.payload[1:] if t == chunks.COMMAND_AMF3 and m.payload[:1] == b"\x00" else m.payload
+            payload = (
+                m.payload[1:]
+                if t == chunks.COMMAND_AMF3 and m.payload[:1] == b"\x00"
+                else m.payload
+            )
             self._command(amf0.decode(payload), m.stream_id)
         elif t in (chunks.DATA_AMF0, chunks.DATA_AMF3):
-            payload = m.payload[1:] if t == chunks.DATA_AMF3 and m.payload[:1] == b"\x00" else m.payload
+            payload = (
+                m.payload[1:] if t == chunks.DATA_AMF3 and m.payload[:1] == b"\x00" else m.payload
+            )
             self._data(amf0.decode(payload))
         elif t == chunks.USER_CONTROL:
             event, args = chunks.parse_user_control(m.payload)
@@ -176,10 +188,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         elif t == chunks.AGGREGATE:
             base: int | None = None
             for type_id, ts, data in flv.split_aggregate(m.payload):
-                # Tag timestamps in an aggregate are relative to its first tag; rebase on the message.
+                # Tag timestamps in an aggregate are relative to its first tag: rebase them.
                 base = ts if base is None else base
-                self._dispatch(Message(m.csid, type_id, m.stream_id, m.timestamp + ts - base, data))
-        # Set Chunk Size / Abort are applied by the decoder; Acknowledgement, bandwidth: nothing to do.
+                ts = m.timestamp + ts - base
+                self._dispatch(Message(m.csid, type_id, m.stream_id, ts, data))
+        # Set Chunk Size and Abort are applied by the decoder; acks and bandwidth need nothing.
 
     # -- commands -------------------------------------------------------------------------------
     def _command(self, values: list[object], stream_id: int) -> None:
@@ -380,9 +393,9 @@ class RTMPServerFactory(Factory):
         self.clock = clock
         self.connections = 0
 
-    def buildProtocol(self, addr: Any) -> RTMPServerProtocol:
+    def buildProtocol(self, addr: Any) -> RTMPServerProtocol:  # type: ignore[override]
         proto = RTMPServerProtocol(self.registry)
         proto.factory = self
         if self.clock is not None:
-            proto.callLater = self.clock.callLater  # type: ignore[method-assign]
+            proto.callLater = self.clock.callLater  # type: ignore[assignment]
         return proto

@@ -49,6 +49,8 @@ class FrameSource:
         self._attached = False
         self._busy = False
         self._waiters: list[Deferred[bytes | None]] = []
+        # (gop seq, units) and waiters of the running job, when it makes a PNG.
+        self._running: tuple[tuple[int, int], list[Deferred[bytes | None]]] | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
         self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
         self.jobs = 0
@@ -57,6 +59,13 @@ class FrameSource:
     def request(self) -> Deferred[bytes | None]:
         """PNG of the newest frame as of now, or None when the stream has nothing decodable."""
         d: Deferred[bytes | None] = Deferred()
+        self._hot_until = self._clock.seconds() + self._hot_seconds
+        gop = self.stream.gop
+        running = self._running
+        if running is not None and gop is not None and running[0] == (gop.seq, len(gop.units)):
+            # Nothing new arrived since the running job started: its picture is the newest.
+            running[1].append(d)
+            return d
         self._waiters.append(d)
         self._hot_until = self._clock.seconds() + self._hot_seconds
         if not self._attached:
@@ -94,14 +103,19 @@ class FrameSource:
             return
         waiters, self._waiters = self._waiters, []
         self._busy = True
+        self._running = ((gop.seq, end), waiters) if waiters else None
         self.jobs += 1
         job = self._run(self._job, gop, end, bool(waiters))
         job.addBoth(self._finished, waiters, (gop.seq, end))
 
     def _finished(
-        self, result: bytes | None | Failure, waiters: list[Deferred[bytes | None]], at: tuple[int, int]
+        self,
+        result: bytes | Failure | None,
+        waiters: list[Deferred[bytes | None]],
+        at: tuple[int, int],
     ) -> None:
         self._busy = False
+        self._running = None
         self._done_at = at
         png: bytes | None = None
         if isinstance(result, Failure):
@@ -113,10 +127,12 @@ class FrameSource:
             self.decoder.reset()
         else:
             png = result
+        if self.stream.ended:
+            for d in waiters:
+                d.errback(StreamNotFound(self.stream.name))
+            return
         for d in waiters:
             d.callback(png)
-        if self.stream.ended:
-            return
         if self._waiters or self._clock.seconds() <= self._hot_until:
             self._kick()
 
@@ -164,7 +180,7 @@ class SnapshotService:
             src = self._sources[stream] = FrameSource(
                 stream, self._run, self._clock, self._hot_seconds
             )
-            stream.on_end(self._sources.pop)
+            stream.on_end(lambda ended: self._sources.pop(ended, None))
         return src
 
     def take(self, name: str) -> Deferred[bytes]:

@@ -1,0 +1,80 @@
+"""Real H.264 media units for unit tests: encoded once by ffmpeg, demuxed with PyAV (no sockets)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from wcs.media.image import frame_to_rgb
+from wcs.media.units import MediaUnit
+
+GOP = 30
+
+
+@dataclass(frozen=True)
+class Sample:
+    units: tuple[MediaUnit, ...]  # decode order
+    frames: dict[int, np.ndarray]  # pts -> reference RGB
+    width: int
+    height: int
+
+    def gop_starts(self) -> list[int]:
+        return [i for i, u in enumerate(self.units) if u.keyframe]
+
+
+@functools.cache
+def h264_sample(bframes: bool = True, seconds: int = 3, size: str = "320x240") -> Sample:
+    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
+    cmd += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-g", str(GOP)]
+    cmd += ["-keyint_min", str(GOP), "-sc_threshold", "0", "-pix_fmt", "yuv420p"]
+    cmd += ["-bf", "3" if bframes else "0", "-f", "mpegts", "-"]
+    ts = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
+    units = []
+    with av.open(io.BytesIO(ts), "r", format="mpegts") as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        assert tb is not None
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None or packet.dts is None:
+                continue
+            units.append(
+                MediaUnit(
+                    "video",
+                    "H264",
+                    packet.pts,
+                    packet.dts,
+                    packet.is_keyframe,
+                    bytes(packet),
+                    Fraction(tb),
+                )
+            )
+    frames: dict[int, np.ndarray] = {}
+    with av.open(io.BytesIO(ts), "r", format="mpegts") as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            assert frame.pts is not None
+            frames[frame.pts] = frame_to_rgb(frame)
+    width, height = (int(x) for x in size.split("x"))
+    return Sample(tuple(units), frames, width, height)
+
+
+def png_rgb(png: bytes) -> np.ndarray:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(png))
+    assert img.mode == "RGB"
+    return np.asarray(img)
+
+
+def pts_of(sample: Sample, rgb: np.ndarray) -> int:
+    """The pts of the reference frame that `rgb` is exactly equal to."""
+    for pts, ref in sample.frames.items():
+        if ref.shape == rgb.shape and np.array_equal(ref, rgb):
+            return pts
+    raise AssertionError("picture equals no decoded frame of the source")

@@ -1,0 +1,222 @@
+"""SnapshotService with an injected Clock and a hand-driven pool: attempts, timeout, coalescing,
+freshness, hot decoding, stream end and republish."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
+from wcs.media.units import MediaUnit
+from wcs.snapshot.service import SnapshotService, SnapshotTimeout
+from wcs.streams import PROVIDER_RTMP, Stream, StreamNotFound, StreamRegistry
+
+FRAME = 3000  # 90 kHz ticks per frame at 30 fps
+
+
+class ManualPool:
+    """A pool whose jobs run only when the test says so, in the test's thread."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.ran = 0
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        self.ran += 1
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_next()
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def failure_of(d: Deferred[Any]) -> Failure:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box and isinstance(box[0], Failure), f"expected a failure, got {box}"
+    return box[0]
+
+
+@pytest.fixture
+def env() -> tuple[StreamRegistry, ManualPool, Clock, SnapshotService]:
+    registry = StreamRegistry()
+    pool = ManualPool()
+    clock = Clock()
+    service = SnapshotService(registry, pool, clock, interval_ms=3000, attempts=30, hot_seconds=10)
+    return registry, pool, clock, service
+
+
+def push(stream: Stream, units: tuple[MediaUnit, ...] | list[MediaUnit]) -> None:
+    for unit in units:
+        stream.push(unit)
+
+
+def test_unknown_stream_fails_not_found(env: Any) -> None:
+    _, _, _, service = env
+    failure_of(service.take("nope")).trap(StreamNotFound)
+
+
+def test_audio_only_times_out_after_all_attempts(env: Any) -> None:
+    registry, pool, clock, service = env
+    stream = registry.publish("radio", PROVIDER_RTMP)
+    stream.push(MediaUnit("audio", "AAC", 0, 0, True, b"\x21\x00"))
+    source = service.source(stream)
+    calls: list[float] = []
+    original = source.request
+
+    def counting_request() -> Deferred[bytes | None]:
+        calls.append(clock.seconds())
+        return original()
+
+    source.request = counting_request
+    d = service.take("radio")
+    clock.pump([0.1] * 29)
+    assert not d.called
+    clock.advance(0.1)
+    failure_of(d).trap(SnapshotTimeout)
+    assert len(calls) == 30
+    assert calls[0] == 0 and calls[-1] == pytest.approx(2.9)
+    assert pool.jobs == []
+
+
+def test_snapshot_is_newest_frame_and_concurrent_requests_share_one_decode(env: Any) -> None:
+    registry, pool, _, service = env
+    sample = h264_sample()
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    push(stream, sample.units[:20])
+    first, second = service.take("cam"), service.take("cam")
+    assert len(pool.jobs) == 1
+    pool.run_next()
+    png1, png2 = result_of(first), result_of(second)
+    assert png1 is png2
+    rgb = png_rgb(png1)
+    assert rgb.shape == (sample.height, sample.width, 3)
+    pts = pts_of(sample, rgb)
+    newest_pts = max(u.pts for u in sample.units[:20])
+    # The newest P-frame may be up to 4 frames ahead of B-frames not yet received, and the decoder
+    # holds its reorder depth (2) back: never more than 5 frames behind the newest pts.
+    assert newest_pts - 5 * FRAME <= pts <= newest_pts
+
+
+def test_request_after_new_keyframe_never_returns_older_gop(env: Any) -> None:
+    registry, pool, clock, service = env
+    sample = h264_sample()
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    starts = sample.gop_starts()
+    push(stream, sample.units[: starts[1] - 1])
+    d = service.take("cam")
+    pool.run_all()
+    result_of(d)
+    # Only the next keyframe has arrived: the picture must be that keyframe, not the old GOP.
+    clock.advance(60)  # not hot any more
+    push(stream, sample.units[starts[1] - 1 : starts[1] + 1])
+    d = service.take("cam")
+    pool.run_all()
+    pts = pts_of(sample, png_rgb(result_of(d)))
+    assert pts >= sample.units[starts[1]].pts
+
+
+def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
+    registry, pool, clock, service = env
+    sample = h264_sample()
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    d = service.take("cam")
+    pool.run_all()
+    result_of(d)
+    for unit in sample.units[5:15]:
+        stream.push(unit)
+        pool.run_all()
+    source = service.source(stream)
+    assert source.decoder.frames_decoded >= 10  # decoded as they came, not at the next request
+    jobs_before = pool.ran
+    d = service.take("cam")
+    pool.run_all()
+    assert pool.ran == jobs_before + 1
+    pts = pts_of(sample, png_rgb(result_of(d)))
+    assert pts >= max(u.pts for u in sample.units[:15]) - 5 * FRAME
+    clock.advance(11)
+    decoded = source.decoder.frames_decoded
+    push(stream, sample.units[15:25])
+    pool.run_all()
+    assert source.decoder.frames_decoded == decoded, "a cold stream must not be decoded"
+
+
+def test_stream_end_fails_waiting_request_and_republish_is_fresh(env: Any) -> None:
+    registry, pool, clock, service = env
+    sample = h264_sample()
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    push(stream, sample.units[:10])
+    d = service.take("cam")
+    stream.end()
+    pool.run_all()
+    failure_of(d).trap(StreamNotFound)
+    # Same name again, no video yet: never the previous publish's picture.
+    again = registry.publish("cam", PROVIDER_RTMP)
+    assert again is not stream
+    d = service.take("cam")
+    clock.pump([0.1] * 30)
+    failure_of(d).trap(SnapshotTimeout)
+
+
+def test_waits_for_first_keyframe_within_interval(env: Any) -> None:
+    registry, pool, clock, service = env
+    sample = h264_sample()
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    push(stream, sample.units[1:5])  # joined mid-GOP: nothing decodable yet
+    d = service.take("cam")
+    clock.advance(0.5)
+    assert not d.called and pool.jobs == []
+    start = sample.gop_starts()[1]
+    push(stream, sample.units[start : start + 3])
+    clock.advance(0.1)  # next attempt finds the keyframe
+    pool.run_all()
+    pts = pts_of(sample, png_rgb(result_of(d)))
+    assert pts >= sample.units[start].pts
+
+
+def test_decoder_failure_is_retried_then_times_out(env: Any) -> None:
+    registry, pool, clock, service = env
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    stream.push(MediaUnit("video", "H264", 0, 0, True, b"\x00\x00\x00\x01\x65garbage"))
+    d = service.take("cam")
+    for _ in range(40):
+        pool.run_all()
+        clock.advance(0.1)
+    failure_of(d).trap(SnapshotTimeout)
+    assert pool.ran >= 2
+
+
+def test_unsupported_codec_times_out_without_decoding(env: Any) -> None:
+    registry, pool, clock, service = env
+    stream = registry.publish("old", PROVIDER_RTMP)
+    stream.push(MediaUnit("video", "H263", 0, 0, True, b"\x00" * 10))
+    d = service.take("old")
+    clock.pump([0.1] * 30)
+    failure_of(d).trap(SnapshotTimeout)
+    assert pool.ran == 0 and pool.jobs == []
