@@ -1,0 +1,165 @@
+"""Snapshot latency of a live RTMP stream and server CPU per ingested stream: a table and JSON.
+
+One 720p30 main-profile H.264 stream with B-frames (GOP 2 s) is published by ffmpeg (-re -c copy
+of a pre-encoded clip, looped); REST snapshots are taken at random moments 0.1-2.1 s apart.
+Then N publishers of the same clip run at once with no snapshots, and the server's CPU is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.conftest import Server, publish, start_server  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def make_clip(path: Path, seconds: int) -> None:
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
+            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "3",
+            "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "64k", "-f", "flv", str(path),
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def looped_publisher(url: str, clip: Path) -> subprocess.Popen[bytes]:
+    return publish(url, None, extra_input=["-stream_loop", "-1", "-i", str(clip), "-c", "copy"])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wait_published(server: Server, name: str, mark: int) -> float:
+    server.wait_for_log(rf"publishing {name} ", start=mark)
+    return time.monotonic()
+
+
+def latency_run(server: Server, clip: Path, samples: int, rng: random.Random) -> dict[str, object]:
+    mark = server.log_mark()
+    proc = looped_publisher(server.rtmp("bench"), clip)
+    try:
+        wait_published(server, "bench", mark)
+        threading.Event().wait(2.5)  # let the first GOP arrive before the first (cold) request
+        pid = server.proc.pid
+        cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+        latencies: list[float] = []
+        sizes: list[int] = []
+        for _ in range(samples):
+            threading.Event().wait(rng.uniform(0.1, 2.1))
+            t = time.perf_counter()
+            status, body = server.snapshot("bench")
+            latencies.append((time.perf_counter() - t) * 1000)
+            assert status == 200 and isinstance(body, dict), body
+            sizes.append(len(base64.b64decode(body["data"])))
+        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0) * 100
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    warm = latencies[1:]
+    return {
+        "samples": samples,
+        "first_request_ms": round(latencies[0], 1),
+        "median_ms": round(statistics.median(warm), 1),
+        "p90_ms": round(pct(warm, 0.9), 1),
+        "max_ms": round(max(warm), 1),
+        "min_ms": round(min(warm), 1),
+        "png_kb_median": round(statistics.median(sizes) / 1024, 1),
+        "server_cpu_pct_of_core": round(cpu, 1),
+    }
+
+
+def ingest_run(server: Server, clip: Path, publishers: int, seconds: float) -> dict[str, object]:
+    procs = []
+    try:
+        for i in range(publishers):
+            mark = server.log_mark()
+            procs.append(looped_publisher(server.rtmp(f"load{i}"), clip))
+            wait_published(server, f"load{i}", mark)
+        threading.Event().wait(2.0)
+        pid = server.proc.pid
+        cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+        threading.Event().wait(seconds)
+        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0) * 100
+        alive = sum(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+    return {
+        "publishers": publishers,
+        "publishers_alive_at_end": alive,
+        "server_cpu_pct_of_core": round(cpu, 1),
+        "cpu_pct_per_stream": round(cpu / publishers, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--publishers", type=int, default=20)
+    parser.add_argument("--ingest-seconds", type=float, default=20.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "snapshot_latency.json"
+    )
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        clip = workdir / "clip720p_main_bf.flv"
+        make_clip(clip, 20)
+        server = start_server(workdir)
+        try:
+            latency = latency_run(server, clip, args.samples, rng)
+            ingest = ingest_run(server, clip, args.publishers, args.ingest_seconds)
+        finally:
+            server.stop()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "stream": "720p30 H.264 main, B-frames, GOP 2 s, RTMP (ffmpeg -re -c copy)",
+        "rtmp_snapshot_latency": latency,
+        "rtmp_ingest_cpu": ingest,
+    }
+    print(f"{'RTMP snapshot latency (ms)':<34}{'value':>10}")
+    for key in ("first_request_ms", "median_ms", "p90_ms", "max_ms", "min_ms"):
+        print(f"  {key:<32}{latency[key]:>10}")
+    print(f"  {'server CPU during run (% core)':<32}{latency['server_cpu_pct_of_core']:>10}")
+    print(f"  {'PNG size median (KB)':<32}{latency['png_kb_median']:>10}")
+    print(f"{'Ingest, ' + str(args.publishers) + ' publishers':<34}")
+    print(f"  {'server CPU (% of one core)':<32}{ingest['server_cpu_pct_of_core']:>10}")
+    print(f"  {'per stream (% of one core)':<32}{ingest['cpu_pct_per_stream']:>10}")
+    print(f"  {'publishers alive at end':<32}{ingest['publishers_alive_at_end']:>10}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
