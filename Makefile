@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= etc/flashphoner.properties
-APT_PACKAGES := ffmpeg
+APT_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+                gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
 .PHONY: venv system-deps run test unit integration lint bench clean
 
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-# Real peers the integration tests drive (ffmpeg as the RTMP encoder).
+# Real peers the integration tests drive: ffmpeg and GStreamer (rtmpsink is librtmp, as in OBS).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -77,6 +77,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._length_size = 4
         self._timeline = _Timeline()
         self._dropping = False
+        self._metadata_logged = False
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -311,9 +312,20 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def _data(self, values: list[object]) -> None:
         if values and values[0] == "@setDataFrame":
             values = values[1:]
-        if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-            meta = values[1]
-            log.debug("RTMP {peer}: metadata {meta!r}", peer=self._peer, meta=meta)
+        # Some muxers (GStreamer's streamable flvmux) repeat it every keyframe: log it once.
+        if (
+            len(values) >= 2
+            and values[0] == "onMetaData"
+            and isinstance(values[1], dict)
+            and not self._metadata_logged
+        ):
+            self._metadata_logged = True
+            log.info(
+                "RTMP {peer}: encoder {encoder!r}",
+                peer=self._peer,
+                encoder=values[1].get("encoder", "unknown"),
+                metadata=values[1],
+            )
 
     def _video(self, timestamp: int, payload: bytes) -> None:
         stream = self.stream
