@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -258,3 +259,43 @@ def test_ffmpeg_reads_nothing_back_it_cannot_parse(server: Server) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr.decode().strip() == ""
     server.wait_for_log(r"stream short ended: Stopped by publisher stop")
+
+
+def rtmp_handshake(s: socket.socket) -> None:
+    s.sendall(b"\x03" + bytes(1536))
+    got = b""
+    while len(got) < 3073:
+        chunk = s.recv(65536)
+        assert chunk, "server closed during the handshake"
+        got += chunk
+    s.sendall(got[1:1537])  # C2 echoes S1
+
+
+def test_hostile_rtmp_clients_leave_no_traceback(server: Server, clips: dict[str, Clip]) -> None:
+    """Random chunk-stream bytes after a valid handshake, and an oversized message: those
+    connections are closed or ignored, no handler crashes, and a healthy stream keeps working."""
+    import random
+
+    rng = random.Random(20261124)
+    clip = clips["baseline"]
+    with publishing(server, "steady", clip.path) as (first, t0):
+        mark = server.log_mark()
+        for _ in range(16):
+            with socket.create_connection(("127.0.0.1", server.ports["rtmp"]), timeout=10) as s:
+                rtmp_handshake(s)
+                with contextlib.suppress(OSError):
+                    s.sendall(rng.randbytes(rng.randint(1, 8192)))
+        with socket.create_connection(("127.0.0.1", server.ports["rtmp"]), timeout=10) as s:
+            rtmp_handshake(s)
+            # fmt 0 header on csid 3 announcing a 16 MiB command message (the limit is 8 MiB).
+            s.sendall(b"\x03\x00\x00\x00\xff\xff\xff\x14\x00\x00\x00\x00")
+            read_until_closed(s)
+        server.wait_for_log(
+            r"closing connection: ChunkError: message of 16777215 bytes", start=mark
+        )
+        assert first.poll() is None
+        wait_until(t0 + 1.0)
+        status, _ = server.snapshot("steady")
+        assert status == 200
+        log = "\n".join(server.lines[mark:])
+        assert "Traceback" not in log and "Unhandled" not in log, log
