@@ -101,12 +101,20 @@ class WCSService(MultiService):
 
     def _build_listeners(self) -> None:
         s = self.settings
-        site = build_site(s, self.registry, self.snapshots)
+        site = build_site(s, self.registry, self.snapshots, self.reactor)
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
             ("http", s.http_port, lambda: site),
             ("https", s.https_port, lambda: self._tls_wrap(site)),
             ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
         ]
+        for label, port in (("ws", s.ws_port), ("wss", s.wss_port), ("rtsp", s.rtsp_port)):
+            if port:
+                log.info(
+                    "{label}.port={port} is configured, but {label} is not implemented yet: "
+                    "not listening",
+                    label=label,
+                    port=port,
+                )
         for label, port, make in wanted:
             if port:
                 listener = ListenerService(self.reactor, label, s.ip, port, make())

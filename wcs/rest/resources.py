@@ -68,6 +68,8 @@ class JsonEndpoint(Resource):
             request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
             request.setHeader(b"Access-Control-Allow-Methods", ", ".join(self.methods).encode())
         method = (request.method or b"").decode("ascii", "replace")
+        if request.postpath and any(request.postpath):
+            return self._error(request, 404, "Not found")
         if method == "OPTIONS":
             request.setResponseCode(http.OK)
             return b""
@@ -249,11 +251,15 @@ def build_rest_tree(
 
 
 def build_site(
-    settings: Settings, registry: StreamRegistry, snapshots: SnapshotService
+    settings: Settings,
+    registry: StreamRegistry,
+    snapshots: SnapshotService,
+    reactor: Any = None,
 ) -> server.Site:
+    """The HTTP(S) site; idle connections are closed after 60 s on `reactor`'s clock."""
     root = Resource()
     root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots))
-    site = server.Site(root, timeout=60)
+    site = server.Site(root, timeout=60, reactor=reactor)
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

@@ -44,17 +44,24 @@ def stream_key(name: str) -> str:
 
 
 class _Timeline:
-    """Unwraps 32-bit RTMP millisecond timestamps into a monotonic 64-bit timeline."""
+    """Unwraps 32-bit RTMP millisecond timestamps into one monotonic-ish 64-bit timeline.
+
+    Each timestamp is taken as the signed 32-bit step from the previous one, so audio lagging
+    video across the 2^32 point steps back a little instead of jumping 49 days ahead.
+    """
 
     def __init__(self) -> None:
-        self._last: int | None = None
-        self._offset = 0
+        self._last: int | None = None  # unwrapped
 
     def unwrap(self, ts: int) -> int:
-        if self._last is not None and ts < self._last and self._last - ts > 0x80000000:
-            self._offset += 0x100000000
-        self._last = ts
-        return ts + self._offset
+        if self._last is None:
+            self._last = ts
+            return ts
+        delta = (ts - self._last) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        self._last += delta
+        return self._last
 
 
 class RTMPServerProtocol(Protocol, TimeoutMixin):
@@ -115,8 +122,9 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._dropping:
             return
-        self.resetTimeout()
-        if self._handshake is not None:
+        if self._handshake is None:
+            self.resetTimeout()  # the handshake has one deadline, however slowly bytes trickle in
+        else:
             try:
                 out, done, data = self._handshake.feed(data)
             except HandshakeError as err:

@@ -1,0 +1,681 @@
+"""The REST API through the real Site from build_site: raw HTTP bytes into an HTTPChannel over a
+StringTransport, responses parsed back. The snapshot service is a fake whose Deferreds the tests
+fire by hand."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+import twisted.internet
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web import server
+from zope.interface import implementer
+
+from wcs.config import Settings
+from wcs.rest.resources import MAX_BODY, build_site
+from wcs.snapshot.service import SnapshotService, SnapshotTimeout
+from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamNotFound, StreamRegistry
+
+SNAPSHOT = "/rest-api/stream/snapshot"
+FIND = "/rest-api/stream/find"
+FIND_ALL = "/rest-api/stream/find_all"
+TERMINATE = "/rest-api/stream/terminate"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+ERROR_KEYS = ["exception", "reason", "path", "error", "message", "timestamp", "status"]
+EXCEPTION = "com.flashphoner.rest.server.exception."
+CREATED_MS = 1640836780816
+
+
+class FakeSnapshots:
+    """take(name) returns a Deferred that the test fires."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Deferred[bytes]]] = []
+        self.raise_now: Exception | None = None
+
+    def take(self, name: str) -> Deferred[bytes]:
+        if self.raise_now is not None:
+            raise self.raise_now
+        d: Deferred[bytes] = Deferred()
+        self.calls.append((name, d))
+        return d
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def last(self) -> Deferred[bytes]:
+        assert self.calls, "take() was not called"
+        return self.calls[-1][1]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_response(raw: bytes) -> Response | None:
+    """One HTTP/1.1 response, or None while it is incomplete."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    version, code, _ = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers.setdefault(key.strip().lower(), []).append(value.strip())
+    if headers.get("transfer-encoding") == ["chunked"]:
+        body = b""
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep:
+                return None
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                return None
+            if size == 0:
+                break
+            body += rest[:size]
+            rest = rest[size + 2 :]
+    else:
+        length = int(headers.get("content-length", ["0"])[0])
+        if len(rest) < length:
+            return None
+        body = rest[:length]
+    return Response(int(code), headers, body)
+
+
+class Connection:
+    def __init__(self, site: server.Site) -> None:
+        self.transport = StringTransport()
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert self.channel is not None
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes, *, bytewise: bool = False) -> None:
+        assert self.channel is not None
+        if bytewise:
+            for i in range(len(data)):
+                self.channel.dataReceived(data[i : i + 1])
+        else:
+            self.channel.dataReceived(data)
+
+    def response(self) -> Response | None:
+        return parse_response(self.transport.value())
+
+    def disconnect(self) -> None:
+        assert self.channel is not None
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+def raw_request(
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost:8081"]
+    all_headers = dict(headers or {})
+    if body is not None:
+        all_headers.setdefault("Content-Type", "application/json")
+        all_headers.setdefault("Content-Length", str(len(body)))
+    lines += [f"{k}: {v}" for k, v in all_headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+class Api:
+    """build_site() with a fake snapshot service, a Clock and a registry."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.clock = Clock()
+        self.registry = StreamRegistry(clock_ms=lambda: CREATED_MS)
+        self.snapshots = FakeSnapshots()
+        self.terminated: list[tuple[str, bool]] = []
+        self.site = build_site(
+            self.settings, self.registry, cast(SnapshotService, self.snapshots), self.clock
+        )
+        assert self.site.reactor is self.clock
+
+    def send(self, data: bytes, *, bytewise: bool = False) -> Connection:
+        conn = Connection(self.site)
+        conn.send(data, bytewise=bytewise)
+        return conn
+
+    def start(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> Connection:
+        raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        return self.send(raw_request(method, path, raw, headers))
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        response = self.start(method, path, body, headers).response()
+        assert response is not None, "no complete response"
+        return response
+
+
+@pytest.fixture
+def api() -> Api:
+    return Api()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def assert_wcs_error(response: Response, status: int, message: str, path: str) -> dict[str, Any]:
+    """The WCS error JSON: exactly these keys in this order, reason built from the others."""
+    assert response.status == status
+    assert response.header("Content-Type") == "application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert list(body) == ERROR_KEYS
+    assert body["status"] == status
+    assert body["message"] == message
+    assert body["path"] == path
+    assert body["exception"].startswith(EXCEPTION)
+    assert isinstance(body["timestamp"], int)
+    assert abs(body["timestamp"] - time.time() * 1000) < 600_000
+    assert body["reason"] == (
+        f"{body['exception']}, {body['error']}, {body['message']}, "
+        f"ts: {body['timestamp']}, path: {body['path']}"
+    )
+    return body
+
+
+# -- snapshot -----------------------------------------------------------------------------------
+
+
+def test_snapshot_200_with_base64_png(api: Api) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "64966f33"})
+    assert api.snapshots.names == ["64966f33"]
+    assert conn.response() is None  # waits for the snapshot
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None
+    assert response.status == 200
+    assert response.header("Content-Type") == "application/json"
+    assert response.json() == {"data": base64.b64encode(PNG).decode("ascii")}
+    assert base64.b64decode(response.json()["data"]) == PNG
+
+
+def test_snapshot_request_fed_byte_by_byte(api: Api) -> None:
+    body = json.dumps({"streamName": "cam1"}).encode()
+    conn = api.send(raw_request("POST", SNAPSHOT, body), bytewise=True)
+    assert api.snapshots.names == ["cam1"]
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+
+
+def test_snapshot_404_when_stream_not_found(api: Api) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "nope"})
+    api.snapshots.last().errback(StreamNotFound("nope"))
+    response = conn.response()
+    assert response is not None
+    body = assert_wcs_error(response, 404, "Stream not found", SNAPSHOT)
+    assert body["exception"] == EXCEPTION + "NotFoundException"
+    assert body["error"] == "Not Found"
+
+
+def test_snapshot_500_timeout_has_the_exact_wcs_shape(api: Api) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"})
+    api.snapshots.last().errback(SnapshotTimeout())
+    response = conn.response()
+    assert response is not None
+    body = assert_wcs_error(response, 500, "Snapshot response timeout", SNAPSHOT)
+    ts = body["timestamp"]
+    assert body == {
+        "exception": "com.flashphoner.rest.server.exception.InternalErrorException",
+        "reason": "com.flashphoner.rest.server.exception.InternalErrorException, "
+        f"Internal Server Error, Snapshot response timeout, ts: {ts}, "
+        "path: /rest-api/stream/snapshot",
+        "path": "/rest-api/stream/snapshot",
+        "error": "Internal Server Error",
+        "message": "Snapshot response timeout",
+        "timestamp": ts,
+        "status": 500,
+    }
+
+
+def test_snapshot_unexpected_failure_is_a_logged_500(api: Api, log_events: list[LogEvent]) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"})
+    api.snapshots.last().errback(RuntimeError("decoder exploded"))
+    response = conn.response()
+    assert response is not None
+    assert_wcs_error(response, 500, "Internal Server Error", SNAPSHOT)
+    failures = [e for e in log_events if "log_failure" in e]
+    assert len(failures) == 1
+    assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_snapshot_synchronous_exception_is_a_500(api: Api, log_events: list[LogEvent]) -> None:
+    api.snapshots.raise_now = RuntimeError("boom")
+    response = api.call("POST", SNAPSHOT, {"streamName": "cam1"})
+    assert_wcs_error(response, 500, "Internal Server Error", SNAPSHOT)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b"{'streamName': 'cam1'}", b"streamName=cam1", b"\xff\xfe\xfd", b'{"streamName": "a"}x'],
+)
+def test_bad_json_is_400(api: Api, body: bytes) -> None:
+    response = api.call("POST", SNAPSHOT, body)
+    err = assert_wcs_error(response, 400, response.json()["message"], SNAPSHOT)
+    assert err["message"].startswith("Malformed JSON")
+    assert err["exception"] == EXCEPTION + "BadRequestException"
+    assert err["error"] == "Bad Request"
+    assert api.snapshots.calls == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": "cam1"},
+        {"streamName": None},
+        {"streamName": 5},
+        {"streamName": ""},
+        {"streamName": ["cam1"]},
+        {"streamName": {"name": "cam1"}},
+        {"streamName": True},
+        b"",
+    ],
+)
+def test_missing_or_non_string_stream_name_is_400(api: Api, body: object) -> None:
+    response = api.call("POST", SNAPSHOT, body)
+    assert_wcs_error(
+        response, 400, "'streamName' is required and must be a non-empty string", SNAPSHOT
+    )
+    assert api.snapshots.calls == []
+
+
+@pytest.mark.parametrize("body", [["cam1"], [{"streamName": "cam1"}], "cam1", 42, None])
+def test_json_body_that_is_not_an_object_is_400(api: Api, body: object) -> None:
+    response = api.call("POST", SNAPSHOT, json.dumps(body).encode())
+    assert_wcs_error(response, 400, "Request body must be a JSON object", SNAPSHOT)
+    assert api.snapshots.calls == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_wrong_method_is_405_with_allow(api: Api, method: str) -> None:
+    response = api.call(method, SNAPSHOT)
+    body = assert_wcs_error(response, 405, f"Request method '{method}' is not supported", SNAPSHOT)
+    assert body["exception"] == EXCEPTION + "MethodNotAllowedException"
+    assert body["error"] == "Method Not Allowed"
+    assert response.header("Allow") == "POST"
+    assert api.snapshots.calls == []
+
+
+def test_find_all_allows_get_and_post(api: Api) -> None:
+    response = api.call("PUT", FIND_ALL, {})
+    assert_wcs_error(response, 405, "Request method 'PUT' is not supported", FIND_ALL)
+    assert response.header("Allow") == "GET, POST"
+
+
+def test_content_length_over_64k_is_413(api: Api) -> None:
+    body = json.dumps({"streamName": "cam1", "pad": "x" * MAX_BODY}).encode()
+    assert len(body) > MAX_BODY
+    response = api.call("POST", SNAPSHOT, body)
+    err = assert_wcs_error(response, 413, f"Request body larger than {MAX_BODY} bytes", SNAPSHOT)
+    assert err["exception"] == EXCEPTION + "PayloadTooLargeException"
+    assert api.snapshots.calls == []
+
+
+def test_chunked_body_over_64k_is_413(api: Api) -> None:
+    body = json.dumps({"streamName": "cam1", "pad": "x" * MAX_BODY}).encode()
+    head = raw_request(
+        "POST",
+        SNAPSHOT,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000])
+        for i in range(0, len(body), 1000)
+    )
+    conn = api.send(head + chunked + b"0\r\n\r\n")
+    response = conn.response()
+    assert response is not None
+    assert_wcs_error(response, 413, f"Request body larger than {MAX_BODY} bytes", SNAPSHOT)
+    assert api.snapshots.calls == []
+
+
+def test_body_of_exactly_64k_is_accepted(api: Api) -> None:
+    prefix = json.dumps({"streamName": "cam1", "pad": ""}).encode()
+    body = prefix[:-2] + b"x" * (MAX_BODY - len(prefix)) + b'"}'
+    assert len(body) == MAX_BODY
+    conn = api.start("POST", SNAPSHOT, body)
+    assert api.snapshots.names == ["cam1"]
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+
+
+def test_chunked_body_under_the_limit_is_read(api: Api) -> None:
+    body = json.dumps({"streamName": "cam1"}).encode()
+    head = raw_request("POST", SNAPSHOT, headers={"Transfer-Encoding": "chunked"})
+    conn = api.send(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body), bytewise=True)
+    assert api.snapshots.names == ["cam1"]
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/rest-api/nope",
+        "/rest-api/stream/nope",
+        "/rest-api/stream/",
+        "/rest-api/stream",
+        "/rest-api",
+        "/rest-api/",
+        "/rest-api/rtsp/nope/deeper",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unknown_path_under_rest_api_is_a_json_404(api: Api, path: str, method: str) -> None:
+    response = api.call(method, path, {} if method == "POST" else None)
+    body = assert_wcs_error(response, 404, "Not found", path)
+    assert body["exception"] == EXCEPTION + "NotFoundException"
+
+
+# -- CORS and auth ------------------------------------------------------------------------------
+
+
+def test_cors_header_with_the_configured_origin() -> None:
+    api = Api(dataclasses.replace(Settings(), rest_access_control_allow_origin="https://a.example"))
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"})
+    api.snapshots.last().callback(PNG)
+    ok = conn.response()
+    assert ok is not None and ok.status == 200
+    assert ok.header("Access-Control-Allow-Origin") == "https://a.example"
+    error = api.call("POST", SNAPSHOT, b"{")
+    assert error.status == 400
+    assert error.header("Access-Control-Allow-Origin") == "https://a.example"
+
+
+def test_cors_default_origin_is_star(api: Api) -> None:
+    response = api.call("GET", FIND_ALL)
+    assert response.header("Access-Control-Allow-Origin") == "*"
+
+
+def test_options_preflight(api: Api) -> None:
+    response = api.call(
+        "OPTIONS",
+        SNAPSHOT,
+        headers={
+            "Origin": "https://a.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert response.status == 200
+    assert response.header("Access-Control-Allow-Origin") == "*"
+    assert response.header("Access-Control-Allow-Methods") == "POST"
+    allowed = {
+        h.strip().lower()
+        for h in (response.header("Access-Control-Allow-Headers") or "").split(",")
+    }
+    assert {"content-type", "authorization"} <= allowed
+    assert response.body == b""
+    assert api.snapshots.calls == []
+    find_all = api.call("OPTIONS", FIND_ALL)
+    assert find_all.header("Access-Control-Allow-Methods") == "GET, POST"
+
+
+AUTH = dataclasses.replace(Settings(), disable_rest_auth=False, rest_auth_password="pw")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("admin", "wrong"),
+        basic("root", "pw"),
+        basic("admin", ""),
+        {"Authorization": "Bearer pw"},
+        {"Authorization": "Basic !!!not-base64"},
+    ],
+    ids=["none", "wrong-password", "wrong-user", "empty-password", "bearer", "garbage"],
+)
+def test_basic_auth_refuses(headers: dict[str, str]) -> None:
+    api = Api(AUTH)
+    response = api.call("POST", SNAPSHOT, {"streamName": "cam1"}, headers)
+    body = assert_wcs_error(response, 401, "Unauthorized", SNAPSHOT)
+    assert body["exception"] == EXCEPTION + "UnauthorizedException"
+    assert response.header("WWW-Authenticate") == 'Basic realm="wcs"'
+    assert api.snapshots.calls == []
+
+
+def test_basic_auth_accepts_the_right_credentials() -> None:
+    api = Api(AUTH)
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"}, basic("admin", "pw"))
+    assert api.snapshots.names == ["cam1"]
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+    api.registry.publish("cam1", PROVIDER_RTMP)
+    assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
+    assert api.call("GET", FIND_ALL).status == 401
+
+
+def test_basic_auth_leaves_preflight_alone() -> None:
+    api = Api(AUTH)
+    response = api.call("OPTIONS", SNAPSHOT)
+    assert response.status == 200
+    assert response.header("WWW-Authenticate") is None
+
+
+def test_auth_disabled_by_default(api: Api) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"})
+    assert api.snapshots.names == ["cam1"]
+    api.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+
+
+# -- find, find_all, terminate ------------------------------------------------------------------
+
+
+@pytest.fixture
+def two(api: Api) -> Api:
+    def on_terminate(name: str) -> None:
+        # Whether the stream was still registered when its publisher was asked to leave.
+        api.terminated.append((name, api.registry.get(name) is not None))
+
+    api.registry.publish(
+        "cam1",
+        PROVIDER_RTMP,
+        media_session_id="msid-1",
+        on_terminate=functools.partial(on_terminate, "cam1"),
+    )
+    cam2 = api.registry.publish(
+        "cam2",
+        PROVIDER_WEBRTC,
+        media_session_id="msid-2",
+        on_terminate=functools.partial(on_terminate, "cam2"),
+    )
+    cam2.status = "PLAYING"  # a status other than PUBLISHING, to filter on
+    return api
+
+
+def names_of(response: Response) -> list[str]:
+    assert response.status == 200, response.body
+    assert response.header("Content-Type") == "application/json"
+    return [s["name"] for s in response.json()]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, ["cam1", "cam2"]),
+        ({"name": "cam1"}, ["cam1"]),
+        ({"name": "cam2"}, ["cam2"]),
+        ({"mediaSessionId": "msid-2"}, ["cam2"]),
+        ({"name": "cam1", "mediaSessionId": "msid-1"}, ["cam1"]),
+        ({"published": True}, ["cam1", "cam2"]),
+        ({"published": "true"}, ["cam1", "cam2"]),
+        ({"status": "PUBLISHING"}, ["cam1"]),
+        ({"status": "PLAYING", "published": True}, ["cam2"]),
+    ],
+)
+def test_find_filters(two: Api, query: dict[str, object], expected: list[str]) -> None:
+    assert names_of(two.call("POST", FIND, query)) == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"name": "nope"},
+        {"mediaSessionId": "msid-3"},
+        {"name": "cam1", "mediaSessionId": "msid-2"},
+        {"published": False},
+        {"published": "false"},
+        {"status": "FAILED"},
+    ],
+)
+def test_find_404_when_nothing_matches(two: Api, query: dict[str, object]) -> None:
+    assert_wcs_error(two.call("POST", FIND, query), 404, "Stream not found", FIND)
+
+
+def test_find_returns_the_stream_objects(two: Api) -> None:
+    response = two.call("POST", FIND, {"name": "cam1"})
+    cam1 = two.registry.get("cam1")
+    assert cam1 is not None
+    assert response.json() == [cam1.to_json()]
+    obj = response.json()[0]
+    assert obj["mediaSessionId"] == "msid-1"
+    assert obj["mediaProvider"] == "Flash"
+    assert obj["createDate"] == CREATED_MS
+    assert obj["published"] is True
+
+
+def test_find_all_get_and_post(two: Api) -> None:
+    assert names_of(two.call("GET", FIND_ALL)) == ["cam1", "cam2"]
+    assert names_of(two.call("POST", FIND_ALL, {})) == ["cam1", "cam2"]
+    assert names_of(two.call("POST", FIND_ALL)) == ["cam1", "cam2"]
+
+
+def test_find_all_404_without_streams(api: Api) -> None:
+    response = api.call("GET", FIND_ALL)
+    assert response.status == 404
+    assert list(response.json()) == ERROR_KEYS
+
+
+@pytest.mark.parametrize("query", [{"mediaSessionId": "msid-1"}, {"name": "cam1"}])
+def test_terminate(two: Api, query: dict[str, object]) -> None:
+    cam1 = two.registry.get("cam1")
+    assert cam1 is not None
+    response = two.call("POST", TERMINATE, query)
+    assert response.status == 200
+    assert response.json() == {}
+    assert two.terminated == [("cam1", True)]  # asked to leave, then the stream ended
+    assert cam1.ended and cam1.end_reason == "Stopped by server"
+    assert two.registry.get("cam1") is None
+    cam2 = two.registry.get("cam2")
+    assert cam2 is not None and not cam2.ended
+
+
+def test_terminate_calls_the_publishers_callback() -> None:
+    api = Api()
+    called: list[str] = []
+    stream = api.registry.publish("cam1", PROVIDER_RTMP, on_terminate=lambda: called.append("bye"))
+    assert api.call("POST", TERMINATE, {"name": "cam1"}).status == 200
+    assert called == ["bye"]
+    assert stream.ended
+
+
+@pytest.mark.parametrize("query", [{}, {"status": "PUBLISHING"}, {"published": True}])
+def test_terminate_without_name_or_id_is_400(two: Api, query: dict[str, object]) -> None:
+    response = two.call("POST", TERMINATE, query)
+    assert_wcs_error(response, 400, "'mediaSessionId' or 'name' is required", TERMINATE)
+    assert len(two.registry) == 2
+    assert two.terminated == []
+
+
+def test_terminate_unknown_is_404(two: Api) -> None:
+    response = two.call("POST", TERMINATE, {"name": "nope"})
+    assert_wcs_error(response, 404, "Stream not found", TERMINATE)
+    assert len(two.registry) == 2
+
+
+# -- client going away --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["png", "not-found", "timeout", "crash"])
+def test_client_disconnecting_before_the_snapshot_completes(
+    api: Api, log_events: list[LogEvent], outcome: str
+) -> None:
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"})
+    d = api.snapshots.last()
+    conn.disconnect()
+    written = conn.transport.value()
+    if outcome == "png":
+        d.callback(PNG)
+    elif outcome == "not-found":
+        d.errback(StreamNotFound("cam1"))
+    elif outcome == "timeout":
+        d.errback(SnapshotTimeout())
+    else:
+        d.errback(RuntimeError("decoder exploded"))
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results == [None]  # the chain ended cleanly, no unhandled failure left behind
+    assert conn.transport.value() == written  # nothing written to the closed connection
+    unexpected = [
+        e for e in log_events if "log_failure" in e and not e["log_failure"].check(RuntimeError)
+    ]
+    assert unexpected == []

@@ -1,0 +1,809 @@
+"""RTMPServerProtocol over a StringTransport with a Clock: a publisher session as ffmpeg plays it,
+built with our own chunk/AMF0 encoders and real H.264 from ffmpeg; limits, timeouts, errors."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from tests.unit.media_fixtures import h264_sample
+from wcs.media import h264
+from wcs.media.units import MediaUnit
+from wcs.rtmp import amf0, chunks
+from wcs.rtmp.chunks import ChunkDecoder, ChunkEncoder, Message
+from wcs.rtmp.handshake import HANDSHAKE_SIZE
+from wcs.rtmp.protocol import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CHUNK_STREAMS,
+    MAX_CONNECTIONS,
+    MAX_MESSAGE_SIZE,
+    OUT_CHUNK_SIZE,
+    WINDOW_ACK_SIZE,
+    RTMPServerFactory,
+    RTMPServerProtocol,
+)
+from wcs.streams import Stream, StreamRegistry
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 50000)
+WRAP = 1 << 32
+# ffmpeg's chunk stream ids (libavformat/rtmppkt.h).
+CSID_NETWORK, CSID_SYSTEM, CSID_AUDIO, CSID_VIDEO, CSID_SOURCE = 2, 3, 4, 6, 8
+
+C1 = b"\x00\x00\x12\x34" + bytes(4) + bytes((i * 7 + 3) % 256 for i in range(HANDSHAKE_SIZE - 8))
+C2 = bytes((i * 13 + 1) % 256 for i in range(HANDSHAKE_SIZE))
+SERVER_HANDSHAKE = 1 + 2 * HANDSHAKE_SIZE
+
+
+# -- the client side: bytes an encoder sends ------------------------------------------------------
+
+
+class Client:
+    """Builds what an RTMP publisher sends, with our ChunkEncoder (fmt 0 + fmt 3 chunks)."""
+
+    def __init__(self) -> None:
+        self.enc = ChunkEncoder()
+
+    @staticmethod
+    def handshake() -> bytes:
+        return b"\x03" + C1 + C2
+
+    def message(
+        self, type_id: int, payload: bytes, *, csid: int, stream_id: int = 1, ts: int = 0
+    ) -> bytes:
+        return self.enc.encode(Message(csid, type_id, stream_id, ts, payload))
+
+    def set_chunk_size(self, n: int) -> bytes:
+        out = self.enc.encode(chunks.set_chunk_size_message(n))
+        self.enc.set_chunk_size(n)
+        return out
+
+    def command(self, *values: object, csid: int = CSID_SYSTEM, stream_id: int = 0) -> bytes:
+        return self.message(
+            chunks.COMMAND_AMF0, amf0.encode(*values), csid=csid, stream_id=stream_id
+        )
+
+    def publish_prelude(self, name: str = "cam1?token=x") -> bytes:
+        """Everything ffmpeg sends from connect to publish (it waits for answers in between)."""
+        return b"".join(
+            [
+                self.set_chunk_size(4096),
+                self.command(
+                    "connect",
+                    1.0,
+                    {
+                        "app": "live",
+                        "type": "nonprivate",
+                        "flashVer": "FMLE/3.0 (compatible; Lavf61.7.100)",
+                        "tcUrl": "rtmp://127.0.0.1:1935/live",
+                    },
+                ),
+                self.command("releaseStream", 2.0, None, name),
+                self.command("FCPublish", 3.0, None, name),
+                self.command("createStream", 4.0, None),
+                self.command("publish", 5.0, None, name, "live", csid=CSID_SOURCE, stream_id=1),
+            ]
+        )
+
+    def metadata(self) -> bytes:
+        meta = amf0.ECMAArray(
+            {
+                "duration": 0.0,
+                "width": 320.0,
+                "height": 240.0,
+                "videocodecid": 7.0,
+                "framerate": 30.0,
+                "encoder": "Lavf61.7.100",
+            }
+        )
+        payload = amf0.encode("@setDataFrame", "onMetaData", meta)
+        return self.message(chunks.DATA_AMF0, payload, csid=CSID_SOURCE)
+
+    def video(self, ts: int, payload: bytes) -> bytes:
+        return self.message(chunks.VIDEO, payload, csid=CSID_VIDEO, ts=ts)
+
+    def audio(self, ts: int, payload: bytes) -> bytes:
+        return self.message(chunks.AUDIO, payload, csid=CSID_AUDIO, ts=ts)
+
+
+def video_tag(keyframe: bool, packet_type: int, cts: int, body: bytes) -> bytes:
+    """FLV AVC video tag body: frame type / codec 7, AVCPacketType, signed 24-bit cts."""
+    first = (0x10 if keyframe else 0x20) | 7
+    return bytes((first, packet_type)) + cts.to_bytes(3, "big", signed=True) + body
+
+
+def avcc_frame(nals: list[bytes], length_size: int = 4) -> bytes:
+    return b"".join(len(n).to_bytes(length_size, "big") + n for n in nals)
+
+
+AAC_CONFIG = b"\x12\x10"  # AAC-LC, 44.1 kHz, stereo
+
+
+def aac_tag(packet_type: int, body: bytes) -> bytes:
+    return bytes((0xAF, packet_type)) + body
+
+
+# -- real H.264 from ffmpeg ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Media:
+    sps: bytes
+    pps: bytes
+    frames: tuple[tuple[int, int, bool, tuple[bytes, ...]], ...]  # (dts ms, cts ms, key, NALs)
+
+
+@functools.cache
+def media(count: int = 8) -> Media:
+    sample = h264_sample()
+    units = sample.units[:count]
+    first = h264.split_annexb(units[0].data)
+    sps = next(n for n in first if h264.nal_type(n) == h264.NAL_SPS)
+    pps = next(n for n in first if h264.nal_type(n) == h264.NAL_PPS)
+    base = units[0].dts
+    frames = []
+    for unit in units:
+        dts_ms = 1000 + round((unit.dts - base) * unit.time_base * 1000)
+        pts_ms = 1000 + round((unit.pts - base) * unit.time_base * 1000)
+        nals = tuple(h264.split_annexb(unit.data))
+        frames.append((dts_ms, pts_ms - dts_ms, unit.keyframe, nals))
+    return Media(sps, pps, tuple(frames))
+
+
+def sequence_header(m: Media) -> bytes:
+    return video_tag(True, 0, 0, h264.build_avcc([m.sps], [m.pps]))
+
+
+def expected_units(m: Media) -> list[MediaUnit]:
+    return [
+        MediaUnit("video", "H264", dts + cts, dts, key, h264.to_annexb(nals))
+        for dts, cts, key, nals in m.frames
+    ]
+
+
+def full_session(client: Client) -> bytes:
+    m = media()
+    parts = [client.handshake(), client.publish_prelude(), client.metadata()]
+    parts.append(client.video(0, sequence_header(m)))
+    for dts, cts, key, nals in m.frames:
+        parts.append(client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    return b"".join(parts)
+
+
+# -- the server side ----------------------------------------------------------------------------
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.units: list[MediaUnit] = []
+        self.ended = 0
+
+    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        self.units.append(unit)
+
+    def stream_ended(self, stream: Stream) -> None:
+        self.ended += 1
+
+
+class Harness:
+    """One server connection on a StringTransport; decodes what the server writes."""
+
+    def __init__(
+        self, registry: StreamRegistry | None = None, factory: RTMPServerFactory | None = None
+    ) -> None:
+        self.clock = Clock()
+        self.registry = registry if registry is not None else StreamRegistry()
+        self.factory = factory or RTMPServerFactory(self.registry, clock=self.clock)
+        self.proto: RTMPServerProtocol = self.factory.buildProtocol(ADDR)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.client = Client()
+        self.sink = RecordingSink()
+        self.registry.add_observer(self._observe)
+        self.server_handshake = b""
+        self._out = bytearray()
+        self._decoder = ChunkDecoder()
+        self._streams: list[Stream] = []
+
+    def _observe(self, stream: Stream) -> None:
+        # Only this connection's publish (a shared registry tells every harness).
+        if self.proto.stream is None and not self._streams:
+            self._streams.append(stream)
+            stream.add_sink(self.sink)
+
+    def feed(self, data: bytes, *, bytewise: bool = False) -> None:
+        if bytewise:
+            for i in range(len(data)):
+                self.proto.dataReceived(data[i : i + 1])
+        else:
+            self.proto.dataReceived(data)
+
+    def received(self) -> list[Message]:
+        """Server messages written since the last call (the handshake reply is set aside)."""
+        self._out += self.transport.value()
+        self.transport.clear()
+        if not self.server_handshake:
+            if len(self._out) < SERVER_HANDSHAKE:
+                return []
+            self.server_handshake = bytes(self._out[:SERVER_HANDSHAKE])
+            del self._out[:SERVER_HANDSHAKE]
+        data = bytes(self._out)
+        self._out.clear()
+        return self._decoder.feed(data)
+
+    def handshake(self) -> None:
+        self.feed(self.client.handshake())
+        assert self.received() == []
+        assert self.server_handshake
+
+    def publish(self, name: str = "cam1?token=x") -> list[Message]:
+        self.handshake()
+        self.feed(self.client.publish_prelude(name))
+        return self.received()
+
+    @property
+    def dropped(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    def lose(self) -> None:
+        self.proto.connectionLost(Failure(ConnectionDone()))
+
+
+def commands(messages: list[Message]) -> list[list[object]]:
+    return [amf0.decode(m.payload) for m in messages if m.type_id == chunks.COMMAND_AMF0]
+
+
+def statuses(messages: list[Message]) -> list[dict[str, object]]:
+    out = []
+    for values in commands(messages):
+        if values[0] == "onStatus":
+            info = values[3]
+            assert isinstance(info, dict)
+            out.append(info)
+    return out
+
+
+# -- the full publisher session -----------------------------------------------------------------
+
+
+def run_session(bytewise: bool) -> tuple[Harness, list[Message]]:
+    h = Harness()
+    h.feed(full_session(h.client), bytewise=bytewise)
+    return h, h.received()
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["one-feed", "byte-by-byte"])
+def test_publisher_session(bytewise: bool) -> None:
+    h, messages = run_session(bytewise)
+    assert not h.dropped
+
+    # S0 + S1 + S2: version 3, S2 echoes C1 (its time and random bytes).
+    hs = h.server_handshake
+    assert len(hs) == 1 + 2 * HANDSHAKE_SIZE
+    assert hs[0] == 3
+    s1, s2 = hs[1 : 1 + HANDSHAKE_SIZE], hs[1 + HANDSHAKE_SIZE :]
+    assert s1[4:8] == bytes(4)
+    assert s2[:4] == C1[:4]
+    assert s2[8:] == C1[8:]
+
+    # connect: Window Ack Size, Set Peer Bandwidth, Set Chunk Size, then _result.
+    control = [(m.type_id, m.payload) for m in messages[:3]]
+    assert control == [
+        (chunks.WINDOW_ACK_SIZE, WINDOW_ACK_SIZE.to_bytes(4, "big")),
+        (chunks.SET_PEER_BANDWIDTH, WINDOW_ACK_SIZE.to_bytes(4, "big") + b"\x02"),
+        (chunks.SET_CHUNK_SIZE, OUT_CHUNK_SIZE.to_bytes(4, "big")),
+    ]
+    assert all(m.csid == 2 and m.stream_id == 0 for m in messages[:3])
+    cmds = commands(messages)
+    connect_result = cmds[0]
+    assert connect_result[:2] == ["_result", 1.0]
+    info = connect_result[3]
+    assert isinstance(info, dict)
+    assert info["code"] == "NetConnection.Connect.Success"
+    assert info["level"] == "status"
+    # releaseStream, FCPublish, createStream (stream id 1).
+    assert cmds[1][:3] == ["_result", 2.0, None]
+    assert cmds[2][0] == "onFCPublish"
+    assert cmds[3] == ["_result", 4.0, None, 1.0]
+    # publish: Stream Begin 1, then onStatus NetStream.Publish.Start on stream 1.
+    begin = [m for m in messages if m.type_id == chunks.USER_CONTROL]
+    assert [chunks.parse_user_control(m.payload) for m in begin] == [(chunks.STREAM_BEGIN, (1,))]
+    on_status = [m for m in messages if m.type_id == chunks.COMMAND_AMF0][-1]
+    assert on_status.stream_id == 1
+    assert cmds[4][:3] == ["onStatus", 0.0, None]
+    status = statuses(messages)
+    assert len(status) == 1
+    assert status[0]["level"] == "status"
+    assert status[0]["code"] == "NetStream.Publish.Start"
+    assert len(cmds) == 5
+
+    # The stream: name without the query, provider Flash, H.264 params from the SPS.
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    assert h.registry.get("cam1?token=x") is None
+    assert stream.provider == "Flash"
+    assert stream.status == "PUBLISHING"
+    assert stream.video is not None
+    m = media()
+    assert (stream.video.codec, stream.video.width, stream.video.height) == ("H264", 320, 240)
+    assert stream.video.extradata == h264.to_annexb([m.sps, m.pps])
+    assert stream.video.profile == h264.codec_string(h264.parse_sps(m.sps))
+    assert stream.has_video and not stream.has_audio
+
+    # Media units: Annex B, pts = dts + cts, keyframe flags; B-frames give pts != dts.
+    units = h.sink.units
+    assert units == expected_units(m)
+    assert any(u.pts != u.dts for u in units)
+    assert [u.keyframe for u in units] == [True] + [False] * (len(units) - 1)
+    assert all(u.data.startswith(b"\x00\x00\x00\x01") for u in units)
+    assert stream.gop is not None and stream.gop.units == units
+
+
+def test_one_feed_and_byte_by_byte_give_the_same_result() -> None:
+    whole, whole_messages = run_session(False)
+    single, single_messages = run_session(True)
+    assert whole.sink.units == single.sink.units
+    assert whole_messages == single_messages
+    a, b = whole.registry.get("cam1"), single.registry.get("cam1")
+    assert a is not None and b is not None
+    assert a.video == b.video
+    skip = {"mediaSessionId", "createDate"}
+    assert {k: v for k, v in a.to_json().items() if k not in skip} == {
+        k: v for k, v in b.to_json().items() if k not in skip
+    }
+
+
+def test_server_output_is_a_valid_chunk_stream_at_its_chunk_size() -> None:
+    # Larger than one outgoing chunk: the connect answer must be re-chunked at OUT_CHUNK_SIZE.
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.command("connect", 1.0, {"app": "x" * (OUT_CHUNK_SIZE + 100)}))
+    messages = h.received()
+    assert [m.type_id for m in messages][-1] == chunks.COMMAND_AMF0
+    assert commands(messages)[0][:2] == ["_result", 1.0]
+
+
+# -- audio, unpublish, disconnect ---------------------------------------------------------------
+
+
+def test_aac_audio() -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    data = h.client.audio(0, aac_tag(0, AAC_CONFIG))
+    data += h.client.audio(23, aac_tag(1, b"raw-aac-1"))
+    data += h.client.audio(46, aac_tag(1, b"raw-aac-2"))
+    h.feed(data, bytewise=True)
+    assert not h.dropped
+    assert stream.has_audio
+    assert stream.audio_codec == "AAC"
+    assert stream.to_json()["hasAudio"] is True
+    assert stream.to_json()["audioCodec"] == "AAC"
+    assert h.sink.units == [
+        MediaUnit("audio", "AAC", 23, 23, True, b"raw-aac-1"),
+        MediaUnit("audio", "AAC", 46, 46, True, b"raw-aac-2"),
+    ]
+    assert stream.gop is None  # audio is never cached for snapshots
+
+
+@pytest.mark.parametrize("command", ["FCUnpublish", "deleteStream", "closeStream"])
+def test_unpublish_ends_the_stream(command: str) -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    args: tuple[object, ...] = (None, "cam1") if command == "FCUnpublish" else (None, 1.0)
+    h.feed(h.client.command(command, 6.0, *args))
+    assert stream.ended
+    assert stream.end_reason == "Stopped by publisher stop"
+    assert h.registry.get("cam1") is None
+    assert h.sink.ended == 1
+    status = statuses(h.received())
+    assert [s["code"] for s in status] == ["NetStream.Unpublish.Success"]
+    assert not h.dropped
+    # ffmpeg sends FCUnpublish then deleteStream: the second one is a no-op.
+    h.feed(h.client.command("deleteStream", 7.0, None, 1.0))
+    assert statuses(h.received()) == []
+    h.lose()
+    assert h.sink.ended == 1
+
+
+def test_connection_lost_mid_publish_ends_the_stream() -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    assert h.factory.connections == 1
+    h.lose()
+    assert stream.ended
+    assert stream.end_reason == "Stopped by publisher stop"
+    assert h.registry.get("cam1") is None
+    assert h.sink.ended == 1
+    assert h.factory.connections == 0
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_republish_after_disconnect_is_a_new_stream() -> None:
+    registry = StreamRegistry()
+    first = Harness(registry)
+    first.publish()
+    old = registry.get("cam1")
+    first.lose()
+    second = Harness(registry)
+    second.publish()
+    new = registry.get("cam1")
+    assert old is not None and new is not None and new is not old
+    assert new.media_session_id != old.media_session_id
+    assert not second.dropped
+
+
+def test_second_publish_of_a_taken_name_is_refused() -> None:
+    registry = StreamRegistry()
+    first = Harness(registry)
+    first.publish()
+    stream = registry.get("cam1")
+    assert stream is not None
+
+    second = Harness(registry, first.factory)
+    messages = second.publish("cam1?other=1")
+    status = statuses(messages)
+    assert len(status) == 1
+    assert status[0]["level"] == "error"
+    assert status[0]["code"] == "NetStream.Publish.BadName"
+    assert status[0]["description"] == "Stream name is already in use"
+    assert second.dropped
+    assert second.proto.stream is None
+
+    # The first publisher is untouched, even after the refused connection goes away.
+    second.lose()
+    assert registry.get("cam1") is stream
+    assert not stream.ended
+    assert not first.dropped
+    m = media()
+    first.feed(first.client.video(0, sequence_header(m)))
+    dts, cts, key, nals = m.frames[0]
+    first.feed(first.client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    assert first.sink.units == expected_units(m)[:1]
+    assert first.factory.connections == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "..?token=1", "a\\b", "", "?token=1"])
+def test_invalid_names_are_refused(name: str) -> None:
+    h = Harness()
+    status = statuses(h.publish(name))
+    assert len(status) == 1
+    assert status[0]["code"] == "NetStream.Publish.BadName"
+    assert status[0]["level"] == "error"
+    assert status[0]["description"] == "Invalid stream name"
+    assert h.dropped
+    assert len(h.registry) == 0
+
+
+def test_terminate_from_the_server_drops_the_publisher() -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    stream.terminate()
+    assert h.dropped
+    assert stream.ended and stream.end_reason == "Stopped by server"
+    h.lose()
+    assert stream.end_reason == "Stopped by server"
+    assert h.sink.ended == 1
+
+
+def test_second_publish_on_one_connection_drops_it() -> None:
+    h = Harness()
+    h.publish()
+    h.feed(h.client.command("publish", 6.0, None, "cam2", "live", csid=CSID_SOURCE, stream_id=1))
+    assert h.dropped
+    assert h.registry.get("cam2") is None
+
+
+# -- timeouts and limits ------------------------------------------------------------------------
+
+
+def test_handshake_timeout_drops_the_connection() -> None:
+    h = Harness()
+    h.clock.advance(HANDSHAKE_TIMEOUT - 0.5)
+    assert not h.dropped
+    h.clock.advance(0.5)
+    assert h.dropped
+    assert h.transport.value() == b""
+
+
+def test_handshake_timeout_after_a_partial_handshake() -> None:
+    h = Harness()
+    h.feed(b"\x03" + C1)  # C0 + C1 answered, C2 never comes
+    assert len(h.transport.value()) == SERVER_HANDSHAKE
+    h.clock.advance(HANDSHAKE_TIMEOUT)
+    assert h.dropped
+
+
+def test_idle_timeout_after_the_handshake() -> None:
+    h = Harness()
+    h.handshake()
+    h.clock.advance(HANDSHAKE_TIMEOUT + 1)
+    assert not h.dropped
+    h.clock.advance(IDLE_TIMEOUT - HANDSHAKE_TIMEOUT - 2)
+    assert not h.dropped
+    h.feed(h.client.message(chunks.USER_CONTROL, b"\x00\x06\x00\x00\x00\x01", csid=2))
+    h.clock.advance(IDLE_TIMEOUT - 1)
+    assert not h.dropped  # data reset the idle timer
+    h.clock.advance(1)
+    assert h.dropped
+
+
+def test_idle_timeout_ends_a_publish_once_the_connection_is_lost() -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    h.clock.advance(IDLE_TIMEOUT)
+    assert h.dropped
+    h.lose()
+    assert stream.ended and stream.end_reason == "Stopped by publisher stop"
+
+
+@pytest.mark.parametrize("version", [0, 6, ord("G"), 0xFF])
+def test_bad_version_byte_drops_at_once(version: int) -> None:
+    h = Harness()
+    h.feed(bytes((version,)))
+    assert h.dropped
+    assert h.transport.value() == b""
+    h.feed(C1)  # anything after the drop is ignored
+    assert h.transport.value() == b""
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_chunk_stream_error_drops() -> None:
+    h = Harness()
+    h.handshake()
+    # fmt 1 on chunk stream 5, which has never had a fmt 0 chunk.
+    h.feed(b"\x45" + bytes(7), bytewise=True)
+    assert h.dropped
+
+
+def test_message_over_max_message_size_drops() -> None:
+    h = Harness()
+    h.handshake()
+    header = bytes((0x06,)) + bytes(3) + (MAX_MESSAGE_SIZE + 1).to_bytes(3, "big")
+    header += bytes((chunks.VIDEO,)) + (1).to_bytes(4, "little")
+    h.feed(header, bytewise=True)
+    assert h.dropped
+
+
+def test_message_of_exactly_max_message_size_is_accepted() -> None:
+    h = Harness()
+    h.handshake()
+    header = bytes((0x06,)) + bytes(3) + MAX_MESSAGE_SIZE.to_bytes(3, "big")
+    header += bytes((chunks.VIDEO,)) + (1).to_bytes(4, "little")
+    h.feed(header + bytes(1000))
+    assert not h.dropped
+
+
+def test_too_many_chunk_streams_drops() -> None:
+    h = Harness()
+    h.handshake()
+    # A complete 1-byte message on each of MAX_CHUNK_STREAMS + 1 chunk streams.
+    data = b"".join(
+        h.client.message(chunks.AUDIO, b"\xaf", csid=csid)
+        for csid in range(3, 3 + MAX_CHUNK_STREAMS)
+    )
+    h.feed(data)
+    assert not h.dropped
+    h.feed(h.client.message(chunks.AUDIO, b"\xaf", csid=3 + MAX_CHUNK_STREAMS))
+    assert h.dropped
+
+
+def test_connection_limit() -> None:
+    registry = StreamRegistry()
+    factory = RTMPServerFactory(registry, clock=Clock())
+    factory.connections = MAX_CONNECTIONS - 1
+    ok = Harness(registry, factory)
+    assert not ok.dropped
+    over = Harness(registry, factory)
+    assert over.dropped
+    over.lose()
+    ok.lose()
+    assert factory.connections == MAX_CONNECTIONS - 1
+
+
+def test_sequence_header_without_pps_drops() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(0, video_tag(True, 0, 0, h264.build_avcc([m.sps], []))))
+    assert h.dropped
+
+
+def test_bad_amf_command_drops() -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.message(chunks.COMMAND_AMF0, b"\x02\x00\x10ab", csid=3, stream_id=0))
+    assert h.dropped
+
+
+# -- control messages ---------------------------------------------------------------------------
+
+
+def test_ping_request_gets_a_ping_response() -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.enc.encode(chunks.user_control_message(chunks.PING_REQUEST, 123456)))
+    messages = h.received()
+    assert [chunks.parse_user_control(m.payload) for m in messages] == [
+        (chunks.PING_RESPONSE, (123456,))
+    ]
+    assert messages[0].type_id == chunks.USER_CONTROL and messages[0].csid == 2
+
+
+def test_acknowledgements_after_the_client_window() -> None:
+    h = Harness()
+    h.handshake()
+    window = 1000
+    data = h.client.enc.encode(chunks.window_ack_size_message(window))
+    for i in range(40):
+        data += h.client.audio(i * 23, aac_tag(1, bytes(100)))
+    acks: list[tuple[int, int]] = []  # (bytes fed, acknowledged sequence number)
+    for fed in range(1, len(data) + 1):
+        h.feed(data[fed - 1 : fed])
+        for m in h.received():
+            assert m.type_id == chunks.ACKNOWLEDGEMENT
+            acks.append((fed, chunks.parse_uint32(m.payload)))
+    assert len(acks) == len(data) // window
+    assert acks == [(n * window, n * window) for n in range(1, len(acks) + 1)]
+
+
+def test_no_acknowledgements_without_a_client_window() -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(b"".join(h.client.audio(i, aac_tag(1, bytes(1000))) for i in range(10)))
+    assert h.received() == []
+
+
+def test_unknown_commands_are_ignored_and_play_is_refused() -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.command("_checkbw", 9.0, None))
+    assert h.received() == []
+    h.feed(h.client.command("play", 10.0, None, "cam1", csid=CSID_SOURCE, stream_id=1))
+    assert [s["code"] for s in statuses(h.received())] == ["NetStream.Play.Failed"]
+    assert not h.dropped
+
+
+def test_media_before_publish_is_ignored() -> None:
+    h = Harness()
+    h.handshake()
+    m = media()
+    h.feed(h.client.video(0, sequence_header(m)) + h.client.audio(0, aac_tag(1, b"x")))
+    assert not h.dropped
+    assert len(h.registry) == 0
+
+
+def test_frames_before_the_sequence_header_are_skipped() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    dts, cts, key, nals = m.frames[0]
+    frame = video_tag(key, 1, cts, avcc_frame(list(nals)))
+    h.feed(h.client.video(dts, frame))
+    assert h.sink.units == []
+    h.feed(h.client.video(0, sequence_header(m)) + h.client.video(dts, frame))
+    assert h.sink.units == expected_units(m)[:1]
+
+
+# -- aggregates and timestamps ------------------------------------------------------------------
+
+
+def flv_tag(type_id: int, ts: int, body: bytes) -> bytes:
+    header = bytes((type_id,)) + len(body).to_bytes(3, "big")
+    header += (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
+    return header + body + (11 + len(body)).to_bytes(4, "big")
+
+
+def test_aggregate_message_is_split_with_rebased_timestamps() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(0, sequence_header(m)))
+    frames = m.frames[:3]
+    tags = b""
+    for dts, cts, key, nals in frames:
+        # Tag timestamps in the aggregate are on another clock (here +50 s).
+        tags += flv_tag(chunks.VIDEO, 50_000 + dts, video_tag(key, 1, cts, avcc_frame(list(nals))))
+    tags += flv_tag(chunks.AUDIO, 50_000 + frames[0][0] + 10, aac_tag(1, b"aac"))
+    aggregate_ts = 7000
+    h.feed(
+        h.client.message(chunks.AGGREGATE, tags, csid=CSID_VIDEO, ts=aggregate_ts), bytewise=True
+    )
+    assert not h.dropped
+    shift = aggregate_ts - frames[0][0]
+    expected = [
+        MediaUnit("video", "H264", u.pts + shift, u.dts + shift, u.keyframe, u.data)
+        for u in expected_units(m)[:3]
+    ]
+    expected.append(MediaUnit("audio", "AAC", aggregate_ts + 10, aggregate_ts + 10, True, b"aac"))
+    assert h.sink.units == expected
+
+
+def test_truncated_aggregate_drops() -> None:
+    h = Harness()
+    h.publish()
+    tag = flv_tag(chunks.AUDIO, 0, aac_tag(1, b"aac"))
+    h.feed(h.client.message(chunks.AGGREGATE, tag[:-10], csid=CSID_AUDIO))
+    assert h.dropped
+
+
+def test_video_timestamps_wrap_at_2_32() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(WRAP - 200, sequence_header(m)))
+    sent = [WRAP - 100, WRAP - 50, 10, 60, 110]
+    frames = m.frames[: len(sent)]
+    for ts, (_, cts, key, nals) in zip(sent, frames, strict=True):
+        h.feed(h.client.video(ts, video_tag(key, 1, cts, avcc_frame(list(nals)))), bytewise=True)
+    dts = [u.dts for u in h.sink.units]
+    assert dts == [WRAP - 100, WRAP - 50, WRAP + 10, WRAP + 60, WRAP + 110]
+    assert [u.pts - u.dts for u in h.sink.units] == [cts for _, cts, _, _ in frames]
+
+
+def test_timestamps_wrap_with_interleaved_audio_and_video() -> None:
+    # BUG (wcs/rtmp/protocol.py, _Timeline): audio and video share one unwrapper that only
+    # recognises a backwards jump as a wrap. When audio lags video across the 2**32 point (the
+    # video tag after the wrap arrives before the last audio tag of the old lap), the late audio
+    # tag looks like a 49-day jump forward and every later unit gets another 2**32 added.
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(WRAP - 100, sequence_header(m)))
+    _, _, _, key_nals = m.frames[0]
+    _, _, _, p_nals = m.frames[1]
+    h.feed(h.client.video(WRAP - 40, video_tag(True, 1, 0, avcc_frame(list(key_nals)))))
+    h.feed(h.client.audio(WRAP - 60, aac_tag(1, b"a1")))
+    h.feed(h.client.video(WRAP - 7, video_tag(False, 1, 0, avcc_frame(list(p_nals)))))
+    h.feed(h.client.video(26, video_tag(False, 1, 0, avcc_frame(list(p_nals)))))  # wrapped
+    h.feed(h.client.audio(WRAP - 37, aac_tag(1, b"a2")))  # audio still on the old lap
+    h.feed(h.client.audio(WRAP - 14, aac_tag(1, b"a3")))
+    h.feed(h.client.video(59, video_tag(False, 1, 0, avcc_frame(list(p_nals)))))
+    h.feed(h.client.audio(9, aac_tag(1, b"a4")))
+    got = [(u.kind, u.dts) for u in h.sink.units]
+    assert got == [
+        ("video", WRAP - 40),
+        ("audio", WRAP - 60),
+        ("video", WRAP - 7),
+        ("video", WRAP + 26),
+        ("audio", WRAP - 37),
+        ("audio", WRAP - 14),
+        ("video", WRAP + 59),
+        ("audio", WRAP + 9),
+    ]
+
+
+def test_negative_composition_time() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(0, sequence_header(m)))
+    _, _, key, nals = m.frames[0]
+    h.feed(h.client.video(5000, video_tag(key, 1, -33, avcc_frame(list(nals)))))
+    assert [(u.pts, u.dts) for u in h.sink.units] == [(4967, 5000)]
+
+
+def test_two_byte_nal_lengths_from_the_sequence_header() -> None:
+    h = Harness()
+    h.publish()
+    m = media()
+    h.feed(h.client.video(0, video_tag(True, 0, 0, h264.build_avcc([m.sps], [m.pps], 2))))
+    dts, cts, key, nals = m.frames[1]
+    h.feed(h.client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals), 2))))
+    assert h.sink.units == [expected_units(m)[1]]

@@ -1,0 +1,455 @@
+"""The stream registry and Stream: name checks, lifecycle, sinks, GOP cache, REST JSON."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from wcs import streams
+from wcs.media.units import MediaUnit, VideoParams
+from wcs.streams import (
+    MAX_GOP_BYTES,
+    MAX_GOP_UNITS,
+    PROVIDER_RTMP,
+    PROVIDER_WEBRTC,
+    InvalidName,
+    NameInUse,
+    Stream,
+    StreamError,
+    StreamRegistry,
+    check_stream_name,
+)
+
+H264 = VideoParams(codec="H264", width=320, height=240, extradata=b"\0\0\0\1gsps\0\0\0\1hpps")
+
+
+def video(dts: int, keyframe: bool = False, data: bytes = b"v", codec: str = "H264") -> MediaUnit:
+    return MediaUnit("video", codec, dts, dts, keyframe, data)
+
+
+def audio(dts: int, data: bytes = b"a") -> MediaUnit:
+    return MediaUnit("audio", "AAC", dts, dts, True, data)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.units: list[tuple[Stream, MediaUnit]] = []
+        self.ended: list[Stream] = []
+
+    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        self.units.append((stream, unit))
+
+    def stream_ended(self, stream: Stream) -> None:
+        self.ended.append(stream)
+
+
+# -- names --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cam1",
+        "my.stream",
+        "64966f33",
+        "...",
+        "a b",
+        "камера-1",
+        "日本語ストリーム",
+        "emoji-\U0001f3a5",
+        "a" * 255,
+        "é" * 127 + "a",  # 255 UTF-8 bytes
+        "日" * 85,  # 255 UTF-8 bytes
+    ],
+)
+def test_check_stream_name_accepts(name: str) -> None:
+    assert check_stream_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "/cam1",
+        "cam1/",
+        "../etc",
+        "a\\b",
+        "..\\x",
+        "a\x00b",
+        "a\nb",
+        "a\rb",
+        "a\tb",
+        "\x01",
+        "a\x1f",
+        "a\x7f",
+        "a" * 256,
+        "é" * 128,  # 256 UTF-8 bytes in 128 characters
+        "日" * 85 + "a",  # 256 UTF-8 bytes
+    ],
+)
+def test_check_stream_name_refuses(name: str) -> None:
+    with pytest.raises(InvalidName) as info:
+        check_stream_name(name)
+    assert isinstance(info.value, StreamError)
+    assert info.value.info == "Invalid stream name"
+
+
+def test_error_infos_are_the_websdk_texts() -> None:
+    assert NameInUse.info == "Stream name is already in use"
+    assert streams.StreamNotFound.info == "Stream not found"
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+
+def test_publish_get_and_end_forgets() -> None:
+    registry = StreamRegistry(clock_ms=lambda: 1234)
+    stream = registry.publish("cam1", PROVIDER_RTMP)
+    assert registry.get("cam1") is stream
+    assert registry.all() == [stream]
+    assert len(registry) == 1
+    assert registry.by_media_session_id(stream.media_session_id) is stream
+    assert stream.name == "cam1"
+    assert stream.provider == "Flash"
+    assert stream.status == "PUBLISHING"
+    assert stream.created_ms == 1234
+    assert not stream.ended
+
+    stream.end("Stopped by publisher stop")
+    assert stream.ended
+    assert stream.status == "UNPUBLISHED"
+    assert stream.end_reason == "Stopped by publisher stop"
+    assert registry.get("cam1") is None
+    assert registry.by_media_session_id(stream.media_session_id) is None
+    assert registry.all() == []
+    assert len(registry) == 0
+
+
+def test_name_in_use_is_refused_and_first_stream_untouched() -> None:
+    registry = StreamRegistry()
+    first = registry.publish("cam1", PROVIDER_RTMP)
+    with pytest.raises(NameInUse) as info:
+        registry.publish("cam1", PROVIDER_WEBRTC)
+    assert info.value.info == "Stream name is already in use"
+    assert registry.get("cam1") is first
+    assert not first.ended
+    assert len(registry) == 1
+
+
+def test_invalid_name_is_refused_before_registration() -> None:
+    registry = StreamRegistry()
+    seen: list[Stream] = []
+    registry.add_observer(seen.append)
+    for bad in ("", "..", "a/b", "x" * 256):
+        with pytest.raises(InvalidName):
+            registry.publish(bad, PROVIDER_RTMP)
+    assert len(registry) == 0
+    assert seen == []
+
+
+def test_republish_gives_a_new_stream_with_a_new_media_session_id() -> None:
+    registry = StreamRegistry()
+    old = registry.publish("cam1", PROVIDER_RTMP)
+    old.push(video(0, keyframe=True))
+    old.end()
+    new = registry.publish("cam1", PROVIDER_RTMP)
+    assert new is not old
+    assert new.media_session_id != old.media_session_id
+    assert registry.get("cam1") is new
+    assert new.gop is None and new.video_units == 0
+    # The old publish ending (again) never evicts the new one.
+    old.end("late")
+    old.terminate()
+    assert registry.get("cam1") is new
+    assert not new.ended
+
+
+def test_given_media_session_id_is_kept() -> None:
+    registry = StreamRegistry()
+    stream = registry.publish("cam1", PROVIDER_WEBRTC, media_session_id="abc-123")
+    assert stream.media_session_id == "abc-123"
+    assert registry.by_media_session_id("abc-123") is stream
+    assert registry.by_media_session_id("other") is None
+
+
+def test_media_session_ids_are_unique() -> None:
+    registry = StreamRegistry()
+    ids = {registry.publish(f"s{i}", PROVIDER_RTMP).media_session_id for i in range(50)}
+    assert len(ids) == 50
+
+
+def test_observers_are_called_for_each_publish() -> None:
+    registry = StreamRegistry()
+    seen: list[Stream] = []
+    registry.add_observer(seen.append)
+    a = registry.publish("a", PROVIDER_RTMP)
+    with pytest.raises(NameInUse):
+        registry.publish("a", PROVIDER_RTMP)
+    b = registry.publish("b", PROVIDER_RTMP)
+    a.end()
+    a2 = registry.publish("a", PROVIDER_RTMP)
+    assert seen == [a, b, a2]
+
+
+def test_terminate_all_ends_every_stream_through_its_publisher() -> None:
+    registry = StreamRegistry()
+    calls: list[str] = []
+    for name in ("a", "b", "c"):
+        registry.publish(name, PROVIDER_RTMP, on_terminate=functools.partial(calls.append, name))
+    everything = registry.all()
+    registry.terminate_all()
+    assert sorted(calls) == ["a", "b", "c"]
+    assert all(s.ended and s.end_reason == "Stopped by server" for s in everything)
+    assert len(registry) == 0
+
+
+# -- sinks and lifecycle ------------------------------------------------------------------------
+
+
+def test_sinks_get_units_in_order_and_stream_ended_once() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    sink1, sink2 = RecordingSink(), RecordingSink()
+    stream.add_sink(sink1)
+    stream.add_sink(sink2)
+    stream.add_sink(sink1)  # adding twice does not duplicate
+    units = [video(0, keyframe=True), audio(5), video(33), audio(26)]
+    for unit in units:
+        stream.push(unit)
+    for sink in (sink1, sink2):
+        assert [u for _, u in sink.units] == units
+        assert all(s is stream for s, _ in sink.units)
+    stream.end()
+    stream.end("again")
+    assert sink1.ended == [stream]
+    assert sink2.ended == [stream]
+    assert stream.end_reason == "Stopped by publisher stop"
+    # After the end nothing is delivered or accepted.
+    stream.push(video(66, keyframe=True))
+    late = RecordingSink()
+    stream.add_sink(late)
+    stream.end()
+    assert len(sink1.units) == 4
+    assert late.units == [] and late.ended == []
+    assert stream.video_units == 2
+
+
+def test_remove_sink_stops_delivery() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    sink = RecordingSink()
+    stream.add_sink(sink)
+    stream.push(audio(0))
+    stream.remove_sink(sink)
+    stream.remove_sink(sink)  # removing an absent sink is harmless
+    stream.push(audio(1))
+    stream.end()
+    assert [u.dts for _, u in sink.units] == [0]
+    assert sink.ended == []
+
+
+def test_a_sink_may_remove_itself_while_receiving() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    other = RecordingSink()
+
+    class OneShot(RecordingSink):
+        def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+            super().unit_received(stream, unit)
+            stream.remove_sink(self)
+
+    once = OneShot()
+    stream.add_sink(once)
+    stream.add_sink(other)
+    stream.push(audio(0))
+    stream.push(audio(1))
+    assert len(once.units) == 1
+    assert len(other.units) == 2
+
+
+def test_on_end_callbacks() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    calls: list[tuple[str, Stream]] = []
+    stream.on_end(lambda s: calls.append(("before", s)))
+    stream.end("gone")
+    assert calls == [("before", stream)]
+    stream.on_end(lambda s: calls.append(("after", s)))  # already ended: called at once
+    assert calls == [("before", stream), ("after", stream)]
+    stream.end()
+    assert len(calls) == 2
+
+
+def test_counters_and_flags() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    assert not stream.has_video and not stream.has_audio
+    stream.push(audio(0, b"xyz"))
+    assert stream.has_audio and not stream.has_video
+    stream.push(video(0, True, b"12345"))
+    assert stream.has_video
+    assert (stream.audio_units, stream.video_units, stream.bytes_in) == (1, 1, 8)
+    stream.set_audio_codec("AAC")
+    assert stream.audio_codec == "AAC"
+
+
+def test_set_video_params_marks_has_video() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.set_video_params(H264)
+    assert stream.has_video and stream.video is H264
+
+
+# -- GOP cache ----------------------------------------------------------------------------------
+
+
+def test_nothing_is_cached_before_the_first_keyframe() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.set_video_params(H264)
+    stream.push(video(0))
+    stream.push(video(33))
+    stream.push(audio(40))
+    assert stream.gop is None
+
+
+def test_keyframe_starts_a_gop_and_others_are_appended() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.set_video_params(H264)
+    k1 = video(0, True, b"K" * 10)
+    p1 = video(33, False, b"p" * 3)
+    stream.push(k1)
+    gop1 = stream.gop
+    assert gop1 is not None
+    assert gop1.units == [k1] and gop1.size == 10 and gop1.params is H264
+    stream.push(p1)
+    stream.push(audio(35, b"audio is not cached"))
+    assert stream.gop is gop1
+    assert gop1.units == [k1, p1] and gop1.size == 13
+
+    new_params = VideoParams(codec="H264", width=640, height=480, extradata=b"other")
+    stream.set_video_params(new_params)
+    k2 = video(66, True, b"K2")
+    stream.push(k2)
+    gop2 = stream.gop
+    assert gop2 is not None and gop2 is not gop1
+    assert gop2.seq > gop1.seq
+    assert gop2.units == [k2] and gop2.size == 2
+    assert gop2.params is new_params
+    # The old GOP object is left as it was (a pool thread may still be reading it).
+    assert gop1.units == [k1, p1] and gop1.params is H264
+
+
+def test_unit_of_another_codec_replaces_the_params() -> None:
+    stream = Stream("cam1", PROVIDER_WEBRTC)
+    stream.push(video(0, True, codec="VP8"))
+    assert stream.video == VideoParams(codec="VP8")
+    assert stream.gop is not None and stream.gop.params.codec == "VP8"
+
+
+def test_gop_overflow_by_unit_count_drops_the_cache_until_the_next_keyframe() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.set_video_params(H264)
+    stream.push(video(0, True))
+    for i in range(1, MAX_GOP_UNITS):
+        stream.push(video(i))
+    gop = stream.gop
+    assert gop is not None and len(gop.units) == MAX_GOP_UNITS
+    stream.push(video(MAX_GOP_UNITS))
+    assert stream.gop is None
+    stream.push(video(MAX_GOP_UNITS + 1))
+    assert stream.gop is None
+    key = video(MAX_GOP_UNITS + 2, True)
+    stream.push(key)
+    assert stream.gop is not None and stream.gop.units == [key]
+
+
+def test_gop_overflow_by_bytes_drops_the_cache_until_the_next_keyframe() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.set_video_params(H264)
+    stream.push(video(0, True, bytes(MAX_GOP_BYTES - 10)))
+    stream.push(video(1, False, bytes(10)))  # exactly at the limit: still cached
+    gop = stream.gop
+    assert gop is not None and gop.size == MAX_GOP_BYTES and len(gop.units) == 2
+    stream.push(video(2, False, b"x"))
+    assert stream.gop is None
+    stream.push(video(3, False, b"x"))
+    assert stream.gop is None
+    stream.push(video(4, True, b"k"))
+    assert stream.gop is not None and stream.gop.size == 1
+
+
+def test_end_drops_the_gop() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.push(video(0, True))
+    stream.end()
+    assert stream.gop is None
+
+
+# -- REST JSON and terminate --------------------------------------------------------------------
+
+
+def test_to_json_fields() -> None:
+    registry = StreamRegistry(clock_ms=lambda: 1640836780816)
+    stream = registry.publish("cam1", PROVIDER_RTMP)
+    fresh = stream.to_json()
+    assert fresh == fresh | {
+        "mediaSessionId": stream.media_session_id,
+        "name": "cam1",
+        "published": True,
+        "hasVideo": False,
+        "hasAudio": False,
+        "status": "PUBLISHING",
+        "videoCodec": None,
+        "audioCodec": None,
+        "width": 0,
+        "height": 0,
+        "createDate": 1640836780816,
+        "mediaProvider": "Flash",
+    }
+    stream.set_video_params(H264)
+    stream.set_audio_codec("AAC")
+    body = stream.to_json()
+    expected = {
+        "mediaSessionId": stream.media_session_id,
+        "name": "cam1",
+        "published": True,
+        "hasVideo": True,
+        "hasAudio": True,
+        "status": "PUBLISHING",
+        "videoCodec": "H264",
+        "audioCodec": "AAC",
+        "width": 320,
+        "height": 240,
+        "createDate": 1640836780816,
+        "mediaProvider": "Flash",
+    }
+    assert {k: body[k] for k in expected} == expected
+    stream.end()
+    ended = stream.to_json()
+    assert ended["published"] is False
+    assert ended["status"] == "UNPUBLISHED"
+
+
+def test_terminate_calls_on_terminate_then_ends() -> None:
+    registry = StreamRegistry()
+    seen: list[tuple[bool, Stream | None]] = []
+    holder: list[Stream] = []
+
+    def on_terminate() -> None:
+        # The publisher is asked to leave while the stream is still live and registered.
+        seen.append((holder[0].ended, registry.get("cam1")))
+
+    stream = registry.publish("cam1", PROVIDER_RTMP, on_terminate=on_terminate)
+    holder.append(stream)
+    sink = RecordingSink()
+    stream.add_sink(sink)
+    stream.terminate()
+    assert seen == [(False, stream)]
+    assert stream.ended
+    assert stream.end_reason == "Stopped by server"
+    assert sink.ended == [stream]
+    assert registry.get("cam1") is None
+
+
+def test_terminate_without_callback_still_ends() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.terminate()
+    assert stream.ended and stream.end_reason == "Stopped by server"
