@@ -8,14 +8,12 @@ import base64
 import dataclasses
 import functools
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-import twisted.internet
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
