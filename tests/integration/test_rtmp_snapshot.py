@@ -299,3 +299,31 @@ def test_hostile_rtmp_clients_leave_no_traceback(server: Server, clips: dict[str
         assert status == 200
         log = "\n".join(server.lines[mark:])
         assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+def test_colour_change_mid_gop_is_seen_before_the_next_keyframe(
+    server: Server, tmp_path: Path
+) -> None:
+    """Red for 2 s then blue, keyframes every 4 s: at 3 s the picture must already be blue."""
+    clip = tmp_path / "red_blue.flv"
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-y",
+            "-f", "lavfi", "-i", "color=c=red:size=640x360:rate=30:duration=2",
+            "-f", "lavfi", "-i", "color=c=blue:size=640x360:rate=30:duration=6",
+            "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]",
+            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "3",
+            "-g", "120", "-keyint_min", "120", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+            "-f", "flv", str(clip),
+        ],
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    with publishing(server, "colour", clip) as (_, t0):
+        for at, expected in ((1.0, (255, 0, 0)), (3.0, (0, 0, 255))):
+            wait_until(t0 + at)
+            status, body = server.snapshot("colour")
+            assert status == 200 and isinstance(body, dict)
+            rgb = decode_png(body["data"])
+            mean = rgb.reshape(-1, 3).mean(axis=0)
+            assert all(abs(m - e) < 24 for m, e in zip(mean, expected, strict=True)), (at, mean)
