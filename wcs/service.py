@@ -83,6 +83,8 @@ class WCSService(MultiService):
             reactor,
             interval_ms=settings.snapshot_taking_interval_ms,
             attempts=settings.snapshot_taking_attempts,
+            # ~8 % of a core per hot 720p30 stream: about a third of the machine at most.
+            max_hot=4 * (os.cpu_count() or 2),
         )
         self.listeners: list[ListenerService] = []
         self._build_listeners()

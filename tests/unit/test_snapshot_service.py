@@ -220,3 +220,36 @@ def test_unsupported_codec_times_out_without_decoding(env: Any) -> None:
     clock.pump([0.1] * 30)
     failure_of(d).trap(SnapshotTimeout)
     assert pool.ran == 0 and pool.jobs == []
+
+
+def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
+    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
+    service = SnapshotService(registry, pool, clock, hot_seconds=10, max_hot=2)
+    sample = h264_sample()
+    streams = [registry.publish(f"cam{i}", PROVIDER_RTMP) for i in range(3)]
+    for stream in streams:
+        push(stream, sample.units[:5])
+        d = service.take(stream.name)
+        pool.run_all()
+        result_of(d)
+    assert service.hot_streams == 2
+    assert [service.source(s).hot for s in streams] == [True, True, False]
+    decoded = [service.source(s).decoder.frames_decoded for s in streams]
+    for stream in streams:
+        push(stream, sample.units[5:15])
+    pool.run_all()
+    after = [service.source(s).decoder.frames_decoded for s in streams]
+    assert after[0] > decoded[0] and after[1] > decoded[1]
+    assert after[2] == decoded[2], "a stream over the budget is decoded only on request"
+    # The cold stream is still served, from where its decoder stopped.
+    d = service.take("cam2")
+    pool.run_all()
+    pts = pts_of(sample, png_rgb(result_of(d)))
+    assert pts >= max(u.pts for u in sample.units[:15]) - 5 * FRAME
+    assert [service.source(s).hot for s in streams] == [True, True, False]
+    # Once the hot ones are no longer asked for, the budget frees up.
+    clock.advance(11)
+    d = service.take("cam2")
+    pool.run_all()
+    result_of(d)
+    assert [service.source(s).hot for s in streams] == [False, False, True]

@@ -26,6 +26,8 @@ T = TypeVar("T")
 PoolRunner = Callable[..., "Deferred[Any]"]
 
 HOT_SECONDS = 15.0
+# How many streams at most are decoded ahead of requests (WCSService scales it by cores).
+MAX_HOT_STREAMS = 8
 
 
 class SnapshotTimeout(Exception):
@@ -38,14 +40,20 @@ class FrameSource:
     """One stream's decoder and the requests waiting on it. A sink of the stream while hot."""
 
     def __init__(
-        self, stream: Stream, run_in_pool: PoolRunner, clock: IReactorTime, hot_seconds: float
+        self,
+        stream: Stream,
+        run_in_pool: PoolRunner,
+        clock: IReactorTime,
+        hot_seconds: float,
+        on_heat: Callable[[FrameSource], None] = lambda source: None,
     ) -> None:
         self.stream = stream
+        self._on_heat = on_heat
         self.decoder = StreamDecoder()
         self._run = run_in_pool
         self._clock = clock
         self._hot_seconds = hot_seconds
-        self._hot_until = 0.0
+        self._hot_until = float("-inf")
         self._attached = False
         self._busy = False
         self._waiters: list[Deferred[bytes | None]] = []
@@ -60,6 +68,7 @@ class FrameSource:
         """PNG of the newest frame as of now, or None when the stream has nothing decodable."""
         d: Deferred[bytes | None] = Deferred()
         self._hot_until = self._clock.seconds() + self._hot_seconds
+        self._on_heat(self)
         gop = self.stream.gop
         running = self._running
         if running is not None and gop is not None and running[0] == (gop.seq, len(gop.units)):
@@ -67,17 +76,24 @@ class FrameSource:
             running[1].append(d)
             return d
         self._waiters.append(d)
-        self._hot_until = self._clock.seconds() + self._hot_seconds
         if not self._attached:
             self._attached = True
             self.stream.add_sink(self)
         self._kick()
         return d
 
+    @property
+    def hot(self) -> bool:
+        return self._clock.seconds() <= self._hot_until
+
+    def cool(self) -> None:
+        """Stop decoding ahead of requests; the next request decodes from where it stopped."""
+        self._hot_until = float("-inf")
+
     def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
         if unit.kind != "video":
             return
-        if self._clock.seconds() > self._hot_until and not self._waiters:
+        if not self.hot and not self._waiters:
             self._attached = False
             stream.remove_sink(self)
             return
@@ -133,7 +149,7 @@ class FrameSource:
             return
         for d in waiters:
             d.callback(png)
-        if self._waiters or self._clock.seconds() <= self._hot_until:
+        if self._waiters or self.hot:
             self._kick()
 
     # -- pool side ----------------------------------------------------------------------------
@@ -164,8 +180,11 @@ class SnapshotService:
         interval_ms: int = 3000,
         attempts: int = 30,
         hot_seconds: float = HOT_SECONDS,
+        max_hot: int = MAX_HOT_STREAMS,
     ) -> None:
         self.registry = registry
+        self._max_hot = max_hot
+        self._hot: dict[FrameSource, None] = {}  # streams decoded ahead of requests, in order
         self._run = run_in_pool
         self._clock = clock
         self.interval = interval_ms / 1000.0
@@ -178,10 +197,34 @@ class SnapshotService:
         src = self._sources.get(stream)
         if src is None:
             src = self._sources[stream] = FrameSource(
-                stream, self._run, self._clock, self._hot_seconds
+                stream, self._run, self._clock, self._hot_seconds, self._heated
             )
-            stream.on_end(lambda ended: self._sources.pop(ended, None))
+            stream.on_end(self._forget)
         return src
+
+    def _forget(self, stream: Stream) -> None:
+        src = self._sources.pop(stream, None)
+        if src is not None:
+            self._hot.pop(src, None)
+
+    def _heated(self, source: FrameSource) -> None:
+        # Keeping a stream decoded costs ~8 % of a core at 720p30, and decoding on request never
+        # costs more in total (it skips what nobody saw): hot is only about latency. So the
+        # first `max_hot` streams asked keep it while they are asked; the others are served cold
+        # rather than evicting a hot stream (round-robin polling would otherwise thrash).
+        for other in list(self._hot):
+            if not other.hot:
+                del self._hot[other]
+        if source in self._hot:
+            return
+        if len(self._hot) < self._max_hot:
+            self._hot[source] = None
+        else:
+            source.cool()
+
+    @property
+    def hot_streams(self) -> int:
+        return sum(1 for src in self._hot if src.hot)
 
     def take(self, name: str) -> Deferred[bytes]:
         stream = self.registry.get(name)
