@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,10 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.web import server
-from zope.interface import implementer
 
 from wcs.config import Settings
 from wcs.rest.resources import MAX_BODY, build_site
@@ -196,21 +194,6 @@ class Api:
 @pytest.fixture
 def api() -> Api:
     return Api()
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-
-    @implementer(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 def assert_wcs_error(response: Response, status: int, message: str, path: str) -> dict[str, Any]:
