@@ -43,6 +43,7 @@ test: venv system-deps lint
 	$(VENV)/bin/pytest -q tests
 
 bench: venv system-deps
+	$(PY) bench/png_encode.py
 	$(PY) bench/snapshot_latency.py
 
 clean:
