@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -30,31 +30,50 @@ POOL_THREADS = 4
 
 
 class ListenerService(Service):
-    """Listens on one TCP port (optionally TLS) while running; remembers the bound port."""
+    """Listens on one TCP port while running; remembers the bound port.
+
+    The factory is made at start, after twistd has changed into --rundir, so relative paths
+    (TLS files) resolve there. A port that cannot be bound stops start-up with a message.
+    """
 
     def __init__(
-        self, reactor: Any, label: str, ip: str, port: int, factory: IProtocolFactory
+        self,
+        reactor: Any,
+        label: str,
+        ip: str,
+        port: int,
+        make_factory: Callable[[], IProtocolFactory],
     ) -> None:
         self.name = label
         self.label = label
         self._reactor = reactor
         self._ip = ip
         self._port_number = port
-        self.factory = factory
+        self._make_factory = make_factory
         self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
         super().startService()
         endpoint_cls = TCP6ServerEndpoint if ":" in self._ip else TCP4ServerEndpoint
         endpoint = endpoint_cls(self._reactor, self._port_number, interface=self._ip)
-        d = endpoint.listen(self.factory)
-
-        def bound(port: IListeningPort) -> IListeningPort:
+        outcome: list[IListeningPort | Failure] = []
+        endpoint.listen(self._make_factory()).addBoth(outcome.append)
+        # TCP endpoints bind synchronously: the outcome is known now, before the reactor runs.
+        if outcome and isinstance(outcome[0], Failure):
+            reason = outcome[0].getErrorMessage()
+            log.critical(
+                "wcs cannot listen on {label} port {port}: {reason}",
+                label=self.label,
+                port=self._port_number,
+                reason=reason,
+            )
+            raise SystemExit(
+                f"wcs: cannot listen on {self.label} port {self._ip}:{self._port_number}: {reason}"
+            )
+        if outcome:
+            port = outcome[0]
+            assert not isinstance(port, Failure)
             self.port = port
-            return port
-
-        self.listening = d.addCallback(bound)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -95,11 +114,15 @@ class WCSService(MultiService):
 
     def _tls_wrap(self, factory: IProtocolFactory) -> IProtocolFactory:
         s = self.settings
-        if s.https_cert and s.https_key:
-            cert, key = s.https_cert, s.https_key
-        else:
-            cert, key = ensure_self_signed()
-        return TLSMemoryBIOFactory(server_context(cert, key), False, factory)
+        try:
+            if s.https_cert and s.https_key:
+                cert, key = s.https_cert, s.https_key
+            else:
+                cert, key = ensure_self_signed()
+            context = server_context(cert, key)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
+        return TLSMemoryBIOFactory(context, False, factory)
 
     def _build_listeners(self) -> None:
         s = self.settings
@@ -119,19 +142,16 @@ class WCSService(MultiService):
                 )
         for label, port, make in wanted:
             if port:
-                listener = ListenerService(self.reactor, label, s.ip, port, make())
+                listener = ListenerService(self.reactor, label, s.ip, port, make)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
 
     def startService(self) -> None:
+        super().startService()  # the listeners: raises SystemExit if a port cannot be bound
         self.pool.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         self.reactor.callWhenRunning(self._handle_sigterm)
-        super().startService()
-        waits = [lst.listening for lst in self.listeners if lst.listening is not None]
-        DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
-            self._ready, self._listen_failed
-        )
+        self.reactor.callWhenRunning(self._ready)
 
     def _handle_sigterm(self) -> None:
         # twistd re-raises SIGTERM at exit (status -15); an operator's SIGTERM is a normal stop,
@@ -142,16 +162,9 @@ class WCSService(MultiService):
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
-    def _ready(self, _: object) -> None:
+    def _ready(self) -> None:
         ports = ", ".join(f"{lst.label}={lst.bound_port}" for lst in self.listeners)
         log.info("wcs ready: {ports} (pid {pid})", ports=ports or "no listeners", pid=os.getpid())
-
-    def _listen_failed(self, failure: Failure) -> None:
-        err = failure.value
-        reason = getattr(err, "subFailure", failure).getErrorMessage()
-        log.critical("wcs cannot listen: {reason}; stopping", reason=reason)
-        reactor: IReactorCore = self.reactor
-        reactor.stop()
 
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.

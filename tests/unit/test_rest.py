@@ -411,6 +411,7 @@ def test_unknown_path_under_rest_api_is_a_json_404(api: Api, path: str, method: 
     response = api.call(method, path, {} if method == "POST" else None)
     body = assert_wcs_error(response, 404, "Not found", path)
     assert body["exception"] == EXCEPTION + "NotFoundException"
+    assert response.header("Access-Control-Allow-Origin") == "*"  # a browser can read it
 
 
 # -- CORS and auth ------------------------------------------------------------------------------

@@ -62,11 +62,7 @@ class JsonEndpoint(Resource):
         self.methods = methods
 
     def render(self, request: server.Request) -> bytes | int:
-        origin = self.settings.rest_access_control_allow_origin
-        if origin:
-            request.setHeader(b"Access-Control-Allow-Origin", origin.encode())
-            request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
-            request.setHeader(b"Access-Control-Allow-Methods", ", ".join(self.methods).encode())
+        set_cors(request, self.settings, self.methods)
         method = (request.method or b"").decode("ascii", "replace")
         if request.postpath and any(request.postpath):
             return self._error(request, 404, "Not found")
@@ -145,23 +141,35 @@ class JsonEndpoint(Resource):
         return _json_bytes(error_body(status, message, path))
 
 
+def set_cors(request: server.Request, settings: Settings, methods: tuple[str, ...]) -> None:
+    origin = settings.rest_access_control_allow_origin
+    if origin:
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode())
+        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
+        request.setHeader(b"Access-Control-Allow-Methods", ", ".join(methods).encode())
+
+
 class JsonNotFound(Resource):
-    """Any unknown path under /rest-api: a JSON 404, never an HTML page."""
+    """Any unknown path under /rest-api: a JSON 404 (with CORS headers), never an HTML page."""
 
     isLeaf = True
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+
     def render(self, request: server.Request) -> bytes:
+        set_cors(request, self.settings, ("GET", "POST"))
         return JsonEndpoint._error(request, 404, "Not found")
 
 
-class Branch(Resource):
+class Branch(JsonNotFound):
     """A path segment whose unknown children answer with a JSON 404."""
 
-    def getChild(self, path: bytes, request: server.Request) -> IResource:
-        return JsonNotFound()
+    isLeaf = False
 
-    def render(self, request: server.Request) -> bytes:
-        return JsonEndpoint._error(request, 404, "Not found")
+    def getChild(self, path: bytes, request: server.Request) -> IResource:
+        return JsonNotFound(self.settings)
 
 
 def _required_str(body: dict[str, Any], key: str) -> str:
@@ -240,8 +248,8 @@ def build_rest_tree(
 ) -> Resource:
     """The `/rest-api` resource."""
     api = StreamApi(registry, snapshots)
-    rest = Branch()
-    stream = Branch()
+    rest = Branch(settings)
+    stream = Branch(settings)
     rest.putChild(b"stream", stream)
     stream.putChild(b"snapshot", JsonEndpoint(settings, api.snapshot))
     stream.putChild(b"find", JsonEndpoint(settings, api.find))
