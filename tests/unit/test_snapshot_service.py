@@ -253,3 +253,16 @@ def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
     pool.run_all()
     result_of(d)
     assert [service.source(s).hot for s in streams] == [False, False, True]
+
+
+def test_stream_ending_between_attempts_is_not_found_not_a_timeout(env: Any) -> None:
+    registry, pool, clock, service = env
+    stream = registry.publish("radio", PROVIDER_RTMP)
+    stream.push(MediaUnit("audio", "AAC", 0, 0, True, b"\x21\x00"))
+    d = service.take("radio")
+    clock.pump([0.1] * 5)
+    assert not d.called
+    stream.end()
+    clock.advance(0.1)  # the next attempt, long before the 3 s interval is over
+    failure_of(d).trap(StreamNotFound)
+    assert pool.jobs == []

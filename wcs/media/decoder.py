@@ -44,7 +44,6 @@ class StreamDecoder:
         self._pos = 0
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
-        self.errors = 0
 
     def _open(self, params: VideoParams) -> None:
         name = DECODERS.get(params.codec)
@@ -56,11 +55,9 @@ class StreamDecoder:
         # Frame threading would add one frame of delay per thread: freshness matters more here,
         # and streams already decode in parallel on the pool.
         ctx.thread_count = 1
+        self.reset()
         self._ctx = ctx
         self._params = params
-        self._gop_seq = -1
-        self._pos = 0
-        self.latest = None
 
     def reset(self) -> None:
         """Forget all decoder state (after an error); the next job starts at a keyframe."""
@@ -80,8 +77,7 @@ class StreamDecoder:
         try:
             frames = ctx.decode(packet)
         except av.error.FFmpegError:
-            self.errors += 1
-            return
+            return  # a broken packet; frames that depended on it come out flagged corrupt
         for frame in frames:
             self.frames_decoded += 1
             # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
@@ -92,7 +88,7 @@ class StreamDecoder:
 
     def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
         """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
-        if self._ctx is None or gop.params is not self._params:
+        if self._ctx is None or gop.params != self._params:
             self._open(gop.params)
         ctx = self._ctx
         assert ctx is not None
@@ -113,8 +109,7 @@ class StreamDecoder:
         releases it at the price of decoding this GOP's first frames again next time.
         """
         frame = self.catch_up(gop, end)
-        keyframe_pts = gop.units[0].pts
-        if frame is not None and frame.gop_seq == gop.seq and frame.pts >= keyframe_pts:
+        if _in_gop(frame, gop):
             return frame
         ctx = self._ctx
         assert ctx is not None
@@ -122,6 +117,9 @@ class StreamDecoder:
         ctx.flush_buffers()
         self._pos = 0
         frame = self.latest
-        if frame is not None and frame.gop_seq == gop.seq and frame.pts >= keyframe_pts:
-            return frame
-        return None
+        return frame if _in_gop(frame, gop) else None
+
+
+def _in_gop(frame: DecodedFrame | None, gop: Gop) -> bool:
+    """Whether `frame` was output while decoding `gop` and is not older than its keyframe."""
+    return frame is not None and frame.gop_seq == gop.seq and frame.pts >= gop.units[0].pts

@@ -29,7 +29,6 @@ MAX_CHUNK_STREAMS = 16
 OUT_CHUNK_SIZE = 4096
 WINDOW_ACK_SIZE = 2_500_000
 STREAM_ID = 1
-CSID_CONTROL = 2
 CSID_COMMAND = 3
 CSID_STATUS = 5
 
@@ -41,6 +40,13 @@ class ProtocolViolation(Exception):
 def stream_key(name: str) -> str:
     """The stream name of an RTMP publish name: the key without its `?query`."""
     return name.split("?", 1)[0]
+
+
+def _amf0_body(m: Message) -> bytes:
+    """The AMF0 values of a command/data message: the AMF3 variants carry them after a 0 byte."""
+    if m.type_id in (chunks.COMMAND_AMF3, chunks.DATA_AMF3) and m.payload[:1] == b"\x00":
+        return m.payload[1:]
+    return m.payload
 
 
 class _Timeline:
@@ -177,17 +183,9 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         elif t == chunks.AUDIO:
             self._audio(m.timestamp, m.payload)
         elif t in (chunks.COMMAND_AMF0, chunks.COMMAND_AMF3):
-            payload = (
-                m.payload[1:]
-                if t == chunks.COMMAND_AMF3 and m.payload[:1] == b"\x00"
-                else m.payload
-            )
-            self._command(amf0.decode(payload), m.stream_id)
+            self._command(amf0.decode(_amf0_body(m)))
         elif t in (chunks.DATA_AMF0, chunks.DATA_AMF3):
-            payload = (
-                m.payload[1:] if t == chunks.DATA_AMF3 and m.payload[:1] == b"\x00" else m.payload
-            )
-            self._data(amf0.decode(payload))
+            self._data(amf0.decode(_amf0_body(m)))
         elif t == chunks.USER_CONTROL:
             event, args = chunks.parse_user_control(m.payload)
             if event == chunks.PING_REQUEST and args:
@@ -204,7 +202,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         # Set Chunk Size and Abort are applied by the decoder; acks and bandwidth need nothing.
 
     # -- commands -------------------------------------------------------------------------------
-    def _command(self, values: list[object], stream_id: int) -> None:
+    def _command(self, values: list[object]) -> None:
         if not values or not isinstance(values[0], str):
             raise ProtocolViolation("command message without a name")
         name = values[0]

@@ -61,7 +61,6 @@ class FrameSource:
         self._running: tuple[tuple[int, int], list[Deferred[bytes | None]]] | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
         self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
-        self.jobs = 0
 
     # -- reactor side -------------------------------------------------------------------------
     def request(self) -> Deferred[bytes | None]:
@@ -120,7 +119,6 @@ class FrameSource:
         waiters, self._waiters = self._waiters, []
         self._busy = True
         self._running = ((gop.seq, end), waiters) if waiters else None
-        self.jobs += 1
         job = self._run(self._job, gop, end, bool(waiters))
         job.addBoth(self._finished, waiters, (gop.seq, end))
 
@@ -251,6 +249,9 @@ class _Attempts:
     def _attempt(self) -> None:
         self._retry = None
         if self.result.called:
+            return
+        if self.stream.ended:
+            self._failed(Failure(StreamNotFound(self.stream.name)))
             return
         self.source.request().addCallbacks(self._got, self._failed)
 
