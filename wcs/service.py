@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -20,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from wcs.config import Settings
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
+from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import StreamRegistry
 from wcs.tls import ensure_self_signed, server_context
@@ -105,6 +107,7 @@ class WCSService(MultiService):
             # ~8 % of a core per hot 720p30 stream: about a third of the machine at most.
             max_hot=4 * (os.cpu_count() or 2),
         )
+        self.auto: AutoSnapshotter | None = None
         self.listeners: list[ListenerService] = []
         self._build_listeners()
 
@@ -147,6 +150,18 @@ class WCSService(MultiService):
                 self.listeners.append(listener)
 
     def startService(self) -> None:
+        s = self.settings
+        if s.snapshot_auto_enabled:
+            # Here, not in __init__: snapshot_auto_dir is relative to twistd's --rundir.
+            self.auto = AutoSnapshotter(
+                self.registry,
+                self.snapshots,
+                root=Path(s.snapshot_auto_dir),
+                naming=s.snapshot_auto_naming,
+                rate=s.snapshot_auto_rate,
+                retention=s.snapshot_auto_retention,
+            )
+            self.auto.start()
         super().startService()  # the listeners: raises SystemExit if a port cannot be bound
         self.pool.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)

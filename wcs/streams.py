@@ -108,6 +108,10 @@ class Stream:
         self._sinks: list[StreamSink] = []
         self._on_terminate = on_terminate
         self._on_end: list[Callable[[Stream], object]] = []
+        # Set by a front-end that can ask its publisher for a keyframe (WebRTC: RTCP PLI).
+        self.keyframe_requester: Callable[[], None] | None = None
+        # Extra fields of the REST stream object, filled by consumers (e.g. "autoSnapshot").
+        self.json_extras: dict[str, Callable[[], object]] = {}
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
@@ -121,6 +125,14 @@ class Stream:
     def set_audio_codec(self, codec: str) -> None:
         self.has_audio = True
         self.audio_codec = codec
+
+    def request_keyframe(self) -> bool:
+        """Ask the publisher for a keyframe now; False when its protocol cannot (RTMP, RTSP)."""
+        requester = self.keyframe_requester
+        if requester is None or self.ended:
+            return False
+        requester()
+        return True
 
     def push(self, unit: MediaUnit) -> None:
         """Hand one media unit to the stream: cache video for snapshots, then fan out to sinks."""
@@ -216,6 +228,7 @@ class Stream:
             "createDate": self.created_ms,
             "mediaProvider": self.provider,
             "record": False,
+            **{key: describe() for key, describe in self.json_extras.items()},
         }
 
 

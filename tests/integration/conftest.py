@@ -93,6 +93,13 @@ class Server:
     def rtmp(self, name: str, app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.ports['rtmp']}/{app}/{name}"
 
+    def rtsp(self, name: str, app: str = "live") -> str:
+        return f"rtsp://127.0.0.1:{self.ports['rtsp']}/{app}/{name}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.ports['ws']}"
+
     def rest(
         self,
         path: str,
@@ -133,13 +140,11 @@ class Server:
 
 
 def start_server(workdir: Path, extra: str = "") -> Server:
-    http, https, rtmp = free_ports(3)
-    ports = {"http": http, "https": https, "rtmp": rtmp}
+    names = ("http", "https", "rtmp", "rtsp", "ws", "wss")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     config = workdir / "flashphoner.properties"
     config.write_text(
-        "ip=127.0.0.1\n"
-        f"http.port={http}\nhttps.port={https}\nrtmp.port={rtmp}\n"
-        "ws.port=0\nwss.port=0\nrtsp.port=0\n" + extra
+        "ip=127.0.0.1\n" + "".join(f"{name}.port={port}\n" for name, port in ports.items()) + extra
     )
     proc = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "wcs", "--config", str(config)],
@@ -184,7 +189,9 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(img, dtype=np.float32)
 
 
-def make_clip(path: Path, *, bframes: bool, audio: bool, size: str = "1280x720") -> Clip:
+def make_clip(
+    path: Path, *, bframes: bool, audio: bool, size: str = "1280x720", seconds: int = CLIP_SECONDS
+) -> Clip:
     video = ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-keyint_min", "60"]
     video += ["-sc_threshold", "0"]
     video += (
@@ -193,7 +200,7 @@ def make_clip(path: Path, *, bframes: bool, audio: bool, size: str = "1280x720")
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}"]
     if audio:
         cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
-    cmd += ["-t", str(CLIP_SECONDS), *video, "-pix_fmt", "yuv420p"]
+    cmd += ["-t", str(seconds), *video, "-pix_fmt", "yuv420p"]
     cmd += ["-c:a", "aac", "-b:a", "64k"] if audio else []
     cmd += ["-f", "flv", str(path)]
     subprocess.run(cmd, check=True, timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +34,25 @@ class StreamDecoder:
     """Decodes one stream's GOP cache incrementally, remembering how far it got.
 
     Not thread-safe by design: the snapshot service runs at most one job per stream at a time.
-    A decoder that keeps up with the stream costs one decode per frame; one that falls a GOP
-    behind jumps to the newest keyframe instead of decoding what nobody will see.
+    A decoder that keeps up with the stream costs one decode per frame; one that falls more than
+    a GOP behind jumps to the newest keyframe instead of decoding what nobody will see, and
+    counts what it skipped.
     """
 
     def __init__(self) -> None:
         self._ctx: Any = None  # av.VideoCodecContext; PyAV types create() as the base class
         self._params: VideoParams | None = None
+        self._gop: Gop | None = None
         self._gop_seq = -1
         self._pos = 0
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
+        # Called (in the decoding thread) once per new picture in display order, never twice for
+        # one picture even when a drain makes the decoder output it again.
+        self.on_frame: Callable[[DecodedFrame], object] | None = None
+        self._delivered: tuple[int, int] = (-1, -1)  # (gop seq, pts) of the last on_frame
+        self.dropped_units = 0  # units never decoded because the decoder fell behind
+        self.dropped_gops = 0  # whole GOPs among them
 
     def _open(self, params: VideoParams) -> None:
         name = DECODERS.get(params.codec)
@@ -63,6 +72,7 @@ class StreamDecoder:
         """Forget all decoder state (after an error); the next job starts at a keyframe."""
         self._ctx = None
         self._params = None
+        self._gop = None
         self._gop_seq = -1
         self._pos = 0
         self.latest = None
@@ -84,23 +94,55 @@ class StreamDecoder:
             if frame.is_corrupt or frame.pts is None:
                 continue
             assert isinstance(frame, VideoFrame)
-            self.latest = DecodedFrame(frame, gop_seq, frame.pts)
+            decoded = self.latest = DecodedFrame(frame, gop_seq, frame.pts)
+            if self.on_frame is not None and (gop_seq, frame.pts) > self._delivered:
+                self._delivered = (gop_seq, frame.pts)
+                self.on_frame(decoded)
 
     def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
         """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
+        if gop.seq != self._gop_seq:
+            if gop.seq < self._gop_seq:
+                raise ValueError("GOP sequence went backwards")
+            if self._ctx is not None:
+                self._finish_previous(self._ctx, gop)
         if self._ctx is None or gop.params != self._params:
             self._open(gop.params)
         ctx = self._ctx
         assert ctx is not None
         if gop.seq != self._gop_seq:
-            if gop.seq < self._gop_seq:
-                raise ValueError("GOP sequence went backwards")
+            self._gop = gop
             self._gop_seq = gop.seq
             self._pos = 0
         for unit in gop.units[self._pos : end]:
             self._feed(ctx, unit, gop.seq)
         self._pos = max(self._pos, end)
         return self.latest
+
+    def _finish_previous(self, ctx: Any, gop: Gop) -> None:
+        """Decode the tail of the GOP just before `gop` (its last units usually arrive while a job
+        runs); a decoder further behind than that drops what is left, and counts it."""
+        prev = self._gop
+        if prev is None:
+            return
+        tail = prev.units[self._pos :]
+        if gop.seq == prev.seq + 1:
+            for unit in tail:
+                self._feed(ctx, unit, prev.seq)
+            return
+        if gop.seq > prev.seq + 1:
+            self.dropped_gops += gop.seq - prev.seq - 1
+            self.dropped_units += len(tail)
+
+    def drain(self) -> None:
+        """Output the pictures held for reordering (the stream is over); the next call starts
+        again at a keyframe."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        self._feed(ctx, None, self._gop_seq)
+        ctx.flush_buffers()
+        self._pos = 0
 
     def newest(self, gop: Gop, end: int) -> DecodedFrame | None:
         """Like catch_up, but never returns a picture older than the GOP's keyframe.
@@ -111,11 +153,7 @@ class StreamDecoder:
         frame = self.catch_up(gop, end)
         if _in_gop(frame, gop):
             return frame
-        ctx = self._ctx
-        assert ctx is not None
-        self._feed(ctx, None, gop.seq)
-        ctx.flush_buffers()
-        self._pos = 0
+        self.drain()
         frame = self.latest
         return frame if _in_gop(frame, gop) else None
 

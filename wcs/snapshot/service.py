@@ -61,6 +61,11 @@ class FrameSource:
         self._running: tuple[tuple[int, int], list[Deferred[bytes | None]]] | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
         self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
+        self.pinned = False
+        self._last_gop: Gop | None = None  # kept while pinned, for the drain at the end
+        self._drain_pending = False
+        self._after_job: list[Callable[[bool], object]] = []
+        self._frame_listener: Callable[[DecodedFrame], bytes | None] | None = None
 
     # -- reactor side -------------------------------------------------------------------------
     def request(self) -> Deferred[bytes | None]:
@@ -81,9 +86,29 @@ class FrameSource:
         self._kick()
         return d
 
+    def pin(self, listener: Callable[[DecodedFrame], bytes | None]) -> None:
+        """Decode every frame for as long as the stream lives, calling `listener(frame)` in the
+        pool once per new picture (the auto-snapshotter). A PNG it returns is reused by requests
+        for that same picture."""
+        self.pinned = True
+        self._last_gop = self.stream.gop
+        self._frame_listener = listener
+        self.decoder.on_frame = self._frame_decoded
+        if not self._attached:
+            self._attached = True
+            self.stream.add_sink(self)
+        self._kick()
+
+    def _frame_decoded(self, frame: DecodedFrame) -> None:
+        listener = self._frame_listener
+        if listener is not None:
+            png = listener(frame)
+            if png is not None:
+                self._png_of = (frame, png)
+
     @property
     def hot(self) -> bool:
-        return self._clock.seconds() <= self._hot_until
+        return self.pinned or self._clock.seconds() <= self._hot_until
 
     def cool(self) -> None:
         """Stop decoding ahead of requests; the next request decodes from where it stopped."""
@@ -92,6 +117,8 @@ class FrameSource:
     def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
         if unit.kind != "video":
             return
+        if self.pinned and stream.gop is not None:
+            self._last_gop = stream.gop
         if not self.hot and not self._waiters:
             self._attached = False
             stream.remove_sink(self)
@@ -103,6 +130,21 @@ class FrameSource:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(StreamNotFound(stream.name))
+        if self.pinned and self._last_gop is not None:
+            self._drain_pending = True
+            if not self._busy:
+                self._drain()
+
+    def _drain(self) -> None:
+        # The publish is over: the pictures still held for B-frame reordering are the last
+        # frames of the stream, and the auto-snapshotter counts them too.
+        gop, self._last_gop = self._last_gop, None
+        self._drain_pending = False
+        if gop is None:
+            return
+        self._busy = True
+        job = self._run(self._drain_job, gop, len(gop.units))
+        job.addBoth(self._finished, [], (gop.seq, len(gop.units)))
 
     def _kick(self) -> None:
         if self._busy:
@@ -144,13 +186,28 @@ class FrameSource:
         if self.stream.ended:
             for d in waiters:
                 d.errback(StreamNotFound(self.stream.name))
+            if self._drain_pending:
+                self._drain()
+            for callback in self._after_job:
+                callback(not self._busy)
             return
+        for callback in self._after_job:
+            callback(False)
         for d in waiters:
             d.callback(png)
         if self._waiters or self.hot:
             self._kick()
 
+    def after_job(self, callback: Callable[[bool], object]) -> None:
+        """Run `callback(final)` on the reactor after each job; `final` after the last job of an
+        ended stream (the auto-snapshotter reports from it)."""
+        self._after_job.append(callback)
+
     # -- pool side ----------------------------------------------------------------------------
+    def _drain_job(self, gop: Gop, end: int) -> None:
+        self.decoder.catch_up(gop, end)
+        self.decoder.drain()
+
     def _job(self, gop: Gop, end: int, want_png: bool) -> bytes | None:
         if not want_png:
             self.decoder.catch_up(gop, end)
@@ -210,6 +267,8 @@ class SnapshotService:
         # costs more in total (it skips what nobody saw): hot is only about latency. So the
         # first `max_hot` streams asked keep it while they are asked; the others are served cold
         # rather than evicting a hot stream (round-robin polling would otherwise thrash).
+        if source.pinned:
+            return  # decoded anyway for the auto-snapshotter: costs no extra budget
         for other in list(self._hot):
             if not other.hot:
                 del self._hot[other]
@@ -223,6 +282,12 @@ class SnapshotService:
     @property
     def hot_streams(self) -> int:
         return sum(1 for src in self._hot if src.hot)
+
+    def pin(self, stream: Stream, listener: Callable[[DecodedFrame], bytes | None]) -> FrameSource:
+        """Keep `stream` decoded frame by frame for its whole life (see FrameSource.pin)."""
+        source = self.source(stream)
+        source.pin(listener)
+        return source
 
     def take(self, name: str) -> Deferred[bytes]:
         stream = self.registry.get(name)
