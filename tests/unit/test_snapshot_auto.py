@@ -42,10 +42,13 @@ class Env:
         rate: int = 15,
         retention: int = 5,
         pool: Callable[..., Deferred[Any]] = sync_pool,
+        batch: int = 1,
     ) -> None:
         self.registry = StreamRegistry()
         self.clock = Clock()
-        self.snapshots = SnapshotService(self.registry, pool, self.clock, hot_seconds=10)
+        self.snapshots = SnapshotService(
+            self.registry, pool, self.clock, hot_seconds=10, pinned_batch=batch
+        )
         self.root = root
         self.auto = AutoSnapshotter(
             self.registry,
@@ -313,3 +316,28 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         AutoSnapshotter(registry, snaps, root=tmp_path, naming="other")
     with pytest.raises(ValueError):
         AutoSnapshotter(registry, snaps, root=tmp_path, rate=0)
+
+
+def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
+    tmp_path: Path,
+) -> None:
+    sample = h264_sample(bframes=False)
+    pool = ManualPool()
+    env = Env(tmp_path, rate=1, retention=0, pool=pool, batch=4)
+    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    for unit in sample.units[:10]:
+        stream.push(unit)
+        pool.run_all()
+    # a job on the keyframe, then one per 4 frames: 1 + 4 + 4, the 10th waits for company
+    assert pool.ran == 3
+    assert env.auto.streams[stream].frames == 9
+    d = env.snapshots.take("cam")
+    pool.run_all()
+    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[9].pts
+    for unit in sample.units[10:]:
+        stream.push(unit)
+        pool.run_all()
+    stream.end()
+    pool.run_all()
+    assert env.auto.streams.get(stream) is None
+    assert len(os.listdir(tmp_path / "cam")) == 90

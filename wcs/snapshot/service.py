@@ -26,6 +26,9 @@ T = TypeVar("T")
 PoolRunner = Callable[..., "Deferred[Any]"]
 
 HOT_SECONDS = 15.0
+# Frames a pinned (auto-snapshotted) stream nobody is requesting decodes per pool job: one job
+# per frame costs ~1 % of a core per stream in thread hand-offs alone.
+PINNED_BATCH = 4
 # How many streams at most are decoded ahead of requests (WCSService scales it by cores).
 MAX_HOT_STREAMS = 8
 
@@ -46,6 +49,7 @@ class FrameSource:
         clock: IReactorTime,
         hot_seconds: float,
         on_heat: Callable[[FrameSource], None] = lambda source: None,
+        pinned_batch: int = PINNED_BATCH,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
@@ -53,6 +57,7 @@ class FrameSource:
         self._run = run_in_pool
         self._clock = clock
         self._hot_seconds = hot_seconds
+        self._pinned_batch = pinned_batch
         self._hot_until = float("-inf")
         self._attached = False
         self._busy = False
@@ -117,8 +122,15 @@ class FrameSource:
     def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
         if unit.kind != "video":
             return
-        if self.pinned and stream.gop is not None:
-            self._last_gop = stream.gop
+        gop = stream.gop
+        if self.pinned and gop is not None:
+            self._last_gop = gop
+            if (
+                self._clock.seconds() > self._hot_until
+                and gop.seq == self._done_at[0]
+                and len(gop.units) - self._done_at[1] < self._pinned_batch
+            ):
+                return  # nobody is asking: decode a few frames per job, not one
         if not self.hot and not self._waiters:
             self._attached = False
             stream.remove_sink(self)
@@ -236,6 +248,7 @@ class SnapshotService:
         attempts: int = 30,
         hot_seconds: float = HOT_SECONDS,
         max_hot: int = MAX_HOT_STREAMS,
+        pinned_batch: int = PINNED_BATCH,
     ) -> None:
         self.registry = registry
         self._max_hot = max_hot
@@ -245,6 +258,7 @@ class SnapshotService:
         self.interval = interval_ms / 1000.0
         self.attempts = max(1, attempts)
         self._hot_seconds = hot_seconds
+        self._pinned_batch = pinned_batch
         self._sources: dict[Stream, FrameSource] = {}
 
     def source(self, stream: Stream) -> FrameSource:
@@ -252,7 +266,12 @@ class SnapshotService:
         src = self._sources.get(stream)
         if src is None:
             src = self._sources[stream] = FrameSource(
-                stream, self._run, self._clock, self._hot_seconds, self._heated
+                stream,
+                self._run,
+                self._clock,
+                self._hot_seconds,
+                self._heated,
+                self._pinned_batch,
             )
             stream.on_end(self._forget)
         return src
