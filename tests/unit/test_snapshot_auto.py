@@ -94,7 +94,9 @@ def test_every_rate_th_frame_numbered_from_one_newest_kept(tmp_path: Path) -> No
     assert info["folder"] == str(folder)
 
 
-def test_bframes_frames_counted_in_display_order_once_even_with_drains(tmp_path: Path) -> None:
+def test_bframes_frames_counted_in_display_order_once_even_with_drains(
+    tmp_path: Path, log_events: list[dict[str, Any]]
+) -> None:
     sample = h264_sample(bframes=True)
     env = Env(tmp_path, rate=10, retention=0)
     stream = env.registry.publish("cam", PROVIDER_RTMP)
@@ -111,6 +113,8 @@ def test_bframes_frames_counted_in_display_order_once_even_with_drains(tmp_path:
     assert len(sample.frames) - 4 <= auto.frames < len(sample.frames)
     stream.end()
     assert auto.frames == len(sample.frames) == 90  # every picture once, none twice
+    done = [e for e in log_events if "auto snapshots done" in e.get("log_format", "")]
+    assert len(done) == 1 and done[0]["written"] == 9 and done[0]["file"] == "000009.png"
     assert files(tmp_path / "cam") == [f"{n:06d}.png" for n in range(1, 10)]
     order = display_order(sample)
     for n in range(1, 10):
