@@ -61,7 +61,24 @@ def server_run(
             server.wait_for_log(rf"publishing s{i} ", start=mark)
         threading.Event().wait(warmup)
         before = auto_counters(server) if auto else []
-        samples = sample_cpu([server.proc.pid], seconds)
+        # The reactor's responsiveness under load (fpng holds the GIL while it encodes): a
+        # trivial REST call every 100 ms while the CPU is sampled.
+        rest_ms: list[float] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.1):
+                t = time.perf_counter()
+                server.rest("/rest-api/stream/find_all", None, method="GET")
+                rest_ms.append((time.perf_counter() - t) * 1000)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            samples = sample_cpu([server.proc.pid], seconds)
+        finally:
+            stop.set()
+            poller.join()
         after = auto_counters(server) if auto else []
         per_stream = [s / n for s in samples]
         row: dict[str, object] = {
@@ -70,14 +87,18 @@ def server_run(
             "server_cpu_pct_median": statistics.median(samples),
             "per_stream_cpu_pct_median": statistics.median(per_stream),
             "per_stream_cpu_pct_p90": pct(per_stream, 0.9),
+            "rest_ms_median": statistics.median(rest_ms),
+            "rest_ms_p90": pct(rest_ms, 0.9),
         }
         if auto:
             written = sum(a["written"] for a in after) - sum(b["written"] for b in before)
-            row["files_per_stream_per_s"] = written / n / seconds
-            row["dropped_gops"] = sum(a["droppedGops"] for a in after)
+            files_per_s = written / n / seconds
+            dropped = sum(a["droppedGops"] for a in after)
+            row["files_per_stream_per_s"] = files_per_s
+            row["dropped_gops"] = dropped
             row["errors"] = sum(a["errors"] for a in after)
             # 30 fps at rate 30: one file per stream per second when decoding keeps up
-            row["keeps_up"] = row["dropped_gops"] == 0 and row["files_per_stream_per_s"] >= 0.9
+            row["keeps_up"] = dropped == 0 and files_per_s >= 0.9
         return row
     finally:
         for p in procs:
@@ -127,15 +148,17 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as work:
                 rows.append(server_run(Path(work), clip, n, True, args.seconds, warmup))
 
-    print(f"\nauto snapshots, 720p30 main, rate 30, {args.seconds} s per step, {os.cpu_count()} CPUs")
+    cpus = os.cpu_count()
+    print(f"\nauto snapshots, 720p30 main, rate 30, {args.seconds} s per step, {cpus} CPUs")
     print(f"{'streams':>7} {'auto':>5} {'cpu/stream med':>15} {'p90':>6} {'files/s':>8} "
-          f"{'dropped GOPs':>13} {'keeps up':>9}")  # fmt: skip
+          f"{'dropped GOPs':>13} {'keeps up':>9} {'REST ms med/p90':>16}")  # fmt: skip
     for r in rows:
         files = f"{r['files_per_stream_per_s']:.2f}" if r["auto"] else "-"
         print(
             f"{r['streams']:>7} {('on' if r['auto'] else 'off'):>5} "
             f"{r['per_stream_cpu_pct_median']:>14.1f}% {r['per_stream_cpu_pct_p90']:>5.1f}% "
-            f"{files:>8} {r.get('dropped_gops', '-')!s:>13} {r.get('keeps_up', '-')!s:>9}"
+            f"{files:>8} {r.get('dropped_gops', '-')!s:>13} {r.get('keeps_up', '-')!s:>9} "
+            f"{r['rest_ms_median']:>8.1f}/{r['rest_ms_p90']:.1f}"
         )
     print(
         f"ffmpeg -vf fps=1 thumbnailer: {thumb['per_stream_cpu_pct_median']:.1f}% "
