@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= etc/flashphoner.properties
 APT_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-                gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+                gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+                gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi chromium
+# The official WebSDK (package.json pins it) for the demo pages and the browser tests.
+NODE_STAMP := node_modules/.installed
 
-.PHONY: venv system-deps run test unit integration lint bench clean
+.PHONY: venv system-deps node-deps run test unit integration lint bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +20,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-# Real peers the integration tests drive: ffmpeg and GStreamer (rtmpsink is librtmp, as in OBS).
+# Real peers the integration tests drive: ffmpeg, GStreamer (rtmpsink is librtmp, as in OBS; the RTSP
+# server through python3-gi) and Debian's Chromium (the browser tests never download a browser of their own).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -25,7 +29,17 @@ system-deps:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-run: venv
+# Node.js and npm from Debian only when the machine has none; `npm ci` installs exactly the lock file.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nodejs npm; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+node-deps: $(NODE_STAMP)
+
+run: venv node-deps
 	$(VENV)/bin/twistd -n --pidfile= wcs --config $(CONFIG)
 
 lint: venv
@@ -36,10 +50,10 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-integration: venv system-deps
+integration: venv system-deps node-deps
 	$(VENV)/bin/pytest -q tests/integration
 
-test: venv system-deps lint
+test: venv system-deps node-deps lint
 	$(VENV)/bin/pytest -q tests
 
 bench: venv system-deps
@@ -47,4 +61,4 @@ bench: venv system-deps
 	$(PY) bench/snapshot_latency.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,5 +4,5 @@ from setuptools import find_packages, setup
 
 setup(
     packages=[*find_packages(exclude=["tests*", "bench*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["wcs_plugin.py"]},
+    package_data={"twisted.plugins": ["wcs_plugin.py"], "wcs.web": ["demo/*"]},
 )

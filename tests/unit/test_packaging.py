@@ -111,6 +111,9 @@ def test_layout_of_the_install(installed: Path) -> None:
     assert not (installed / "twisted" / "plugins" / "__init__.py").exists()
     assert (installed / "wcs" / "tap.py").is_file()
     assert (installed / "wcs" / "rtmp" / "protocol.py").is_file()
+    assert (installed / "wcs" / "rtsp" / "ingest.py").is_file()
+    assert (installed / "wcs" / "web" / "demo" / "two-way-streaming.html").is_file()
+    assert (installed / "wcs" / "web" / "demo" / "stream-snapshot.js").is_file()
     assert not (installed / "tests").exists()
     assert not (installed / "bench").exists()
 

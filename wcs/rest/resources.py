@@ -18,6 +18,7 @@ from wcs.config import Settings
 from wcs.rest.errors import RestError, error_body
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import Stream, StreamNotFound, StreamRegistry
+from wcs.web.resources import build_demo
 
 log = Logger(namespace="wcs.rest")
 
@@ -267,6 +268,7 @@ def build_site(
     """The HTTP(S) site; idle connections are closed after 60 s on `reactor`'s clock."""
     root = Resource()
     root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots))
+    root.putChild(b"demo", build_demo(settings))
     site = server.Site(root, timeout=60, reactor=reactor)
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
