@@ -126,6 +126,10 @@ class Stream:
         self.has_audio = True
         self.audio_codec = codec
 
+    def clear_video(self) -> None:
+        """Forget the cached GOP (the source dropped): no snapshot of a picture from before it."""
+        self.gop = None
+
     def request_keyframe(self) -> bool:
         """Ask the publisher for a keyframe now; False when its protocol cannot (RTMP, RTSP)."""
         requester = self.keyframe_requester

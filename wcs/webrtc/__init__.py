@@ -1,0 +1,1 @@
+"""WebRTC: the Flashphoner WebSDK WebSocket API (signalling) and aiortc peers (publish, play)."""
