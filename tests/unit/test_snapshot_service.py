@@ -266,3 +266,21 @@ def test_stream_ending_between_attempts_is_not_found_not_a_timeout(env: Any) -> 
     clock.advance(0.1)  # the next attempt, long before the 3 s interval is over
     failure_of(d).trap(StreamNotFound)
     assert pool.jobs == []
+
+
+def test_no_cached_keyframe_asks_the_publisher_once(env: Any) -> None:
+    registry, pool, clock, service = env
+    stream = registry.publish("webrtc", PROVIDER_RTMP)
+    asked: list[int] = []
+    stream.keyframe_requester = lambda: asked.append(1)
+    d = service.take("webrtc")
+    pool.run_all()
+    for _ in range(5):
+        clock.advance(0.1)
+        pool.run_all()
+    assert asked == [1]
+    sample = h264_sample()
+    push(stream, sample.units[:3])
+    clock.advance(0.1)
+    pool.run_all()
+    png_rgb(result_of(d))

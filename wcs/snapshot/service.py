@@ -327,6 +327,7 @@ class _Attempts:
         self._clock = clock
         self._delay = service.interval / service.attempts
         self._retry: IDelayedCall | None = None
+        self._asked_keyframe = False
         self._timeout = clock.callLater(service.interval, self._timed_out)
         self._attempt()
 
@@ -345,7 +346,13 @@ class _Attempts:
         if png is not None:
             self._timeout.cancel()
             self.result.callback(png)
-        elif self._retry is None:
+            return
+        if not self._asked_keyframe:
+            # Nothing decodable cached: a publisher that can be asked (WebRTC PLI) sends a
+            # keyframe now instead of at its next scheduled one.
+            self._asked_keyframe = True
+            self.stream.request_keyframe()
+        if self._retry is None:
             self._retry = self._clock.callLater(self._delay, self._attempt)
 
     def _failed(self, failure: Failure) -> None:
