@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
@@ -21,10 +21,13 @@ from twisted.python.threadpool import ThreadPool
 from wcs.config import Settings
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
+from wcs.rtsp.pull import PullManager
+from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import StreamRegistry
 from wcs.tls import ensure_self_signed, server_context
+from wcs.webrtc.signalling import SignallingFactory, websocket_site
 
 log = Logger(namespace="wcs.service")
 
@@ -107,6 +110,8 @@ class WCSService(MultiService):
             # ~8 % of a core per hot 720p30 stream: about a third of the machine at most.
             max_hot=4 * (os.cpu_count() or 2),
         )
+        # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
+        self.pulls = PullManager(self.registry, reactor)
         self.auto: AutoSnapshotter | None = None
         self.listeners: list[ListenerService] = []
         self._build_listeners()
@@ -129,20 +134,33 @@ class WCSService(MultiService):
 
     def _build_listeners(self) -> None:
         s = self.settings
-        site = build_site(s, self.registry, self.snapshots, self.reactor)
+        site = build_site(s, self.registry, self.snapshots, self.reactor, pulls=self.pulls)
+        signalling = SignallingFactory(
+            self.registry, self.snapshots, self.reactor, rtsp_pull=self.pulls.stream_for_player
+        )
+        cleanup: list[object] = []
+
+        def ws_site(tls: bool) -> IProtocolFactory:
+            if not cleanup:  # once, when the first WebSocket listener starts
+                # Shutdown waits for the WebRTC peers to close (and release their UDP sockets).
+                cleanup.append(
+                    self.reactor.addSystemEventTrigger("before", "shutdown", signalling.close_all)
+                )
+            factory = websocket_site(signalling)
+            return self._tls_wrap(factory) if tls else factory
+
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
             ("http", s.http_port, lambda: site),
             ("https", s.https_port, lambda: self._tls_wrap(site)),
             ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
+            (
+                "rtsp",
+                s.rtsp_port,
+                lambda: RTSPServerFactory(self.registry, self.reactor, ip=s.ip),
+            ),
+            ("ws", s.ws_port, lambda: ws_site(False)),
+            ("wss", s.wss_port, lambda: ws_site(True)),
         ]
-        for label, port in (("ws", s.ws_port), ("wss", s.wss_port), ("rtsp", s.rtsp_port)):
-            if port:
-                log.info(
-                    "{label}.port={port} is configured, but {label} is not implemented yet: "
-                    "not listening",
-                    label=label,
-                    port=port,
-                )
         for label, port, make in wanted:
             if port:
                 listener = ListenerService(self.reactor, label, s.ip, port, make)
@@ -183,5 +201,9 @@ class WCSService(MultiService):
 
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
+        # Camera pulls send TEARDOWN; shutdown waits (bounded by the client's timeouts) for it.
+        pulls_closed = self.pulls.stop_all()
         self.registry.terminate_all()
-        return super().stopService()
+        stopped = super().stopService()
+        waiting = [pulls_closed] if stopped is None else [pulls_closed, stopped]
+        return DeferredList(waiting, consumeErrors=True).addCallback(lambda _: None)

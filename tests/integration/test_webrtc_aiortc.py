@@ -39,6 +39,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tests.integration.camera import assert_same_picture, reference_rgb, start_camera
 from tests.integration.conftest import Server, decode_png
 
 pytestmark = pytest.mark.integration
@@ -362,19 +363,69 @@ def test_play(server: Server, source: str, player: str) -> None:
     asyncio.run(scenario())
 
 
-def test_play_missing_and_rtsp(server: Server, tmp_path: Path) -> None:
+def test_play_missing_and_unreachable_rtsp(server: Server, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with session(server) as client:
             for name, info in (
                 ("missing", "Stream not found"),
-                ("rtsp://127.0.0.1:1/cam", "RTSP pull is not available yet"),
+                ("rtsp://127.0.0.1:1/cam", "Failed to play RTSP stream: cannot connect"),
+                ("rtsp://", "Rtsp has wrong format"),
             ):
                 msid = str(uuid.uuid4())
                 client.send("playStream", {"mediaSessionId": msid, "name": name, "sdp": "v=0"})
                 (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
-                assert st["status"] == "FAILED" and st["info"] == info
+                assert st["status"] == "FAILED" and st["info"].startswith(info), st
+        # A pull started for a player that could not play is not left running.
+        status, _ = await asyncio.to_thread(server.rest, "/rest-api/rtsp/find_all", {})
+        assert status == 404
 
     asyncio.run(scenario())
+
+
+def test_play_rtsp_camera_in_webrtc(server: Server) -> None:
+    """playStream with an rtsp:// name pulls that camera and plays it (H.264 relayed)."""
+    with start_camera(size="640x360", pattern="smpte") as camera:
+
+        async def scenario() -> None:
+            async with session(server) as client:
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+                @pc.on("track")
+                def on_track(track: MediaStreamTrack) -> None:
+                    if not got.done():
+                        got.set_result(track)
+
+                try:
+                    transceiver = pc.addTransceiver("video", direction="recvonly")
+                    transceiver.setCodecPreferences(only("video", "H264"))
+                    await pc.setLocalDescription(await pc.createOffer())
+                    msid = str(uuid.uuid4())
+                    client.send(
+                        "playStream",
+                        {
+                            "mediaSessionId": msid,
+                            "name": camera.url,
+                            "sdp": pc.localDescription.sdp,
+                        },
+                    )
+                    _, answer = await client.expect("setRemoteSDP")
+                    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+                    (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
+                    assert st["status"] == "PLAYING", st
+                    track = await asyncio.wait_for(got, TIMEOUT)
+                    picture = await FirstFrames(track).picture()
+                    assert picture.shape == (360, 640, 3)
+                    assert_same_picture(picture, reference_rgb("smpte", "640x360"))
+                    status, found = await asyncio.to_thread(
+                        server.rest, "/rest-api/rtsp/find_all", {}
+                    )
+                    assert status == 200 and isinstance(found, list)
+                    assert [p["status"] for p in found] == ["PLAYING"]
+                finally:
+                    await pc.close()
+
+        asyncio.run(scenario())
 
 
 async def raw_ws(server: Server) -> tuple[WSClient, asyncio.StreamReader]:

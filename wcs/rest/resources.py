@@ -16,8 +16,9 @@ from twisted.web.resource import IResource, Resource
 
 from wcs.config import Settings
 from wcs.rest.errors import RestError, error_body
+from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import Stream, StreamNotFound, StreamRegistry
+from wcs.streams import InvalidName, NameInUse, Stream, StreamNotFound, StreamRegistry
 from wcs.web.resources import build_demo
 
 log = Logger(namespace="wcs.rest")
@@ -183,12 +184,21 @@ def _required_str(body: dict[str, Any], key: str) -> str:
 class StreamApi:
     """Handlers of /rest-api/stream/*."""
 
-    def __init__(self, registry: StreamRegistry, snapshots: SnapshotService) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        snapshots: SnapshotService,
+        pulls: PullManager | None = None,
+    ) -> None:
         self.registry = registry
         self.snapshots = snapshots
+        self.pulls = pulls
 
     def snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[dict[str, str]]:
         name = _required_str(body, "streamName")
+        if self.pulls is not None:
+            # As in WCS, a pulled camera's stream may be named by its rtsp:// URI.
+            name = self.pulls.resolve(name)
         d = self.snapshots.take(name)
 
         def encoded(png: bytes) -> dict[str, str]:
@@ -244,11 +254,54 @@ class StreamApi:
         return {}
 
 
+class RtspApi:
+    """Handlers of /rest-api/rtsp/*: camera pulls."""
+
+    def __init__(self, pulls: PullManager) -> None:
+        self.pulls = pulls
+
+    def startup(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
+        uri = _required_str(body, "uri")
+        to_stream = body.get("toStream")
+        if to_stream is not None and not isinstance(to_stream, str):
+            raise RestError(400, "'toStream' must be a string")
+        try:
+            pull = self.pulls.startup(uri, to_stream or None)
+        except PullUriError as err:
+            raise RestError(400, str(err)) from None
+        except InvalidName as err:
+            raise RestError(400, f"Invalid stream name: {err}") from None
+        except NameInUse:
+            raise RestError(409, NameInUse.info) from None
+        return pull.to_json()
+
+    def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
+        pulls = self.pulls.find_all()
+        if not pulls:
+            raise RestError(404, "Streams not found")
+        return [p.to_json() for p in pulls]
+
+    def terminate(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
+        key = next(
+            (body[k] for k in ("uri", "toStream", "localStreamName", "name") if body.get(k)), None
+        )
+        if not isinstance(key, str):
+            raise RestError(400, "'uri' (or 'toStream') is required and must be a string")
+        pull = self.pulls.terminate(key)
+        if pull is None:
+            raise RestError(404, "Stream not found")
+        log.info("RTSP pull {stream_name} terminated over REST", stream_name=pull.name)
+        return {}
+
+
 def build_rest_tree(
-    settings: Settings, registry: StreamRegistry, snapshots: SnapshotService
+    settings: Settings,
+    registry: StreamRegistry,
+    snapshots: SnapshotService,
+    pulls: PullManager | None = None,
 ) -> Resource:
-    """The `/rest-api` resource."""
-    api = StreamApi(registry, snapshots)
+    """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
+    api = StreamApi(registry, snapshots, pulls)
     rest = Branch(settings)
     stream = Branch(settings)
     rest.putChild(b"stream", stream)
@@ -256,6 +309,13 @@ def build_rest_tree(
     stream.putChild(b"find", JsonEndpoint(settings, api.find))
     stream.putChild(b"find_all", JsonEndpoint(settings, api.find_all, ("GET", "POST")))
     stream.putChild(b"terminate", JsonEndpoint(settings, api.terminate))
+    if pulls is not None:
+        rtsp_api = RtspApi(pulls)
+        rtsp = Branch(settings)
+        rest.putChild(b"rtsp", rtsp)
+        rtsp.putChild(b"startup", JsonEndpoint(settings, rtsp_api.startup))
+        rtsp.putChild(b"find_all", JsonEndpoint(settings, rtsp_api.find_all, ("GET", "POST")))
+        rtsp.putChild(b"terminate", JsonEndpoint(settings, rtsp_api.terminate))
     return rest
 
 
@@ -264,10 +324,11 @@ def build_site(
     registry: StreamRegistry,
     snapshots: SnapshotService,
     reactor: Any = None,
+    pulls: PullManager | None = None,
 ) -> server.Site:
     """The HTTP(S) site; idle connections are closed after 60 s on `reactor`'s clock."""
     root = Resource()
-    root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots))
+    root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots, pulls))
     root.putChild(b"demo", build_demo(settings))
     site = server.Site(root, timeout=60, reactor=reactor)
     site.requestFactory = LimitedRequest

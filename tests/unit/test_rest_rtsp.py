@@ -1,0 +1,188 @@
+"""/rest-api/rtsp/* through the real Site: startup, find_all, terminate over a PullManager whose
+connections are faked (no sockets), and the WCS shapes of answers and errors."""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+import pytest
+from twisted.internet.task import Clock
+
+from tests.unit.test_rest import (
+    CREATED_MS,
+    Connection,
+    FakeSnapshots,
+    Response,
+    assert_wcs_error,
+    raw_request,
+)
+from tests.unit.test_rtsp_client import FakeConnector, camera_sdp, video_rtp
+from wcs.config import Settings
+from wcs.rest.resources import build_site
+from wcs.rtsp.pull import PullManager
+from wcs.snapshot.service import SnapshotService
+from wcs.streams import PROVIDER_RTMP, StreamRegistry
+
+STARTUP = "/rest-api/rtsp/startup"
+FIND_ALL = "/rest-api/rtsp/find_all"
+TERMINATE = "/rest-api/rtsp/terminate"
+CAMERA = "rtsp://admin:s3cret@10.0.0.2:554/stream1"
+CLEAN = "rtsp://10.0.0.2:554/stream1"
+
+
+class RtspApi:
+    def __init__(self, with_pulls: bool = True) -> None:
+        self.clock = Clock()
+        self.registry = StreamRegistry(clock_ms=lambda: CREATED_MS)
+        self.snapshots = FakeSnapshots()
+        self.connector = FakeConnector()
+        self.pulls = PullManager(self.registry, self.clock, connector=self.connector)
+        self.site = build_site(
+            Settings(),
+            self.registry,
+            cast(SnapshotService, self.snapshots),
+            self.clock,
+            pulls=self.pulls if with_pulls else None,
+        )
+
+    def start(self, method: str, path: str, body: object = None) -> Connection:
+        conn = Connection(self.site)
+        raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        conn.send(raw_request(method, path, raw))
+        return conn
+
+    def call(self, method: str, path: str, body: object = None) -> Response:
+        response = self.start(method, path, body).response()
+        assert response is not None, "no complete response"
+        return response
+
+
+@pytest.fixture
+def api() -> RtspApi:
+    return RtspApi()
+
+
+def test_startup_answers_the_pull_object(api: RtspApi) -> None:
+    response = api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"})
+    assert response.status == 200 and response.header("Content-Type") == "application/json"
+    pull = response.json()
+    stream = api.registry.get("door")
+    assert stream is not None
+    assert pull == {
+        "uri": CLEAN,
+        "toStream": "door",
+        "localStreamName": "door",
+        "mediaSessionId": stream.media_session_id,
+        "status": "PENDING",
+        "info": "",
+        "hasVideo": False,
+        "hasAudio": False,
+        "videoCodec": None,
+        "audioCodec": None,
+        "width": 0,
+        "height": 0,
+        "reconnects": 0,
+        "createDate": CREATED_MS,
+        "mediaProvider": "RTSP",
+    }
+    assert b"s3cret" not in response.body
+    assert [(a.host, a.port) for a in api.connector.attempts] == [("10.0.0.2", 554)]
+    # The stream is an ordinary live stream of the registry.
+    found = api.call("POST", "/rest-api/stream/find", {"name": "door"}).json()
+    assert [(s["name"], s["mediaProvider"], s["status"]) for s in found] == [
+        ("door", "RTSP", "PENDING")
+    ]
+
+
+def test_startup_without_to_stream_names_the_stream_by_uri(api: RtspApi) -> None:
+    for body in ({"uri": CAMERA}, {"uri": CAMERA, "toStream": ""}):
+        response = api.call("POST", STARTUP, body)
+        assert response.status == 200
+        assert response.json()["localStreamName"] == "10.0.0.2:554_stream1"
+        api.pulls.terminate(CLEAN)
+
+
+def test_startup_into_a_taken_name_is_409(api: RtspApi) -> None:
+    assert api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"}).status == 200
+    response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "door"})
+    assert_wcs_error(response, 409, "Stream name is already in use", STARTUP)
+    api.registry.publish("rtmp1", PROVIDER_RTMP)
+    response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "rtmp1"})
+    assert response.status == 409
+    assert len(api.connector.attempts) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "'uri' is required and must be a non-empty string"),
+        ({"uri": 5}, "'uri' is required and must be a non-empty string"),
+        ({"uri": "http://cam/x"}, "uri must start with rtsp://"),
+        ({"uri": "rtsp://cam/" + "x" * 3000}, "uri longer than 2048 characters"),
+        ({"uri": "rtsp://a:b@c@cam/x"}, "malformed credentials in uri"),
+        ({"uri": CAMERA, "toStream": 7}, "'toStream' must be a string"),
+        ({"uri": CAMERA, "toStream": "a/b"}, "Invalid stream name"),
+    ],
+)
+def test_startup_bad_requests_are_400(api: RtspApi, body: object, message: str) -> None:
+    response = api.call("POST", STARTUP, body)
+    error = assert_wcs_error(response, 400, response.json()["message"], STARTUP)
+    assert error["message"].startswith(message)
+    assert api.connector.attempts == [] and len(api.registry) == 0
+
+
+def test_find_all(api: RtspApi) -> None:
+    for method in ("GET", "POST"):
+        assert_wcs_error(api.call(method, FIND_ALL), 404, "Streams not found", FIND_ALL)
+    api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"})
+    api.call("POST", STARTUP, {"uri": "rtsp://10.0.0.3/live", "toStream": "gate"})
+    _, cam = api.connector.accept()  # the gate camera plays
+    cam.handshake(sdp=camera_sdp(audio=False))
+    cam.rtp(0, video_rtp())
+    for method in ("GET", "POST"):
+        response = api.call(method, FIND_ALL)
+        assert response.status == 200
+        pulls = response.json()
+        assert [(p["localStreamName"], p["uri"], p["status"]) for p in pulls] == [
+            ("door", CLEAN, "PENDING"),
+            ("gate", "rtsp://10.0.0.3/live", "PLAYING"),
+        ]
+        gate = pulls[1]
+        assert (gate["width"], gate["height"], gate["videoCodec"]) == (160, 120, "H264")
+
+
+def test_terminate(api: RtspApi) -> None:
+    api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"})
+    api.call("POST", STARTUP, {"uri": "rtsp://10.0.0.3/live", "toStream": "gate"})
+    missing = "'uri' (or 'toStream') is required and must be a string"
+    assert_wcs_error(api.call("POST", TERMINATE, {}), 400, missing, TERMINATE)
+    unknown = api.call("POST", TERMINATE, {"uri": "rtsp://nope/x"})
+    assert_wcs_error(unknown, 404, "Stream not found", TERMINATE)
+    # By URI (with or without the credentials) or by the local name.
+    response = api.call("POST", TERMINATE, {"uri": CAMERA})
+    assert response.status == 200 and response.json() == {}
+    assert api.registry.get("door") is None
+    assert api.call("POST", TERMINATE, {"toStream": "gate"}).status == 200
+    assert len(api.registry) == 0
+    assert_wcs_error(api.call("POST", FIND_ALL), 404, "Streams not found", FIND_ALL)
+
+
+def test_snapshot_by_camera_uri(api: RtspApi) -> None:
+    api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"})
+    for name in (CLEAN, CAMERA, "door", "rtsp://unknown/x"):
+        api.start("POST", "/rest-api/stream/snapshot", {"streamName": name})
+    assert api.snapshots.names == ["door", "door", "door", "rtsp://unknown/x"]
+
+
+def test_methods(api: RtspApi) -> None:
+    response = api.call("GET", STARTUP)
+    assert_wcs_error(response, 405, "Request method 'GET' is not supported", STARTUP)
+    assert api.call("GET", TERMINATE).status == 405
+
+
+def test_no_rtsp_endpoints_without_a_pull_manager() -> None:
+    api = RtspApi(with_pulls=False)
+    response = api.call("POST", STARTUP, {"uri": CAMERA})
+    assert_wcs_error(response, 404, "Not found", STARTUP)
+    assert api.connector.attempts == []

@@ -1,0 +1,1009 @@
+"""RTSPServerProtocol over a StringTransport, a Clock and a fake UDP reactor: publish sessions as
+ffmpeg and GStreamer run them, real H.264 packetized by our own packetizer; every wrong-state
+status, taken names, timeouts, garbage, connection and UDP port limits."""
+
+from __future__ import annotations
+
+import base64
+import functools
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, formatEvent
+from twisted.python.failure import Failure
+
+from tests.unit.media_fixtures import h264_sample
+from wcs.media import h264
+from wcs.media.units import MediaUnit, VideoParams
+from wcs.rtsp import server
+from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
+from wcs.rtsp.message import (
+    InterleavedFrame,
+    RtspParser,
+    RtspResponse,
+    build_interleaved,
+    build_request,
+    parse_session,
+    parse_transport,
+)
+from wcs.rtsp.rtp import Bye, RtpPacket, parse_rtcp
+from wcs.rtsp.sdp import RtpMap, h264_sprop, parse_sdp, resolve_control
+from wcs.rtsp.server import (
+    MAX_CONNECTIONS,
+    SESSION_TIMEOUT,
+    RTSPServerFactory,
+    RTSPServerProtocol,
+    UdpPoolExhausted,
+    UdpPortPool,
+    stream_name_from_url,
+)
+from wcs.streams import PROVIDER_RTSP, InvalidName, Stream, StreamRegistry
+
+PEER = IPv4Address("TCP", "10.0.0.7", 50000)
+BASE = "rtsp://127.0.0.1:554/live/cam"
+
+
+# -- a fake reactor: Clock plus listenUDP --------------------------------------------------------
+
+
+class FakeUdpPort:
+    def __init__(self, reactor: FakeReactor, port: int, protocol: Any, interface: str) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self.listening = True
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface, self.port)
+
+    def stopListening(self) -> None:
+        self.listening = False
+        del self.reactor.udp[self.port]
+
+    def deliver(self, data: bytes, host: str = "10.0.0.7", port: int = 40000) -> None:
+        self.protocol.datagramReceived(data, (host, port))
+
+
+class FakeReactor(Clock):
+    """A Clock that can "bind" UDP ports: ephemeral ones count up from `next_port`."""
+
+    def __init__(self, next_port: int = 40000) -> None:
+        super().__init__()
+        self.udp: dict[int, FakeUdpPort] = {}
+        self.taken: set[int] = set()  # ports something else holds
+        self.next_port = next_port
+        self.binds = 0
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakeUdpPort:
+        self.binds += 1
+        if port == 0:
+            port = self.next_port
+            self.next_port += 1
+        if port in self.udp or port in self.taken:
+            raise CannotListenError(interface, port, OSError("in use"))
+        bound = self.udp[port] = FakeUdpPort(self, port, protocol, interface)
+        return bound
+
+
+# -- media ----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def media() -> tuple[bytes, bytes, tuple[MediaUnit, ...]]:
+    sample = h264_sample(bframes=False)
+    nals = h264.split_annexb(sample.units[0].data)
+    sps = next(n for n in nals if h264.nal_type(n) == h264.NAL_SPS)
+    pps = next(n for n in nals if h264.nal_type(n) == h264.NAL_PPS)
+    return sps, pps, sample.units
+
+
+def announce_sdp(*, audio: bool = True, session_control: str | None = None) -> bytes:
+    """The SDP ffmpeg's RTSP muxer announces for H.264 (+ AAC)."""
+    sps, pps, _ = media()
+    sprop = ",".join(base64.b64encode(n).decode() for n in (sps, pps))
+    lines = [
+        "v=0",
+        "o=- 0 0 IN IP4 127.0.0.1",
+        "s=No Name",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        "a=tool:libavformat 59.27.100",
+    ]
+    if session_control is not None:
+        lines.append(f"a=control:{session_control}")
+    lines += [
+        "m=video 0 RTP/AVP 96",
+        "a=rtpmap:96 H264/90000",
+        f"a=fmtp:96 packetization-mode=1; sprop-parameter-sets={sprop}; "
+        f"profile-level-id={sps[1:4].hex().upper()}",
+        "a=control:streamid=0",
+    ]
+    if audio:
+        lines += [
+            "m=audio 0 RTP/AVP 97",
+            "b=AS:64",
+            "a=rtpmap:97 MPEG4-GENERIC/44100/2",
+            "a=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+            "indexdeltalength=3; config=121056E500",
+            "a=control:streamid=1",
+        ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def rtp_packets(count: int | None = None, ssrc: int = 0x1234) -> list[bytes]:
+    """The sample's access units as RTP packets (STAP-A/FU-A as needed), in order."""
+    _, _, units = media()
+    pack = H264Packetizer(96, ssrc, initial_seq=1000, timestamp_offset=5000)
+    first = units[0].pts
+    out: list[bytes] = []
+    for unit in units[:count]:
+        pts = round((unit.pts - first) * unit.time_base * 90000)
+        out.extend(p.serialize() for p in pack.packetize(unit.data, pts))
+    return out
+
+
+# -- the client side ------------------------------------------------------------------------------
+
+
+class Conn:
+    """One connection to the server protocol, speaking as an RTSP client."""
+
+    def __init__(self, factory: RTSPServerFactory, peer: IPv4Address = PEER) -> None:
+        self.factory = factory
+        self.proto: RTSPServerProtocol = factory.buildProtocol(peer)
+        self.transport = StringTransport(peerAddress=peer)
+        self.proto.makeConnection(self.transport)
+        self.cseq = 0
+        self.session: str | None = None
+        self.parser = RtspParser()
+        self.lost = False
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def request(
+        self,
+        method: str,
+        uri: str = BASE,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        session: bool = True,
+    ) -> RtspResponse:
+        self.cseq += 1
+        hdrs = [("CSeq", str(self.cseq))]
+        if session and self.session is not None:
+            hdrs.append(("Session", self.session))
+        hdrs += headers or []
+        self.send(build_request(method, uri, hdrs, body))
+        response = self.response()
+        assert response.headers.get("CSeq") == str(self.cseq)
+        return response
+
+    def response(self) -> RtspResponse:
+        data = self.transport.value()
+        self.transport.clear()
+        events = self.parser.feed(data)
+        assert len(events) == 1, events
+        event = events[0]
+        assert isinstance(event, RtspResponse)
+        return event
+
+    def announce(self, uri: str = BASE, sdp: bytes | None = None) -> RtspResponse:
+        return self.request(
+            "ANNOUNCE",
+            uri,
+            [("Content-Type", "application/sdp")],
+            announce_sdp() if sdp is None else sdp,
+        )
+
+    def setup(self, transport: str, uri: str = BASE + "/streamid=0") -> RtspResponse:
+        r = self.request("SETUP", uri, [("Transport", transport)])
+        if r.status == 200:
+            self.session = parse_session(r.headers["Session"])[0]
+        return r
+
+    def publish_tcp(self, uri: str = BASE) -> None:
+        assert self.announce(uri).status == 200
+        tcp = "RTP/AVP/TCP;unicast;interleaved={};mode=record"
+        assert self.setup(tcp.format("0-1"), uri + "/streamid=0").status == 200
+        assert self.setup(tcp.format("2-3"), uri + "/streamid=1").status == 200
+        assert self.request("RECORD", uri, [("Range", "npt=0.000-")]).status == 200
+
+    def close(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.proto.connectionLost(Failure(ConnectionDone()))
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.units: list[MediaUnit] = []
+        self.ended = 0
+
+    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        self.units.append(unit)
+
+    def stream_ended(self, stream: Stream) -> None:
+        self.ended += 1
+
+
+@pytest.fixture
+def reactor() -> FakeReactor:
+    return FakeReactor()
+
+
+@pytest.fixture
+def registry() -> StreamRegistry:
+    return StreamRegistry()
+
+
+@pytest.fixture
+def factory(registry: StreamRegistry, reactor: FakeReactor) -> RTSPServerFactory:
+    return RTSPServerFactory(registry, reactor, ip="127.0.0.1")
+
+
+@pytest.fixture
+def conn(factory: RTSPServerFactory) -> Conn:
+    return Conn(factory)
+
+
+def messages(events: list[LogEvent]) -> list[str]:
+    return [formatEvent(e) for e in events]
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+def test_options_lists_methods(conn: Conn) -> None:
+    r = conn.request("OPTIONS", "*")
+    assert r.status == 200
+    public = {m.strip() for m in r.headers["Public"].split(",")}
+    assert {"OPTIONS", "ANNOUNCE", "SETUP", "RECORD", "TEARDOWN", "GET_PARAMETER"} <= public
+    assert "Session" not in r.headers
+
+
+def test_full_tcp_publish_feeds_the_stream(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    assert conn.announce(BASE + "?token=abc").status == 200
+    stream = registry.get("cam")
+    assert stream is not None and stream.provider == PROVIDER_RTSP
+    # Width and height are known from sprop-parameter-sets at RECORD, before any keyframe.
+    r = conn.setup(
+        "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record", BASE + "?token=abc/streamid=0"
+    )
+    assert r.status == 200
+    sid, timeout = parse_session(r.headers["Session"])
+    assert timeout == SESSION_TIMEOUT and len(sid) >= 16
+    (spec,) = parse_transport(r.headers["Transport"])
+    assert spec.lower == "TCP" and spec.interleaved == (0, 1) and spec.mode == "RECORD"
+    r = conn.setup(
+        "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record", BASE + "?token=abc/streamid=1"
+    )
+    assert r.status == 200 and parse_session(r.headers["Session"])[0] == sid
+    assert conn.request("RECORD", BASE + "?token=abc").status == 200
+    assert stream.video is not None and (stream.video.width, stream.video.height) == (320, 240)
+    assert stream.audio_codec == "AAC"
+    sink = Sink()
+    stream.add_sink(sink)
+    _, _, units = media()
+    # Interleaved frames split at awkward places, as TCP delivers them.
+    data = b"".join(build_interleaved(0, p) for p in rtp_packets())
+    for i in range(0, len(data), 777):
+        conn.send(data[i : i + 777])
+    assert [u.keyframe for u in sink.units] == [u.keyframe for u in units]
+    assert all(u.codec == "H264" for u in sink.units)
+    assert stream.gop is not None
+    assert any(
+        "publishing cam (app live) over TCP: video H264, audio AAC, 320x240" in m
+        for m in messages(log_events)
+    )
+    # TEARDOWN ends the stream; the connection stays for the client to close.
+    r = conn.request("TEARDOWN", BASE)
+    assert r.status == 200
+    assert stream.ended and stream.end_reason == "Stopped by publisher stop"
+    assert registry.get("cam") is None and sink.ended == 1
+    assert not conn.transport.disconnecting
+    conn.close()
+
+
+def test_connection_close_ends_the_stream(conn: Conn, registry: StreamRegistry) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    conn.close()
+    assert stream.ended and stream.end_reason == "Stopped by publisher stop"
+    assert conn.factory.connections == 0
+
+
+def test_url_with_only_a_name_and_gstreamer_controls(conn: Conn, registry: StreamRegistry) -> None:
+    uri = "rtsp://127.0.0.1:554/door"
+    sdp = announce_sdp(audio=False).replace(b"streamid=0", b"stream=0")
+    assert conn.announce(uri, sdp).status == 200
+    assert (
+        conn.setup("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record", uri + "/stream=0").status
+        == 200
+    )
+    # GStreamer's RECORD goes to the aggregate URL with a trailing slash.
+    assert conn.request("RECORD", uri + "/").status == 200
+    stream = registry.get("door")
+    assert stream is not None
+    for p in rtp_packets(31):
+        conn.send(build_interleaved(0, p))
+    assert stream.video_units == 31  # each AU ends on its marker bit
+
+
+def test_rtcp_and_stray_channels_are_harmless(conn: Conn, registry: StreamRegistry) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    conn.send(build_interleaved(1, Bye((0x1234,)).serialize()))
+    conn.send(build_interleaved(9, b"\x80" * 40))  # a channel nobody set up
+    conn.send(build_interleaved(0, b"\x00\x01"))  # not RTP
+    assert conn.request("GET_PARAMETER").status == 200
+    assert conn.proto.stray_frames == 1
+    assert not stream.ended
+
+
+def test_absolute_control_any_host(conn: Conn) -> None:
+    sdp = announce_sdp(audio=False).replace(
+        b"a=control:streamid=0", b"a=control:" + BASE.encode() + b"/trackID=1"
+    )
+    assert conn.announce(BASE, sdp).status == 200
+    # Any host spelling: only the path matters.
+    r = conn.setup("RTP/AVP/TCP;interleaved=0-1", "rtsp://localhost/live/cam/trackID=1")
+    assert r.status == 200
+
+
+def test_interleaved_channels_taken_are_reassigned(conn: Conn) -> None:
+    assert conn.announce().status == 200
+    assert conn.setup("RTP/AVP/TCP;interleaved=0-1;mode=record").status == 200
+    r = conn.setup("RTP/AVP/TCP;interleaved=0-1;mode=record", BASE + "/streamid=1")
+    assert r.status == 200
+    assert parse_transport(r.headers["Transport"])[0].interleaved == (2, 3)
+    # Without interleaved= the server picks the channels.
+    conn2 = Conn(conn.factory)
+    assert conn2.announce(BASE.replace("cam", "cam2")).status == 200
+    r = conn2.setup("RTP/AVP/TCP;unicast", BASE.replace("cam", "cam2") + "/streamid=0")
+    assert parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+def test_taken_name_is_refused_and_first_keeps_publishing(
+    factory: RTSPServerFactory, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    first = Conn(factory)
+    first.publish_tcp()
+    stream = registry.get("cam")
+    second = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
+    r = second.announce("rtsp://other:554/app2/cam")
+    assert r.status == 403 and r.reason == "Stream name is already in use"
+    assert any(
+        "RTSP 10.0.0.8:50001: publish of 'cam' refused: Stream name is already in use" in m
+        for m in messages(log_events)
+    )
+    # The refused client cannot go on to SETUP/RECORD.
+    assert second.setup(TCP).status == 455
+    assert registry.get("cam") is stream and not stream.ended  # type: ignore[union-attr]
+    second.close()
+    assert not stream.ended  # type: ignore[union-attr]
+    for p in rtp_packets(3):
+        first.send(build_interleaved(0, p))
+    assert stream.video_units == 3  # type: ignore[union-attr]
+
+
+def test_name_is_reserved_at_announce(factory: RTSPServerFactory, registry: StreamRegistry) -> None:
+    first = Conn(factory)
+    assert first.announce().status == 200  # no RECORD yet
+    second = Conn(factory)
+    assert second.announce().status == 403
+    first.close()
+    assert registry.get("cam") is None
+    assert second.announce().status == 200
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "rtsp://127.0.0.1:554/",
+        "rtsp://127.0.0.1:554",
+        "rtsp://h/live/..",
+        "rtsp://h/live/a%2Fb",
+        "rtsp://h/live/" + "x" * 256,
+    ],
+)
+def test_invalid_names_are_400(conn: Conn, uri: str, registry: StreamRegistry) -> None:
+    r = conn.announce(uri)
+    assert r.status == 400 and r.reason == "Invalid stream name"
+    assert len(registry) == 0
+
+
+def test_stream_name_from_url() -> None:
+    assert stream_name_from_url("rtsp://h:554/live/cam2?token=1") == ("live", "cam2")
+    assert stream_name_from_url("rtsp://h/cam") == ("", "cam")
+    assert stream_name_from_url("rtsp://h/a/b/c/") == ("a/b", "c")
+    assert stream_name_from_url("rtsp://h/live/my%20cam") == ("live", "my cam")
+    with pytest.raises(InvalidName):
+        stream_name_from_url("rtsp://h/?x=1")
+
+
+def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
+    r = conn.request("ANNOUNCE", BASE, [("Content-Type", "text/plain")], b"hello")
+    assert r.status == 415
+    r = conn.request(
+        "ANNOUNCE", BASE, [("Content-Type", "application/sdp")], b"m=video x RTP/AVP 96\r\n"
+    )
+    assert r.status == 400 and r.reason.startswith("Bad SDP")
+    r = conn.request("ANNOUNCE", BASE, [("Content-Type", "application/sdp")], b"v=0\r\ns=x\r\n")
+    assert r.status == 400
+    assert len(registry) == 0
+    assert conn.announce().status == 200  # the connection is still usable
+
+
+# -- wrong states and bad requests -------------------------------------------------------------
+
+
+TCP = "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"
+
+
+def test_state_errors_455(conn: Conn) -> None:
+    assert conn.setup(TCP).status == 455  # SETUP before ANNOUNCE
+    assert conn.request("RECORD").status == 455  # RECORD before ANNOUNCE
+    assert conn.announce().status == 200
+    assert conn.request("RECORD").status == 455  # RECORD before SETUP
+    assert conn.announce().status == 455  # ANNOUNCE twice
+    assert conn.setup(TCP).status == 200
+    assert conn.setup(TCP).status == 455  # the same track twice
+    assert conn.request("RECORD").status == 200
+    assert conn.request("RECORD").status == 200  # already recording: nothing changes
+    assert conn.setup(TCP, BASE + "/streamid=1").status == 455  # adding a track while recording
+    assert conn.request("PLAY").status == 455
+
+
+def test_session_errors_454(conn: Conn) -> None:
+    assert conn.request("TEARDOWN").status == 454  # no session
+    assert conn.request("GET_PARAMETER", headers=[("Session", "NOSUCH")]).status == 454
+    assert conn.announce().status == 200
+    assert conn.setup(TCP).status == 200
+    assert conn.request("RECORD", session=False).status == 454  # RECORD needs the Session header
+    r = conn.request("RECORD", session=False, headers=[("Session", "DEADBEEF")])
+    assert r.status == 454
+    # A second SETUP without the session header is not part of this session.
+    r = conn.request("SETUP", BASE + "/streamid=1", [("Transport", TCP)], session=False)
+    assert r.status == 454
+    assert conn.request("RECORD").status == 200
+
+
+def test_aggregate_and_track_url_errors(conn: Conn) -> None:
+    assert conn.announce().status == 200
+    assert conn.setup(TCP, BASE).status == 459  # SETUP on the aggregate URL of 2 tracks
+    assert conn.setup(TCP, BASE + "/streamid=7").status == 404
+    assert conn.setup(TCP).status == 200
+    assert conn.setup(TCP.replace("0-1", "2-3"), BASE + "/streamid=1").status == 200
+    assert conn.request("RECORD", BASE + "/streamid=0").status == 460
+    assert conn.request("RECORD", "rtsp://127.0.0.1/elsewhere").status == 404
+    assert conn.request("RECORD").status == 200
+
+
+def test_single_track_record_on_track_url(conn: Conn) -> None:
+    assert conn.announce(sdp=announce_sdp(audio=False)).status == 200
+    assert conn.setup(TCP).status == 200
+    assert conn.request("RECORD", BASE + "/streamid=0").status == 200
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "RTP/AVP;multicast;destination=224.2.0.1;port=5000-5001",
+        "RTP/SAVP/TCP;interleaved=0-1",
+        "RTP/AVP/TCP;interleaved=0-1;mode=play",
+        "RAW/RAW/UDP;unicast;client_port=5000-5001",
+        "RTP/AVP/TCP;interleaved=300-301",
+    ],
+)
+def test_unsupported_transports_461(conn: Conn, transport: str) -> None:
+    assert conn.announce().status == 200
+    assert conn.setup(transport).status == 461
+    assert conn.session is None
+
+
+def test_missing_transport_is_400(conn: Conn) -> None:
+    assert conn.announce().status == 200
+    assert conn.request("SETUP", BASE + "/streamid=0").status == 400
+
+
+def test_method_errors(conn: Conn) -> None:
+    assert conn.request("FROBNICATE").status == 501
+    assert conn.request("REDIRECT").status == 501
+    r = conn.request("PAUSE")
+    assert r.status == 405 and "RECORD" in r.headers["Allow"]
+    r = conn.request("OPTIONS", headers=[("Require", "implicit-play")])
+    assert r.status == 551 and r.headers["Unsupported"] == "implicit-play"
+    assert conn.request("SET_PARAMETER", body=b"x: y\r\n").status == 451
+    assert conn.request("SET_PARAMETER").status == 200
+    r = conn.request("DESCRIBE")
+    assert r.status == 404
+    assert not conn.transport.disconnecting
+
+
+def test_missing_cseq_is_400_and_connection_stays(conn: Conn) -> None:
+    conn.send(b"OPTIONS * RTSP/1.0\r\n\r\n")
+    r = conn.response()
+    assert r.status == 400 and "CSeq" not in r.headers
+    assert not conn.transport.disconnecting
+    assert conn.request("OPTIONS").status == 200
+
+
+def test_bad_version_is_505_and_closes(conn: Conn, log_events: list[LogEvent]) -> None:
+    conn.send(b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n")
+    r = conn.response()
+    assert r.status == 505
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: bad RTSP message: unsupported version RTSP/2.0" in m
+        for m in messages(log_events)
+    )
+
+
+@pytest.mark.parametrize(
+    ("garbage", "status", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "not an RTSP version"),
+        (b"OPTIONS * RTSP/1.0\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 400, "header"),
+        (b"\x16\x03\x01" + bytes(range(256)) * 80, 400, "header block exceeds"),
+        (
+            b"ANNOUNCE rtsp://h/a RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+            "exceeds the limit",
+        ),
+    ],
+)
+def test_garbage_closes_that_connection_only(
+    factory: RTSPServerFactory,
+    registry: StreamRegistry,
+    log_events: list[LogEvent],
+    garbage: bytes,
+    status: int,
+    reason: str,
+) -> None:
+    healthy = Conn(factory)
+    healthy.publish_tcp()
+    bad = Conn(factory, IPv4Address("TCP", "10.6.6.6", 6666))
+    bad.send(garbage)
+    assert bad.response().status == status
+    assert bad.transport.disconnecting
+    assert any(
+        m.startswith("RTSP 10.6.6.6:6666: closing connection: bad RTSP message") and reason in m
+        for m in messages(log_events)
+    )
+    bad.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n\r\n")  # ignored after the close
+    assert bad.transport.value() == b""
+    bad.close()
+    assert not healthy.transport.disconnecting
+    assert healthy.request("GET_PARAMETER").status == 200
+    assert registry.get("cam") is not None
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+def test_idle_connection_times_out(
+    conn: Conn, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    reactor.advance(SESSION_TIMEOUT - 1)
+    assert conn.request("OPTIONS").status == 200  # any request counts
+    reactor.advance(SESSION_TIMEOUT - 1)
+    assert not conn.transport.disconnecting
+    reactor.advance(1)
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: idle timeout: no request for 60 s" in m for m in messages(log_events)
+    )
+
+
+def test_session_kept_alive_by_rtp_and_keepalives(
+    conn: Conn, reactor: FakeReactor, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    packets = rtp_packets(10)
+    for p in packets[:5]:
+        reactor.advance(50)
+        conn.send(build_interleaved(0, p))
+    reactor.advance(50)
+    assert conn.request("GET_PARAMETER").status == 200
+    reactor.advance(59.5)
+    assert not conn.transport.disconnecting
+    reactor.advance(1)
+    assert conn.transport.disconnecting
+    assert any(
+        f"session {conn.session} timed out: no RTSP or RTP for 60 s" in m
+        for m in messages(log_events)
+    )
+    conn.close()
+    assert stream.ended
+
+
+def test_announce_without_record_times_out(
+    conn: Conn, reactor: FakeReactor, registry: StreamRegistry
+) -> None:
+    assert conn.announce().status == 200
+    reactor.advance(SESSION_TIMEOUT)
+    assert conn.transport.disconnecting
+    conn.close()
+    assert registry.get("cam") is None
+
+
+def test_timers_are_cancelled_on_close(conn: Conn, reactor: FakeReactor) -> None:
+    conn.publish_tcp()
+    conn.close()
+    assert reactor.getDelayedCalls() == []
+
+
+# -- limits and termination -------------------------------------------------------------------
+
+
+def test_connection_limit(
+    registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    factory = RTSPServerFactory(registry, reactor, max_connections=2)
+    a, b = Conn(factory), Conn(factory)
+    c = Conn(factory)
+    assert not a.transport.disconnecting and not b.transport.disconnecting
+    assert c.transport.disconnecting and c.transport.value() == b""
+    assert any("too many RTSP connections (limit 2)" in m for m in messages(log_events))
+    c.close()
+    assert factory.connections == 2
+    a.close()
+    d = Conn(factory)
+    assert not d.transport.disconnecting
+    assert MAX_CONNECTIONS == 1000
+
+
+def test_terminate_drops_the_publisher(conn: Conn, registry: StreamRegistry) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    stream.terminate()
+    assert conn.transport.disconnecting
+    assert stream.ended and stream.end_reason == "Stopped by server"
+    conn.close()
+
+
+# -- UDP ------------------------------------------------------------------------------------------
+
+
+def udp_setup(conn: Conn, track: int, ports: str = "5000-5001") -> RtspResponse:
+    return conn.setup(
+        f"RTP/AVP/UDP;unicast;client_port={ports};mode=record", f"{BASE}/streamid={track}"
+    )
+
+
+def test_udp_publish(
+    conn: Conn, reactor: FakeReactor, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    assert conn.announce().status == 200
+    r = udp_setup(conn, 0)
+    assert r.status == 200
+    (spec,) = parse_transport(r.headers["Transport"])
+    assert spec.lower == "UDP" and spec.client_port == (5000, 5001) and spec.mode == "RECORD"
+    assert spec.server_port is not None
+    rtp_port, rtcp_port = spec.server_port
+    assert rtcp_port == rtp_port + 1
+    assert reactor.udp[rtp_port].interface == "127.0.0.1"
+    assert conn.request("RECORD").status == 200
+    stream = registry.get("cam")
+    assert stream is not None
+    packets = rtp_packets(11)
+    for p in packets:
+        reactor.udp[rtp_port].deliver(p)
+    reactor.udp[rtcp_port].deliver(Bye((0x1234,)).serialize(), port=40001)
+    assert stream.video_units == 11
+    assert any(
+        "publishing cam (app live) over UDP: video H264, 320x240" in m for m in messages(log_events)
+    )
+    # Only the publisher feeds the track: another host, or another port of the publisher, is
+    # ignored (its SSRC would restart the depacketizer).
+    intruder = rtp_packets(12, ssrc=0x9999)
+    for p in intruder:
+        reactor.udp[rtp_port].deliver(p, host="10.9.9.9")
+        reactor.udp[rtp_port].deliver(p, port=40002)
+    assert stream.video_units == 11
+    assert conn.proto.transports[0].stray == 2 * len(intruder)
+    assert (
+        sum(
+            "ignoring RTP from 10.9.9.9:40000 (not the publisher)" in m
+            for m in messages(log_events)
+        )
+        == 1
+    )
+    # UDP traffic alone keeps the session alive.
+    reactor.advance(59)
+    reactor.udp[rtp_port].deliver(packets[0])  # a duplicate is activity too
+    reactor.advance(59)
+    assert not conn.transport.disconnecting
+    assert conn.request("TEARDOWN").status == 200
+    assert reactor.udp == {} and conn.factory.udp_pool.in_use == 0
+    assert stream.ended
+
+
+def test_udp_pool_exhaustion_falls_back_or_461(
+    registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    factory = RTSPServerFactory(registry, reactor, max_udp_pairs=1)
+    a = Conn(factory)
+    assert a.announce().status == 200
+    assert udp_setup(a, 0).status == 200
+    r = udp_setup(a, 1)
+    assert r.status == 461 and r.reason == "UDP port pool exhausted, use TCP"
+    assert any(
+        "no UDP ports for cam: all 1 UDP port pairs are in use" in m for m in messages(log_events)
+    )
+    # A client offering TCP as a second choice gets it (ffmpeg's default order is UDP, TCP).
+    r = a.setup(
+        "RTP/AVP/UDP;unicast;client_port=5002-5003;mode=record,"
+        "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record",
+        BASE + "/streamid=1",
+    )
+    assert r.status == 200 and parse_transport(r.headers["Transport"])[0].lower == "TCP"
+    # Closing the connection gives the pair back.
+    a.close()
+    assert factory.udp_pool.in_use == 0 and reactor.udp == {}
+    b = Conn(factory)
+    assert b.announce().status == 200
+    assert udp_setup(b, 0).status == 200
+
+
+def test_udp_pool_ephemeral_pairs_are_consecutive(reactor: FakeReactor) -> None:
+    pool = UdpPortPool(reactor, "0.0.0.0", max_pairs=4)
+    reactor.taken = {40001, 40003}  # the port after the kernel's pick is taken twice
+    pair = pool.allocate(lambda d, a: None, lambda d, a: None)
+    assert (pair.rtp_port, pair.rtcp_port) == (40004, 40005)
+    assert sorted(reactor.udp) == [40004, 40005]  # the failed attempts were unbound
+    pair.release()
+    pair.release()  # idempotent
+    assert pool.in_use == 0 and reactor.udp == {}
+
+
+def test_udp_pool_gives_up_after_bounded_attempts(reactor: FakeReactor) -> None:
+    pool = UdpPortPool(reactor, "0.0.0.0")
+    reactor.taken = {40000 + i for i in range(1, 200, 2)}  # every odd port taken
+    with pytest.raises(UdpPoolExhausted, match="no free pair"):
+        pool.allocate(lambda d, a: None, lambda d, a: None)
+    assert reactor.binds <= 32 and reactor.udp == {}
+
+
+def test_udp_pool_range(reactor: FakeReactor) -> None:
+    pool = UdpPortPool(reactor, "0.0.0.0", max_pairs=10, port_range=(6001, 6008))
+    reactor.taken = {6003}
+    got = [pool.allocate(lambda d, a: None, lambda d, a: None) for _ in range(2)]
+    # 6002 has no free 6003; pairs start on even ports.
+    assert [(p.rtp_port, p.rtcp_port) for p in got] == [(6004, 6005), (6006, 6007)]
+    with pytest.raises(UdpPoolExhausted):
+        pool.allocate(lambda d, a: None, lambda d, a: None)
+    got[0].release()
+    again = pool.allocate(lambda d, a: None, lambda d, a: None)
+    assert again.rtp_port == 6004
+    with pytest.raises(ValueError):
+        UdpPortPool(reactor, "0.0.0.0", port_range=(7000, 6000))
+
+
+def test_factory_wiring(registry: StreamRegistry, reactor: FakeReactor) -> None:
+    factory = RTSPServerFactory(registry, reactor, ip="::1", session_timeout=5)
+    conn = Conn(factory)
+    conn.publish_tcp()
+    assert factory.udp_pool.interface == "::1"
+    reactor.advance(5)
+    assert conn.transport.disconnecting
+
+
+# -- playing --------------------------------------------------------------------------------------
+
+
+def live_stream(
+    registry: StreamRegistry, name: str = "cam", *, strip_params: bool = False
+) -> Stream:
+    """A published stream with real H.264 parameters, as RTMP or RTSP ingest leaves it."""
+    sps, pps, _ = media()
+    stream = registry.publish(name, "Flash")
+    info = h264.parse_sps(sps)
+    stream.set_video_params(
+        VideoParams("H264", info.width, info.height, h264.to_annexb([sps, pps]))
+    )
+    return stream
+
+
+def video_units(strip_params: bool = False) -> list[MediaUnit]:
+    _, _, units = media()
+    if not strip_params:
+        return list(units)
+    out = []
+    for u in units:
+        nals = [n for n in h264.split_annexb(u.data) if h264.nal_type(n) not in (7, 8)]
+        out.append(
+            MediaUnit(u.kind, u.codec, u.pts, u.dts, u.keyframe, h264.to_annexb(nals), u.time_base)
+        )
+    return out
+
+
+def played(data: bytes, channel: int = 0) -> list[H264AccessUnit]:
+    """The access units a player gets out of the interleaved RTP the server wrote."""
+    dep = H264Depacketizer(reorder_window=0)
+    aus: list[H264AccessUnit] = []
+    for event in RtspParser().feed(data):
+        assert isinstance(event, InterleavedFrame)
+        if event.channel == channel:
+            aus += dep.push(RtpPacket.parse(event.payload))
+    return aus
+
+
+def play_setup(conn: Conn, uri: str = BASE) -> RtspResponse:
+    r = conn.request("DESCRIBE", uri, [("Accept", "application/sdp")])
+    assert r.status == 200
+    base = r.headers["Content-Base"]
+    sdp = parse_sdp(r.body)
+    control = resolve_control(base, sdp.media[0].control)
+    r = conn.setup("RTP/AVP/TCP;unicast;interleaved=0-1", control)
+    assert r.status == 200
+    return r
+
+
+def test_describe_live_stream(conn: Conn, registry: StreamRegistry) -> None:
+    live_stream(registry)
+    r = conn.request("DESCRIBE", BASE + "?x=1")
+    assert r.status == 200 and r.headers["Content-Type"] == "application/sdp"
+    assert r.headers["Content-Base"] == BASE + "/"
+    sdp = parse_sdp(r.body)
+    (video,) = sdp.media
+    assert video.rtpmap[96] == RtpMap("H264", 90000)
+    sps, pps, _ = media()
+    assert h264_sprop(video.fmtp[96])[:2] == (sps, [pps])
+    assert video.control == "trackID=0"
+
+
+def test_describe_errors(conn: Conn, registry: StreamRegistry) -> None:
+    r = conn.request("DESCRIBE")
+    assert r.status == 404 and r.reason == "Stream not found"
+    registry.publish("radio", "Flash").set_audio_codec("AAC")
+    assert conn.request("DESCRIBE", BASE.replace("cam", "radio")).status == 415
+    assert conn.request("DESCRIBE", "rtsp://h/").status == 400
+
+
+def test_play_sends_cached_gop_then_live_units(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    stream = live_stream(registry)
+    units = video_units()
+    gop_starts = [i for i, u in enumerate(units) if u.keyframe]
+    second_gop = gop_starts[1]
+    for u in units[: second_gop + 5]:  # a player joining 5 frames into the second GOP
+        stream.push(u)
+    assert conn.setup("RTP/AVP/TCP;interleaved=0-1", BASE).status == 459
+    r = play_setup(conn)
+    (spec,) = parse_transport(r.headers["Transport"])
+    assert spec.interleaved == (0, 1)
+    assert conn.request("PLAY", session=False).status == 454
+    r = conn.request("PLAY", BASE + "/")
+    assert r.status == 200
+    assert "seq=" in r.headers["RTP-Info"] and r.headers["Range"] == "npt=0.000-"
+    reactor.advance(0)
+    for u in units[second_gop + 5 : second_gop + 10]:
+        stream.push(u)
+    aus = played(conn.transport.value())
+    # The keyframe and the 4 frames after it from the cache, then 5 live ones (the last AU
+    # completes on its marker bit).
+    assert len(aus) == 10 and aus[0].keyframe
+    assert [list(au.nals) for au in aus] == [
+        h264.split_annexb(u.data) for u in units[second_gop : second_gop + 10]
+    ]
+    conn.transport.clear()
+    assert conn.request("PLAY").status == 200  # already playing
+    assert conn.request("RECORD").status == 455
+    assert conn.setup("RTP/AVP/TCP;interleaved=2-3", BASE + "/trackID=0").status == 455
+    conn.transport.clear()
+    assert conn.request("TEARDOWN").status == 200
+    stream.push(units[second_gop + 10])
+    assert conn.transport.value() == b""  # detached
+    assert not stream.ended
+
+
+def test_play_adds_parameter_sets_to_bare_keyframes(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    stream = live_stream(registry)
+    play_setup(conn)
+    assert conn.request("PLAY").status == 200
+    reactor.advance(0)
+    conn.transport.clear()
+    for u in video_units(strip_params=True)[:3]:
+        stream.push(u)
+    aus = played(conn.transport.value())
+    assert len(aus) == 3 and aus[0].keyframe  # decodable: SPS/PPS came with it
+    nal_types = [h264.nal_type(n) for n in aus[0].nals]
+    assert nal_types[:2] == [7, 8]
+
+
+def test_play_udp_only_is_461_and_play_before_setup_455(
+    conn: Conn, registry: StreamRegistry
+) -> None:
+    live_stream(registry)
+    assert conn.request("PLAY").status == 455
+    r = conn.setup("RTP/AVP;unicast;client_port=5000-5001", BASE + "/trackID=0")
+    assert r.status == 461
+    assert (
+        conn.setup("RTP/AVP/TCP;interleaved=0-1", BASE.replace("cam", "nope") + "/trackID=0").status
+        == 404
+    )
+
+
+def test_slow_player_drops_to_next_keyframe(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_PLAYER_BACKLOG", 20000)
+    stream = live_stream(registry)
+    play_setup(conn)
+    assert conn.request("PLAY").status == 200
+    reactor.advance(0)
+    player = conn.proto.player
+    assert conn.transport.producer is player
+    assert player is not None
+    units = video_units()
+    gop_starts = [i for i, u in enumerate(units) if u.keyframe]
+    player.pauseProducing()  # the transport's buffer is full
+    for u in units[: gop_starts[1] + 3]:
+        stream.push(u)
+    assert player.dropped_units > 0
+    player.resumeProducing()  # drained: resume at the next keyframe
+    conn.transport.clear()
+    stream.push(units[gop_starts[1] + 3])  # not a keyframe: still skipped
+    for u in units[gop_starts[2] :]:
+        stream.push(u)
+    aus = played(conn.transport.value())
+    assert (
+        aus
+        and aus[0].keyframe
+        and list(aus[0].nals) == h264.split_annexb(units[gop_starts[2]].data)
+    )
+
+
+def test_stream_end_closes_the_player(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    stream = live_stream(registry)
+    play_setup(conn)
+    assert conn.request("PLAY").status == 200
+    reactor.advance(0)
+    conn.transport.clear()
+    stream.end("Stopped by publisher stop")
+    events = RtspParser().feed(conn.transport.value())
+    assert len(events) == 1 and isinstance(events[0], InterleavedFrame)
+    assert events[0].channel == 1 and isinstance(parse_rtcp(events[0].payload)[0], Bye)
+    assert conn.transport.disconnecting
+    assert any(
+        "RTSP 10.0.0.7:50000: cam ended, closing the player" in m for m in messages(log_events)
+    )
+    conn.close()
+
+
+def test_player_connection_close_detaches(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    stream = live_stream(registry)
+    play_setup(conn)
+    assert conn.request("PLAY").status == 200
+    reactor.advance(0)
+    player = conn.proto.player
+    conn.close()
+    assert player is not None and player not in stream._sinks
+    assert not stream.ended

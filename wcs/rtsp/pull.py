@@ -1,0 +1,576 @@
+"""Camera pulls: an RTSP camera kept as a live stream (`/rtsp/startup`), reconnecting with backoff.
+
+A :class:`Pull` owns its stream in the registry (provider "RTSP") from startup until it is
+terminated; the connection to the camera may come and go underneath.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wcs.rtsp.auth import AuthError, split_userinfo
+from wcs.rtsp.client import (
+    AUTH,
+    REDIRECT,
+    REFUSED,
+    ClientConfig,
+    RtspClientError,
+    RTSPClientProtocol,
+)
+from wcs.rtsp.ingest import RtpIngest, Track
+from wcs.streams import (
+    MAX_NAME_BYTES,
+    PROVIDER_RTSP,
+    Stream,
+    StreamError,
+    StreamRegistry,
+    check_stream_name,
+)
+
+__all__ = [
+    "FAILED",
+    "PENDING",
+    "PLAYER_WAIT",
+    "PLAYING",
+    "RECONNECTING",
+    "Connector",
+    "PlayerPullError",
+    "Pull",
+    "PullConfig",
+    "PullManager",
+    "PullUriError",
+    "default_stream_name",
+    "parse_camera_uri",
+]
+
+log = Logger(namespace="wcs.rtsp.pull")
+
+MAX_URI_CHARS: Final = 2048
+MAX_PULLS: Final = 256
+MAX_REDIRECTS: Final = 5
+PLAYER_WAIT: Final = 10.0  # seconds a WebSDK player waits for a camera's first media
+
+# Pull (and stream) status values, WCS-like: PENDING until the first media, PLAYING while media
+# flows, RECONNECTING after a drop or a failed attempt, FAILED while the camera refuses us
+# (wrong credentials, 404...): the pull keeps retrying at the backoff's pace either way.
+PENDING, PLAYING, RECONNECTING, FAILED = "PENDING", "PLAYING", "RECONNECTING", "FAILED"
+
+_USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f#]")
+_NAME_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+# connect(host, port, protocol) -> Deferred firing once connected (errback: could not connect).
+Connector = Callable[[str, int, RTSPClientProtocol], "Deferred[Any]"]
+
+
+class PullUriError(ValueError):
+    """A camera URI we refuse (REST answers 400)."""
+
+
+class PlayerPullError(StreamError):
+    """A WebSDK player's rtsp:// stream could not be pulled; `info` is what the player sees."""
+
+    def __init__(self, info: str, reason: str) -> None:
+        super().__init__(reason)
+        self.info = info
+
+
+def parse_camera_uri(uri: object) -> tuple[str, str]:
+    """Check a camera URI; returns (URI without credentials, URI as given).
+
+    Accepts ``rtsp://[user[:password]@]host[:port][/path][?query]`` with percent-encoded
+    credentials; raises :class:`PullUriError` with a message for the user otherwise.
+    """
+    if not isinstance(uri, str) or not uri:
+        raise PullUriError("'uri' is required and must be a non-empty string")
+    if len(uri) > MAX_URI_CHARS:
+        raise PullUriError(f"uri longer than {MAX_URI_CHARS} characters")
+    if _BAD_CHARS.search(uri):
+        raise PullUriError("uri contains spaces, control characters or a fragment")
+    scheme = uri.partition(":")[0].lower()
+    if scheme == "rtsps":
+        raise PullUriError("rtsps:// (RTSP over TLS) is not supported")
+    if scheme != "rtsp" or not uri[5:].startswith("//"):
+        raise PullUriError("uri must start with rtsp://")
+    parts = urlsplit(uri)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and (not _USERINFO.fullmatch(userinfo) or not userinfo.partition(":")[0]):
+        raise PullUriError("malformed credentials in uri (percent-encode ':', '@' and '/')")
+    try:
+        port = parts.port
+    except ValueError:
+        raise PullUriError("bad port in uri") from None
+    if not parts.hostname or port == 0:
+        raise PullUriError("uri has no host" if not parts.hostname else "bad port in uri")
+    try:
+        clean, _, _ = split_userinfo(uri)
+    except AuthError as err:
+        raise PullUriError(str(err)) from None
+    return clean, uri
+
+
+def default_stream_name(clean_uri: str) -> str:
+    """The stream name of a pull started without toStream.
+
+    WCS names such a stream by its URI; our names cannot hold "/" (they are folder names), so the
+    name is the URI without scheme and credentials, with "/" (and "\\", controls) turned into
+    "_": ``rtsp://cam:554/live/ch1`` -> ``cam:554_live_ch1``. Over 255 bytes it is cut and ends
+    with a hash of the URI, so it stays unique.
+    """
+    rest = re.sub(r"(?i)^rtsp://", "", clean_uri)
+    name = _NAME_UNSAFE.sub("_", rest).strip("_") or "rtsp"
+    if name in (".", ".."):
+        name = "rtsp_" + name
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(clean_uri.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        head = encoded[: MAX_NAME_BYTES - 13].decode("utf-8", "ignore")
+        name = f"{head}_{digest}"
+    return name
+
+
+@dataclass(frozen=True)
+class PullConfig:
+    """Reconnection policy and the camera session's timeouts."""
+
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    # A session that played at least this long was good: the next retry starts from initial_delay.
+    stable_after: float = 10.0
+    connect_timeout: float = 10.0
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+
+def tcp_connector(reactor: Any, timeout: float) -> Connector:
+    """Connect over TCP (names resolved, IPv4 and IPv6) with a connect timeout."""
+
+    def connect(host: str, port: int, protocol: RTSPClientProtocol) -> Deferred[Any]:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return endpoint.connect(_QuietFactory(protocol))
+
+    return connect
+
+
+class _QuietFactory(Factory):
+    """Hands out one protocol, without a "Starting factory" log line per reconnect attempt."""
+
+    noisy = False
+
+    def __init__(self, protocol: RTSPClientProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> RTSPClientProtocol:
+        return self._protocol
+
+
+class Pull:
+    """One camera kept as one live stream, for as long as it is wanted."""
+
+    def __init__(
+        self,
+        manager: PullManager,
+        uri: str,
+        url: str,
+        stream: Stream,
+        clock: IReactorTime,
+        connector: Connector,
+        config: PullConfig,
+    ) -> None:
+        self.manager = manager
+        self.uri = uri  # without credentials: shown, logged, matched
+        self._url = url  # with credentials: used to connect, never shown
+        self._current_url = url
+        self.stream = stream
+        self.name = stream.name
+        self.clock = clock
+        self.connector = connector
+        self.config = config
+        self.status = PENDING
+        self.info = ""
+        self.wanted = True
+        self.attempts = 0  # failed attempts since the last good session (the backoff exponent)
+        self.sessions = 0  # connections that reached PLAY
+        self.reconnects = 0
+        self.redirects = 0
+        self.client: RTSPClientProtocol | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        self._ingest: RtpIngest | None = None
+        self._got_media = False
+        self._closing_client: RTSPClientProtocol | None = None
+        self._playing_waiters: list[Deferred[Pull]] = []
+        self._attempt_waiters: list[Deferred[Pull]] = []  # failed by the next failed attempt
+        self.created_ms = stream.created_ms
+
+    def __repr__(self) -> str:
+        return f"<Pull {self.name!r} {self.uri} {self.status}>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if not self.wanted:
+            return
+        try:
+            parts = urlsplit(self._current_url)
+            host, port = parts.hostname or "", parts.port or 554
+            client = RTSPClientProtocol(
+                self._current_url, self, self.clock, self.config.client, label=self.uri
+            )
+        except (AuthError, ValueError) as err:  # a redirect to something that is not rtsp://
+            self._session_failed(RtspClientError(str(err), REFUSED))
+            return
+        self.client = client
+        self._got_media = False
+        log.info(
+            "RTSP pull {stream_name}: connecting to {host}:{port}",
+            stream_name=self.name,
+            host=host,
+            port=port,
+        )
+        try:
+            d = self.connector(host, port, client)
+        except Exception as err:  # e.g. a host name the resolver refuses outright
+            self.client = None
+            self._session_failed(RtspClientError(f"cannot connect: {err}", "network"))
+            return
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(client,))
+
+    def _connected(self, _: object) -> None:
+        self._connecting = None
+
+    def _connect_failed(self, failure: Failure, client: RTSPClientProtocol) -> None:
+        self._connecting = None
+        if self.client is not client:
+            return
+        self.client = None
+        if not self.wanted:
+            return
+        reason = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
+        self._session_failed(RtspClientError(f"cannot connect: {reason}", "network"))
+
+    def stop(self) -> Deferred[None]:
+        """Stop for good: TEARDOWN, no more reconnects; fires when the connection is closed.
+
+        The stream is ended by whoever stops the pull (its end is what stops a pull, see
+        :meth:`PullManager.startup`).
+        """
+        if not self.wanted:
+            client = self._closing_client
+            return client.stop() if client is not None else succeed(None)
+        self.wanted = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._fail_waiters("pull stopped")
+        client, self.client = self.client, None
+        log.info("RTSP pull {stream_name}: stopped ({uri})", stream_name=self.name, uri=self.uri)
+        if self._connecting is not None:
+            d, self._connecting = self._connecting, None
+            d.cancel()  # the connection attempt: nothing to tear down
+            return succeed(None)
+        if client is None:
+            return succeed(None)
+        self._closing_client = client
+        return client.stop()
+
+    def when_playing(self, *, fail_fast: bool = False) -> Deferred[Pull]:
+        """Fires with this pull once media flows (at once if it does); errbacks if stopped,
+        and with `fail_fast` also when the next attempt fails."""
+        if self.status == PLAYING:
+            return succeed(self)
+        d: Deferred[Pull] = Deferred()
+        if not self.wanted:
+            d.errback(RtspClientError("pull stopped", REFUSED))
+            return d
+        (self._attempt_waiters if fail_fast else self._playing_waiters).append(d)
+        return d
+
+    def _fail_waiters(self, reason: str) -> None:
+        waiters, self._playing_waiters = self._playing_waiters, []
+        self._fail_attempt_waiters(reason)
+        for d in waiters:
+            d.errback(RtspClientError(reason, REFUSED))
+
+    def _fail_attempt_waiters(self, reason: str) -> None:
+        waiters, self._attempt_waiters = self._attempt_waiters, []
+        for d in waiters:
+            d.errback(RtspClientError(reason, REFUSED))
+
+    # -- PullSink: what the client reports ------------------------------------------------------
+    def session_ready(self, client: RTSPClientProtocol, tracks: list[Track]) -> None:
+        if client is not self.client:
+            return
+        self._ingest = RtpIngest(self.stream, tracks, reliable=True)
+
+    def session_playing(self, client: RTSPClientProtocol) -> None:
+        if client is self.client:
+            self.sessions += 1
+            self.redirects = 0
+
+    def rtp(self, index: int, data: bytes) -> None:
+        ingest = self._ingest
+        if ingest is None:
+            return
+        if not self._got_media:
+            self._got_media = True
+            self._set_status(PLAYING, "")
+            log.info(
+                "RTSP pull {stream_name}: media flowing from {uri}",
+                stream_name=self.name,
+                uri=self.uri,
+            )
+            waiters = self._playing_waiters + self._attempt_waiters
+            self._playing_waiters, self._attempt_waiters = [], []
+            for d in waiters:
+                d.callback(self)
+        ingest.rtp(index, data)
+
+    def rtcp(self, index: int, data: bytes) -> bool:
+        ingest = self._ingest
+        return ingest.rtcp(index, data) if ingest is not None else False
+
+    def session_closed(self, client: RTSPClientProtocol, error: RtspClientError | None) -> None:
+        if client is not self.client and self.client is not None:
+            return
+        self.client = None
+        self._ingest = None
+        # Whatever was cached came from the camera before the drop: no snapshot may show it.
+        self.stream.clear_video()
+        if not self.wanted:
+            return
+        if client.playing_since is not None and self._got_media:
+            played = self.clock.seconds() - client.playing_since
+            if played >= self.config.stable_after:
+                self.attempts = 0
+        self._session_failed(error or RtspClientError("the camera closed the session", "network"))
+
+    # -- reconnecting ---------------------------------------------------------------------------
+    def _session_failed(self, error: RtspClientError) -> None:
+        if not self.wanted:
+            return
+        if error.kind == REDIRECT and error.location and self.redirects < MAX_REDIRECTS:
+            self.redirects += 1
+            self._current_url = _with_credentials(error.location, self._url)
+            log.info(
+                "RTSP pull {stream_name}: redirected to {location}",
+                stream_name=self.name,
+                location=split_userinfo_safe(error.location),
+            )
+            self._retry = self.clock.callLater(0, self._connect)
+            return
+        self._current_url = self._url
+        self.redirects = 0
+        delay = min(self.config.max_delay, self.config.initial_delay * 2**self.attempts)
+        self.attempts = min(self.attempts + 1, 30)
+        status = FAILED if error.kind in (AUTH, REFUSED) else RECONNECTING
+        self._set_status(status, error.reason)
+        self._fail_attempt_waiters(error.reason)
+        self.reconnects += 1
+        log.warn(
+            "RTSP pull {stream_name}: {reason}; reconnecting in {delay:g} s",
+            stream_name=self.name,
+            reason=error.reason,
+            delay=delay,
+        )
+        self._retry = self.clock.callLater(delay, self._connect)
+
+    def _set_status(self, status: str, info: str) -> None:
+        self.status = status
+        self.info = info
+        if not self.stream.ended:
+            self.stream.status = status
+
+    # -- REST -----------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, object]:
+        """The pull object of /rtsp/startup and /rtsp/find_all (WCS field names)."""
+        stream = self.stream
+        video = stream.video
+        return {
+            "uri": self.uri,
+            "toStream": self.name,
+            "localStreamName": self.name,
+            "mediaSessionId": stream.media_session_id,
+            "status": self.status,
+            "info": self.info,
+            "hasVideo": stream.has_video,
+            "hasAudio": stream.has_audio,
+            "videoCodec": video.codec if video else None,
+            "audioCodec": stream.audio_codec,
+            "width": video.width if video else 0,
+            "height": video.height if video else 0,
+            "reconnects": self.reconnects,
+            "createDate": self.created_ms,
+            "mediaProvider": PROVIDER_RTSP,
+        }
+
+
+def split_userinfo_safe(url: str) -> str:
+    """`url` without credentials, for logs; the URL text itself if it cannot be parsed."""
+    try:
+        return split_userinfo(url)[0]
+    except AuthError:
+        return url.rpartition("@")[2][:200]
+
+
+def _with_credentials(location: str, original: str) -> str:
+    """A redirect target with the original credentials when it carries none (same camera)."""
+    try:
+        _, user, _ = split_userinfo(location)
+        _, ouser, _ = split_userinfo(original)
+    except AuthError:
+        return location
+    if user is not None or ouser is None:
+        return location
+    userinfo = urlsplit(original).netloc.rpartition("@")[0]
+    scheme, sep, rest = location.partition("://")
+    return f"{scheme}{sep}{userinfo}@{rest}"
+
+
+def _stop(holder: list[Pull]) -> None:
+    if holder:
+        holder[0].stop()
+
+
+class PullManager:
+    """All camera pulls of the server, by stream name.
+
+    ``startup`` registers the stream at once (status PENDING) and connects in the background;
+    the stream stays registered across camera drops until ``terminate`` (or /stream/terminate,
+    or server stop), which sends TEARDOWN.
+    """
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        reactor: Any,
+        *,
+        connector: Connector | None = None,
+        config: PullConfig = PullConfig(),
+        max_pulls: int = MAX_PULLS,
+    ) -> None:
+        self.registry = registry
+        self.reactor = reactor
+        self.config = config
+        self.connector = connector or tcp_connector(reactor, config.connect_timeout)
+        self.max_pulls = max_pulls
+        self._pulls: dict[str, Pull] = {}
+
+    def startup(self, uri: str, to_stream: str | None = None) -> Pull:
+        """Pull `uri` as stream `to_stream` (default: :func:`default_stream_name`).
+
+        Raises PullUriError (bad URI), wcs.streams.InvalidName (bad name), NameInUse (taken).
+        """
+        clean, url = parse_camera_uri(uri)
+        if to_stream is None or to_stream == "":
+            name = default_stream_name(clean)
+        else:
+            name = check_stream_name(to_stream)
+        if len(self._pulls) >= self.max_pulls:
+            raise PullUriError(f"at most {self.max_pulls} camera pulls at once")
+        holder: list[Pull] = []
+        # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect).
+        stream = self.registry.publish(name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder))
+        stream.status = PENDING
+        pull = Pull(self, clean, url, stream, self.reactor, self.connector, self.config)
+        holder.append(pull)
+        self._pulls[name] = pull
+        # However the stream ends (terminate, registry shutdown), the pull ends with it.
+        stream.on_end(lambda s: self._ended(pull))
+        log.info("RTSP pull {stream_name}: started for {uri}", stream_name=name, uri=clean)
+        pull.start()
+        return pull
+
+    def stream_for_player(self, uri: str, timeout: float = PLAYER_WAIT) -> Deferred[Stream]:
+        """The live stream of camera `uri` for a WebSDK player (`playStream` of an rtsp:// name):
+        an existing pull's, or a new pull's once media flows. A pull started here that fails
+        its first attempt (or `timeout`) is stopped again: nobody is left to watch it."""
+        try:
+            pull = self.find(uri)
+            started_here = pull is None
+            if pull is None:
+                pull = self.startup(uri)
+        except PullUriError as err:
+            return fail(PlayerPullError("Rtsp has wrong format", str(err)))
+        except StreamError as err:
+            return fail(err)
+        d = pull.when_playing(fail_fast=started_here)
+        d.addTimeout(timeout, self.reactor)
+
+        def failed(failure: Failure) -> Failure:
+            if started_here and pull.wanted:
+                self.terminate(pull.name)
+            reason = failure.getErrorMessage() or "timed out"
+            if failure.check(defer.TimeoutError):
+                reason = f"no media within {timeout:g} s"
+            return Failure(PlayerPullError(f"Failed to play RTSP stream: {reason}", reason))
+
+        return d.addCallbacks(lambda p: p.stream, failed)
+
+    def get_or_start(self, uri: str) -> Pull:
+        """The pull of `uri` if one exists (any name), else a new one under the default name."""
+        return self.find(uri) or self.startup(uri)
+
+    def find(self, key: str) -> Pull | None:
+        """A pull by stream name, or by camera URI (with or without credentials)."""
+        pull = self._pulls.get(key)
+        if pull is not None:
+            return pull
+        try:
+            clean, _ = parse_camera_uri(key)
+        except PullUriError:
+            return None
+        for pull in self._pulls.values():
+            if pull.uri == clean:
+                return pull
+        return None
+
+    def resolve(self, name: str) -> str:
+        """The local stream name for `name`: a pulled camera URI maps to its stream's name."""
+        if name in self._pulls or not name.lower().startswith("rtsp://"):
+            return name
+        pull = self.find(name)
+        return pull.name if pull is not None else name
+
+    def find_all(self) -> list[Pull]:
+        return list(self._pulls.values())
+
+    def terminate(self, key: str) -> Pull | None:
+        """Stop the pull `key` (name or URI): TEARDOWN, stream ended. None when there is none."""
+        pull = self.find(key)
+        if pull is None:
+            return None
+        pull.stream.terminate()  # -> _on_terminate (TEARDOWN) and the stream's end
+        return pull
+
+    def stop_all(self) -> Deferred[None]:
+        """Server stop: every pull sends TEARDOWN; fires when all connections are closed."""
+        pulls = list(self._pulls.values())
+        for pull in pulls:
+            pull.stream.terminate()
+        d: Deferred[Any] = DeferredList([p.stop() for p in pulls], consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def _ended(self, pull: Pull) -> None:
+        if self._pulls.get(pull.name) is pull:
+            del self._pulls[pull.name]
+        pull.stop()
+
+    def __len__(self) -> int:
+        return len(self._pulls)
