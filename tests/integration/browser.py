@@ -7,6 +7,7 @@ records (page.wait_for_function), never on fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import subprocess
@@ -196,16 +197,21 @@ def as_bt709(clip: Clip) -> Clip:
 @contextlib.contextmanager
 def launch_chromium(camera: Path) -> Iterator[Browser]:
     """Debian's Chromium, headless, with `camera` as the fake video device."""
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
+            )
+            try:
+                yield browser
+            finally:
+                browser.close()
+    finally:
+        # Playwright's sync API leaves its (closed) loop marked as running in this thread, and
+        # every later asyncio.run() in the test session would refuse to start.
+        asyncio.events._set_running_loop(None)
 
 
 def new_context(browser: Browser) -> BrowserContext:

@@ -42,7 +42,7 @@ def camera(tmp_path_factory: pytest.TempPathFactory) -> Clip:
     return make_camera(tmp_path_factory.mktemp("camera") / "camera.y4m")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright's sync API holds this thread's loop while it runs
 def chromium(camera: Clip) -> Iterator[Browser]:
     with launch_chromium(camera.path) as browser:
         yield browser
