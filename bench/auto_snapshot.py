@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import av
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -128,6 +130,25 @@ def thumbnailer_run(workdir: Path, clip: Path, seconds: int, warmup: float) -> d
         proc.wait(timeout=10)
 
 
+def decode_only(clip: Path) -> dict[str, object]:
+    """The floor: PyAV decoding the same clip in this process, one thread, as the server does."""
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        extradata = stream.codec_context.extradata
+        packets = [bytes(p) for p in container.demux(stream) if p.size]
+    per_frame = []
+    for _ in range(3):
+        ctx = av.CodecContext.create("h264", "r")
+        ctx.extradata = extradata
+        ctx.thread_count = 1
+        t = time.process_time()
+        for data in packets:
+            ctx.decode(av.Packet(data))
+        per_frame.append((time.process_time() - t) * 1000 / len(packets))
+    ms = statistics.median(per_frame)
+    return {"cpu_ms_per_frame": ms, "per_stream_cpu_pct_at_30fps": ms * 30 / 10}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=12, help="measured seconds per step")
@@ -141,6 +162,7 @@ def main() -> None:
         clip = Path(tmp) / "clip.flv"
         make_clip(clip, 20)
         thumb = thumbnailer_run(Path(tmp), clip, args.seconds, warmup)
+        floor = decode_only(clip)
         for n in (int(x) for x in args.baseline.split(",")):
             with tempfile.TemporaryDirectory() as work:
                 rows.append(server_run(Path(work), clip, n, False, args.seconds, warmup))
@@ -164,9 +186,13 @@ def main() -> None:
         f"ffmpeg -vf fps=1 thumbnailer: {thumb['per_stream_cpu_pct_median']:.1f}% "
         f"(p90 {thumb['per_stream_cpu_pct_p90']:.1f}%) of a core per stream"
     )
+    print(
+        f"PyAV decode alone (1 thread, same clip): {floor['cpu_ms_per_frame']:.2f} ms/frame = "
+        f"{floor['per_stream_cpu_pct_at_30fps']:.1f}% of a core per 30 fps stream"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "thumbnailer": thumb}, indent=2))
+    out.write_text(json.dumps({"rows": rows, "thumbnailer": thumb, "decode_only": floor}, indent=2))
     print(f"written {out}")
 
 

@@ -28,7 +28,7 @@ PoolRunner = Callable[..., "Deferred[Any]"]
 HOT_SECONDS = 15.0
 # Frames a pinned (auto-snapshotted) stream nobody is requesting decodes per pool job: one job
 # per frame costs ~1 % of a core per stream in thread hand-offs alone.
-PINNED_BATCH = 4
+PINNED_BATCH = 8
 # How many streams at most are decoded ahead of requests (WCSService scales it by cores).
 MAX_HOT_STREAMS = 8
 
