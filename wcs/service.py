@@ -136,7 +136,11 @@ class WCSService(MultiService):
         s = self.settings
         site = build_site(s, self.registry, self.snapshots, self.reactor, pulls=self.pulls)
         signalling = SignallingFactory(
-            self.registry, self.snapshots, self.reactor, rtsp_pull=self.pulls.stream_for_player
+            self.registry,
+            self.snapshots,
+            self.reactor,
+            rtsp_pull=self.pulls.stream_for_player,
+            resolve_name=self.pulls.resolve,
         )
         cleanup: list[object] = []
 

@@ -422,6 +422,11 @@ def test_play_rtsp_camera_in_webrtc(server: Server) -> None:
                     )
                     assert status == 200 and isinstance(found, list)
                     assert [p["status"] for p in found] == ["PLAYING"]
+                    # The SDK snapshots a played camera by the name it played: the URI.
+                    event, snap_status = await ws_snapshot(client, camera.url)
+                    rgb = decode_png(event["payload"]["snapshot"])
+                    assert rgb.shape == (360, 640, 3)
+                    assert snap_status["status"] == "SNAPSHOT_COMPLETE"
                 finally:
                     await pc.close()
 

@@ -284,3 +284,22 @@ def test_no_cached_keyframe_asks_the_publisher_once(env: Any) -> None:
     clock.advance(0.1)
     pool.run_all()
     png_rgb(result_of(d))
+
+
+def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env: Any) -> None:
+    registry, pool, clock, service = env
+    sample = h264_sample(bframes=False)  # GOPs of 30
+    stream = registry.publish("cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    d = service.take("cam")
+    pool.run_all()
+    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[4].pts
+    clock.advance(11)  # no longer hot: nothing is decoded ahead of requests
+    push(stream, sample.units[5:33])
+    pool.run_all()
+    decoder = service.source(stream).decoder
+    before = decoder.frames_decoded
+    d = service.take("cam")
+    pool.run_all()
+    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[32].pts
+    assert decoder.frames_decoded - before == 3  # units 30..32 only, not the old GOP's tail

@@ -120,10 +120,12 @@ class StreamDecoder:
         return self.latest
 
     def _finish_previous(self, ctx: Any, gop: Gop) -> None:
-        """Decode the tail of the GOP just before `gop` (its last units usually arrive while a job
-        runs); a decoder further behind than that drops what is left, and counts it."""
+        """For a decoder that must see every frame (`on_frame` set): decode the tail of the GOP
+        just before `gop` (its last units usually arrive while a job runs); a decoder further
+        behind than that drops what is left, and counts it. Without `on_frame` nobody needs
+        those frames: jump straight to the new keyframe."""
         prev = self._gop
-        if prev is None:
+        if prev is None or self.on_frame is None:
             return
         tail = prev.units[self._pos :]
         if gop.seq == prev.seq + 1:

@@ -496,11 +496,12 @@ class WebSDKSession:
         if self._snapshots >= MAX_SNAPSHOTS_IN_FLIGHT:
             self._snapshot_failed(msid, name, "Too many snapshot requests")
             return
-        stream = self.factory.registry.get(name)
+        local = self.factory.resolve_name(name)
+        stream = self.factory.registry.get(local)
         if stream is not None and stream.gop is None:
             stream.request_keyframe()  # nothing cached to decode: ask the publisher for one now
         self._snapshots += 1
-        d = self.factory.snapshots.take(name)
+        d = self.factory.snapshots.take(local)
         d.addCallbacks(
             lambda png: self._snapshot_done(msid, name, png),
             lambda f: self._snapshot_error(msid, name, f),
@@ -635,8 +636,11 @@ class SignallingFactory:
         *,
         peers: PeerFactory | None = None,
         rtsp_pull: RtspPull = rtsp_pull_unavailable,
+        resolve_name: Callable[[str], str] = lambda name: name,
     ) -> None:
         self.registry = registry
+        # A pulled camera played as `rtsp://...` is snapshotted by that same name.
+        self.resolve_name = resolve_name
         self.snapshots = snapshots
         self.clock = clock
         self.peers: PeerFactory = peers if peers is not None else AiortcPeers(clock)
