@@ -314,6 +314,36 @@ class FirstFrames:
             return frame.to_ndarray(format="rgb24")
 
 
+@asynccontextmanager
+async def playing(
+    client: WSClient, name: str, codec: str
+) -> AsyncIterator[tuple[str, str, MediaStreamTrack]]:
+    """playStream `name` into an aiortc peer that only accepts `codec`; yields (mediaSessionId,
+    answer SDP, received track) once the server says PLAYING."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if not got.done():
+            got.set_result(track)
+
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        transceiver.setCodecPreferences(only("video", codec))
+        await pc.setLocalDescription(await pc.createOffer())
+        msid = str(uuid.uuid4())
+        offer = pc.localDescription.sdp
+        client.send("playStream", {"mediaSessionId": msid, "name": name, "sdp": offer})
+        _, answer = await client.expect("setRemoteSDP")
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
+        assert st["status"] == "PLAYING", st
+        yield msid, answer, await asyncio.wait_for(got, TIMEOUT)
+    finally:
+        await pc.close()
+
+
 @pytest.mark.parametrize(("source", "player"), [("H264", "H264"), ("VP8", "VP8"), ("VP8", "H264")])
 def test_play(server: Server, source: str, player: str) -> None:
     name = f"play{source.lower()}{player.lower()}"
@@ -325,40 +355,16 @@ def test_play(server: Server, source: str, player: str) -> None:
             session(server) as client,
         ):
             mark = server.log_mark()
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-
-            @pc.on("track")
-            def on_track(track: MediaStreamTrack) -> None:
-                if not got.done():
-                    got.set_result(track)
-
-            try:
-                transceiver = pc.addTransceiver("video", direction="recvonly")
-                transceiver.setCodecPreferences(only("video", player))
-                await pc.setLocalDescription(await pc.createOffer())
-                msid = str(uuid.uuid4())
-                client.send(
-                    "playStream",
-                    {"mediaSessionId": msid, "name": name, "sdp": pc.localDescription.sdp},
-                )
-                _, answer = await client.expect("setRemoteSDP")
+            async with playing(client, name, player) as (msid, answer, track):
                 assert f"{player}/90000" in answer
-                await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-                (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
-                assert st["status"] == "PLAYING", st
                 mode = "relaying" if source == player else f"transcoding {source} to"
                 await asyncio.to_thread(
                     server.wait_for_log, rf"player of {name}: {mode} {player}", 5.0, mark
                 )
-                track = await asyncio.wait_for(got, TIMEOUT)
                 assert_pattern(await FirstFrames(track).picture())
-
                 client.send("stopStream", {"mediaSessionId": msid, "name": name})
                 (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
                 assert st["status"] == "STOPPED"
-            finally:
-                await pc.close()
 
     asyncio.run(scenario())
 
@@ -387,48 +393,18 @@ def test_play_rtsp_camera_in_webrtc(server: Server) -> None:
     with start_camera(size="640x360", pattern="smpte") as camera:
 
         async def scenario() -> None:
-            async with session(server) as client:
-                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-                got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-
-                @pc.on("track")
-                def on_track(track: MediaStreamTrack) -> None:
-                    if not got.done():
-                        got.set_result(track)
-
-                try:
-                    transceiver = pc.addTransceiver("video", direction="recvonly")
-                    transceiver.setCodecPreferences(only("video", "H264"))
-                    await pc.setLocalDescription(await pc.createOffer())
-                    msid = str(uuid.uuid4())
-                    client.send(
-                        "playStream",
-                        {
-                            "mediaSessionId": msid,
-                            "name": camera.url,
-                            "sdp": pc.localDescription.sdp,
-                        },
-                    )
-                    _, answer = await client.expect("setRemoteSDP")
-                    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-                    (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
-                    assert st["status"] == "PLAYING", st
-                    track = await asyncio.wait_for(got, TIMEOUT)
-                    picture = await FirstFrames(track).picture()
-                    assert picture.shape == (360, 640, 3)
-                    assert_same_picture(picture, reference_rgb("smpte", "640x360"))
-                    status, found = await asyncio.to_thread(
-                        server.rest, "/rest-api/rtsp/find_all", {}
-                    )
-                    assert status == 200 and isinstance(found, list)
-                    assert [p["status"] for p in found] == ["PLAYING"]
-                    # The SDK snapshots a played camera by the name it played: the URI.
-                    event, snap_status = await ws_snapshot(client, camera.url)
-                    rgb = decode_png(event["payload"]["snapshot"])
-                    assert rgb.shape == (360, 640, 3)
-                    assert snap_status["status"] == "SNAPSHOT_COMPLETE"
-                finally:
-                    await pc.close()
+            async with session(server) as client, playing(client, camera.url, "H264") as played:
+                picture = await FirstFrames(played[2]).picture()
+                assert picture.shape == (360, 640, 3)
+                assert_same_picture(picture, reference_rgb("smpte", "640x360"))
+                status, found = await asyncio.to_thread(server.rest, "/rest-api/rtsp/find_all", {})
+                assert status == 200 and isinstance(found, list)
+                assert [p["status"] for p in found] == ["PLAYING"]
+                # The SDK snapshots a played camera by the name it played: the URI.
+                event, snap_status = await ws_snapshot(client, camera.url)
+                rgb = decode_png(event["payload"]["snapshot"])
+                assert rgb.shape == (360, 640, 3)
+                assert snap_status["status"] == "SNAPSHOT_COMPLETE"
 
         asyncio.run(scenario())
 
