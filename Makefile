@@ -56,9 +56,11 @@ integration: venv system-deps node-deps
 test: venv system-deps node-deps lint
 	$(VENV)/bin/pytest -q tests
 
-bench: venv system-deps
+bench: venv system-deps node-deps
 	$(PY) bench/png_encode.py
 	$(PY) bench/snapshot_latency.py
+	$(PY) bench/auto_snapshot.py
+	$(PY) bench/webrtc_snapshot.py
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache
