@@ -135,21 +135,15 @@ class WCSService(MultiService):
     def _build_listeners(self) -> None:
         s = self.settings
         site = build_site(s, self.registry, self.snapshots, self.reactor, pulls=self.pulls)
-        signalling = SignallingFactory(
+        self.signalling = signalling = SignallingFactory(
             self.registry,
             self.snapshots,
             self.reactor,
             rtsp_pull=self.pulls.stream_for_player,
             resolve_name=self.pulls.resolve,
         )
-        cleanup: list[object] = []
 
         def ws_site(tls: bool) -> IProtocolFactory:
-            if not cleanup:  # once, when the first WebSocket listener starts
-                # Shutdown waits for the WebRTC peers to close (and release their UDP sockets).
-                cleanup.append(
-                    self.reactor.addSystemEventTrigger("before", "shutdown", signalling.close_all)
-                )
             factory = websocket_site(signalling)
             return self._tls_wrap(factory) if tls else factory
 
@@ -205,9 +199,11 @@ class WCSService(MultiService):
 
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
-        # Camera pulls send TEARDOWN; shutdown waits (bounded by the client's timeouts) for it.
-        pulls_closed = self.pulls.stop_all()
+        # Shutdown waits (each bounded by its own timeouts) for camera pulls to send TEARDOWN
+        # and for WebRTC peers to close and release their UDP sockets.
+        waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.registry.terminate_all()
         stopped = super().stopService()
-        waiting = [pulls_closed] if stopped is None else [pulls_closed, stopped]
+        if stopped is not None:
+            waiting.append(stopped)
         return DeferredList(waiting, consumeErrors=True).addCallback(lambda _: None)

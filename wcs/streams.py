@@ -180,16 +180,17 @@ class Stream:
         gop.size += len(unit.data)
 
     def end(self, reason: str = "Stopped by publisher stop") -> None:
-        """The publish is over: sinks are told once, the registry forgets the name."""
+        """The publish is over: sinks are told once (and see the last GOP while told), then
+        the cache is dropped and the registry forgets the name."""
         if self.ended:
             return
         self.ended = True
         self.end_reason = reason
         self.status = "UNPUBLISHED"
-        self.gop = None
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
-            sink.stream_ended(self)
+            sink.stream_ended(self)  # may still read the last GOP (to drain the decoder)
+        self.gop = None
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
             cb(self)

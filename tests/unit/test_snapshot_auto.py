@@ -285,8 +285,10 @@ def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
     (tmp_path / "cam" / ".hidden").write_bytes(b"not ours")
     assert clean_leftovers(tmp_path) == 1
     assert files(tmp_path / "cam") == [".hidden", "000006.png"]
-    env = Env(tmp_path)
+    (tmp_path / "cam" / ".000008.png.9-9.tmp").write_bytes(b"half")
+    env = Env(tmp_path)  # start-up cleans too
     assert env.auto.root == tmp_path
+    assert files(tmp_path / "cam") == [".hidden", "000006.png"]
 
 
 def test_unwritable_root_is_logged_and_streaming_goes_on(

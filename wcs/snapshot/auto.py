@@ -130,13 +130,19 @@ class SnapshotFolder:
 
     def write(self, png: bytes) -> str:
         """Write the next numbered file; returns its name. Raises OSError (nothing written)."""
-        self.path.mkdir(parents=True, exist_ok=True)  # again each time: it may have been deleted
         if not self._checked:
+            self.path.mkdir(parents=True, exist_ok=True)
             self._check_inside_root()
         if self._next is None:
             present = scan_numbers(self.path)
             self._next = present[-1] + 1 if present else 1
-        number = write_numbered(self.path, self._next, png)
+        try:
+            number = write_numbered(self.path, self._next, png)
+        except FileNotFoundError:
+            # The folder was deleted while the stream runs: make it again, once.
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._check_inside_root()
+            number = write_numbered(self.path, self._next, png)
         self._next = number + 1
         return file_name(number)
 

@@ -66,9 +66,7 @@ class FrameSource:
         self._running: tuple[tuple[int, int], list[Deferred[bytes | None]]] | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
         self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
-        self.pinned = False
-        self._last_gop: Gop | None = None  # kept while pinned, for the drain at the end
-        self._drain_pending = False
+        self._drain_from: Gop | None = None  # the last GOP of an ended pinned stream
         self._after_job: list[Callable[[bool], object]] = []
         self._frame_listener: Callable[[DecodedFrame], bytes | None] | None = None
 
@@ -85,9 +83,7 @@ class FrameSource:
             running[1].append(d)
             return d
         self._waiters.append(d)
-        if not self._attached:
-            self._attached = True
-            self.stream.add_sink(self)
+        self._attach()
         self._kick()
         return d
 
@@ -95,14 +91,19 @@ class FrameSource:
         """Decode every frame for as long as the stream lives, calling `listener(frame)` in the
         pool once per new picture (the auto-snapshotter). A PNG it returns is reused by requests
         for that same picture."""
-        self.pinned = True
-        self._last_gop = self.stream.gop
         self._frame_listener = listener
         self.decoder.on_frame = self._frame_decoded
+        self._attach()
+        self._kick()
+
+    @property
+    def pinned(self) -> bool:
+        return self._frame_listener is not None
+
+    def _attach(self) -> None:
         if not self._attached:
             self._attached = True
             self.stream.add_sink(self)
-        self._kick()
 
     def _frame_decoded(self, frame: DecodedFrame) -> None:
         listener = self._frame_listener
@@ -123,14 +124,14 @@ class FrameSource:
         if unit.kind != "video":
             return
         gop = stream.gop
-        if self.pinned and gop is not None:
-            self._last_gop = gop
-            if (
-                self._clock.seconds() > self._hot_until
-                and gop.seq == self._done_at[0]
-                and len(gop.units) - self._done_at[1] < self._pinned_batch
-            ):
-                return  # nobody is asking: decode a few frames per job, not one
+        if (
+            self.pinned
+            and gop is not None
+            and self._clock.seconds() > self._hot_until
+            and gop.seq == self._done_at[0]
+            and len(gop.units) - self._done_at[1] < self._pinned_batch
+        ):
+            return  # nobody is asking: decode a few frames per job, not one
         if not self.hot and not self._waiters:
             self._attached = False
             stream.remove_sink(self)
@@ -142,16 +143,15 @@ class FrameSource:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(StreamNotFound(stream.name))
-        if self.pinned and self._last_gop is not None:
-            self._drain_pending = True
+        if self.pinned and stream.gop is not None:
+            # The pictures still held for B-frame reordering are the last frames of the
+            # stream, and the auto-snapshotter counts them too: drain once the decoder is free.
+            self._drain_from = stream.gop
             if not self._busy:
                 self._drain()
 
     def _drain(self) -> None:
-        # The publish is over: the pictures still held for B-frame reordering are the last
-        # frames of the stream, and the auto-snapshotter counts them too.
-        gop, self._last_gop = self._last_gop, None
-        self._drain_pending = False
+        gop, self._drain_from = self._drain_from, None
         if gop is None:
             return
         self._busy = True
@@ -198,8 +198,7 @@ class FrameSource:
         if self.stream.ended:
             for d in waiters:
                 d.errback(StreamNotFound(self.stream.name))
-            if self._drain_pending:
-                self._drain()
+            self._drain()
             for callback in self._after_job:
                 callback(not self._busy)
             return
@@ -338,6 +337,11 @@ class _Attempts:
         if self.stream.ended:
             self._failed(Failure(StreamNotFound(self.stream.name)))
             return
+        if self.stream.gop is None and not self._asked_keyframe:
+            # Nothing decodable cached: a publisher that can be asked (WebRTC PLI) sends a
+            # keyframe now instead of at its next scheduled one.
+            self._asked_keyframe = True
+            self.stream.request_keyframe()
         self.source.request().addCallbacks(self._got, self._failed)
 
     def _got(self, png: bytes | None) -> None:
@@ -347,11 +351,6 @@ class _Attempts:
             self._timeout.cancel()
             self.result.callback(png)
             return
-        if not self._asked_keyframe:
-            # Nothing decodable cached: a publisher that can be asked (WebRTC PLI) sends a
-            # keyframe now instead of at its next scheduled one.
-            self._asked_keyframe = True
-            self.stream.request_keyframe()
         if self._retry is None:
             self._retry = self._clock.callLater(self._delay, self._attempt)
 
