@@ -14,10 +14,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.media_fixtures import Sample, h264_sample
-from wcs.media.h264 import codec_string, parse_sps, split_annexb, to_annexb
+from wcs.media.h264 import (
+    NAL_PPS,
+    NAL_SPS,
+    codec_string,
+    nal_type,
+    parse_sps,
+    split_annexb,
+    to_annexb,
+)
 from wcs.media.image import frame_to_rgb
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
+from wcs.rtsp.h264rtp import (
+    H264AccessUnit,
+    H264Depacketizer,
+    H264Packetizer,
+    h264_video_params,
+)
 from wcs.rtsp.rtp import RtpPacket
 
 # ---------------------------------------------------------------------------
@@ -25,16 +38,23 @@ from wcs.rtsp.rtp import RtpPacket
 # ---------------------------------------------------------------------------
 
 
+def parameter_sets(sample: Sample) -> tuple[bytes, bytes]:
+    """The SPS and PPS of the sample's first (IDR) access unit."""
+    nals = split_annexb(sample.units[0].data)
+    return (
+        next(n for n in nals if nal_type(n) == NAL_SPS),
+        next(n for n in nals if nal_type(n) == NAL_PPS),
+    )
+
+
 @functools.cache
 def params() -> tuple[bytes, bytes]:
-    nals = split_annexb(h264_sample().units[0].data)
-    return next(n for n in nals if n[0] & 0x1F == 7), next(n for n in nals if n[0] & 0x1F == 8)
+    return parameter_sets(h264_sample())
 
 
 @functools.cache
 def small_params() -> tuple[bytes, bytes]:
-    nals = split_annexb(h264_sample(bframes=False, seconds=1, size="160x120").units[0].data)
-    return next(n for n in nals if n[0] & 0x1F == 7), next(n for n in nals if n[0] & 0x1F == 8)
+    return parameter_sets(h264_sample(bframes=False, seconds=1, size="160x120"))
 
 
 IDR = b"\x65\x88" + bytes(range(1, 250)) * 8  # ~2 KB, NRI 3
@@ -119,12 +139,16 @@ def test_single_nal_units() -> None:
         "video", "H264", 3000, 3000, False, to_annexb([P]), Fraction(1, 90000)
     )
     info = parse_sps(sps)
-    assert idr.video_params() == VideoParams(
-        codec="H264",
-        width=320,
-        height=240,
-        extradata=to_annexb([sps, pps]),
-        profile=codec_string(info),
+    assert (
+        idr.video_params()
+        == h264_video_params(sps, pps)
+        == VideoParams(
+            codec="H264",
+            width=320,
+            height=240,
+            extradata=to_annexb([sps, pps]),
+            profile=codec_string(info),
+        )
     )
     assert d.stats() == {
         "packets": 2,
@@ -344,8 +368,7 @@ def test_flush_gives_up_on_missing_packets() -> None:
     ],
 )
 def test_truncated_or_invalid_stap_a_drops_the_au(payload: bytes) -> None:
-    sps, pps = params()
-    d = H264Depacketizer(sprop_sps=sps, sprop_pps=pps, reorder_window=0)
+    d = dep()
     assert len(d.push(rtp(0, 0, IDR, marker=True))) == 1
     assert d.push(rtp(1, 3000, payload, marker=True)) == []
     assert (d.malformed, d.dropped_aus) == (1, 1)

@@ -27,7 +27,7 @@ from wcs.media.h264 import (
     to_annexb,
 )
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rtsp.rtp import RTP_HEADER_SIZE, RtpPacket, seq_diff
+from wcs.rtsp.rtp import MAX_DROPOUT, MAX_MISORDER, RTP_HEADER_SIZE, RtpPacket, seq_diff
 
 __all__ = [
     "CLOCK_RATE",
@@ -38,6 +38,7 @@ __all__ = [
     "H264AccessUnit",
     "H264Depacketizer",
     "H264Packetizer",
+    "h264_video_params",
 ]
 
 log = Logger(namespace="wcs.rtsp.h264rtp")
@@ -49,10 +50,8 @@ MAX_AU_BYTES: Final = 4 * 1024 * 1024
 # 4K with one slice per macroblock row has 135 slices; x264 and cameras use far fewer.
 MAX_NALS: Final = 1024
 # Packets held back waiting for a missing sequence number before it is declared lost.
+# A sequence number MAX_MISORDER behind / MAX_DROPOUT ahead is a sender restart (RFC 3550 A.1).
 REORDER_WINDOW: Final = 8
-# A sequence number this far behind / ahead is a sender restart, not reordering (RFC 3550 A.1).
-MAX_MISORDER: Final = 100
-MAX_DROPOUT: Final = 3000
 
 _COUNTERS: Final = (
     "packets",
@@ -68,6 +67,19 @@ _COUNTERS: Final = (
     "bad_sps",
 )
 _MASK32: Final = 0xFFFFFFFF
+
+
+def h264_video_params(sps: bytes, pps: bytes) -> VideoParams:
+    """VideoParams for Stream.set_video_params from one SPS and PPS (sprop or in-band);
+    raises H264Error for an unreadable SPS."""
+    info = parse_sps(sps)
+    return VideoParams(
+        codec="H264",
+        width=info.width,
+        height=info.height,
+        extradata=to_annexb([sps, pps]),
+        profile=codec_string(info),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +113,8 @@ class H264AccessUnit:
         )
 
     def video_params(self) -> VideoParams:
-        """VideoParams for Stream.set_video_params; raises H264Error for an unreadable SPS."""
-        info = parse_sps(self.sps)
-        return VideoParams(
-            codec="H264",
-            width=info.width,
-            height=info.height,
-            extradata=to_annexb([self.sps, self.pps]),
-            profile=codec_string(info),
-        )
+        """VideoParams for Stream.set_video_params (the depacketizer keeps only readable SPS)."""
+        return h264_video_params(self.sps, self.pps)
 
 
 class _Au:

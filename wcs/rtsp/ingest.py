@@ -6,23 +6,19 @@ registry exactly as RTMP does and the snapshot code never knows which protocol i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fractions import Fraction
 
-from twisted.logger import Logger
-
-from wcs.media import h264
-from wcs.media.h264 import H264Error
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rtsp.h264rtp import H264Depacketizer
+from wcs.rtsp.h264rtp import REORDER_WINDOW, H264Depacketizer, h264_video_params
 from wcs.rtsp.rtp import Bye, RtcpError, RtpError, RtpPacket, parse_rtcp
-from wcs.rtsp.sdp import MediaDescription, SessionDescription, h264_sprop
+from wcs.rtsp.sdp import MediaDescription, SdpError, SessionDescription, h264_sprop
 from wcs.streams import Stream
 
-log = Logger(namespace="wcs.rtsp.ingest")
-
-# Codec names as the REST stream object reports them (SDP encoding names are upper-case).
+# Codec names as the REST stream object reports them where they differ from the SDP encoding
+# name (upper-case: H264, H265, VP8, ... are reported as they are).
 AUDIO_NAMES = {"MPEG4-GENERIC": "AAC", "MP4A-LATM": "AAC", "OPUS": "opus"}
-VIDEO_NAMES = {"H265": "H265", "JPEG": "MJPEG", "VP8": "VP8", "VP9": "VP9", "AV1": "AV1"}
+VIDEO_NAMES = {"JPEG": "MJPEG"}
 
 
 @dataclass
@@ -38,9 +34,6 @@ class Track:
     depacketizer: H264Depacketizer | None = None
     packets: int = 0
     bad_packets: int = 0
-    ssrc: int | None = None
-    rtcp_bye: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def describe_tracks(sdp: SessionDescription) -> list[Track]:
@@ -52,12 +45,8 @@ def describe_tracks(sdp: SessionDescription) -> list[Track]:
         rtpmap = media.encoding(pt) if pt is not None else None
         encoding = rtpmap.encoding if rtpmap else "unknown"
         clock = rtpmap.clock_rate if rtpmap else 90000
-        if media.media == "video":
-            codec = "H264" if encoding == "H264" else VIDEO_NAMES.get(encoding, encoding)
-        elif media.media == "audio":
-            codec = AUDIO_NAMES.get(encoding, encoding)
-        else:
-            codec = encoding
+        names = {"video": VIDEO_NAMES, "audio": AUDIO_NAMES}.get(media.media, {})
+        codec = names.get(encoding, encoding)
         tracks.append(Track(index, media.media, codec, pt, clock, media))
     return tracks
 
@@ -74,18 +63,21 @@ class RtpIngest:
         self.stream = stream
         self.tracks = tracks
         # Over TCP a gap is a real loss: don't hold packets waiting for a reordered one.
-        reorder = 0 if reliable else 8
+        reorder = 0 if reliable else REORDER_WINDOW
         for track in tracks:
             if track.kind == "video" and track.codec == "H264":
-                sps, pps, _ = _sprop(track.media)
-                track.depacketizer = H264Depacketizer(
+                sps, pps = _sprop(track.media)
+                dep = track.depacketizer = H264Depacketizer(
                     clock_rate=track.clock_rate,
                     sprop_sps=sps,
                     sprop_pps=pps,
                     reorder_window=reorder,
                 )
-                if sps is not None and pps is not None:
-                    _set_params_from_sprop(stream, sps, pps)
+                # Width and height known before the first keyframe, as with RTMP's sequence
+                # header; the depacketizer keeps the sprop SPS only if it is readable.
+                params = dep.params()
+                if params is not None:
+                    stream.set_video_params(h264_video_params(*params))
                 elif stream.video is None:
                     stream.set_video_params(VideoParams(codec="H264"))
             elif track.kind == "video":
@@ -107,27 +99,16 @@ class RtpIngest:
             track.bad_packets += 1  # e.g. a stray RTCP or another sender's packet on the port
             return
         track.packets += 1
-        track.ssrc = packet.ssrc
         if track.depacketizer is not None:
-            self._h264(track, track.depacketizer, packet)
-        elif track.kind == "audio":
-            self.stream.push(
-                MediaUnit("audio", track.codec, packet.timestamp, packet.timestamp, True, b"")
-            )
-
-    def _h264(self, track: Track, dep: H264Depacketizer, packet: RtpPacket) -> None:
-        for au in dep.push(packet):
-            if au.params_changed:
-                try:
+            for au in track.depacketizer.push(packet):
+                if au.params_changed:
                     self.stream.set_video_params(au.video_params())
-                except H264Error as err:
-                    log.warn(
-                        "stream {stream_name}: unusable SPS/PPS ({error})",
-                        stream_name=self.stream.name,
-                        error=err,
-                    )
-                    continue
-            self.stream.push(au.media_unit())
+                self.stream.push(au.media_unit())
+        elif track.kind == "audio":
+            ts = packet.timestamp
+            self.stream.push(
+                MediaUnit("audio", track.codec, ts, ts, True, b"", Fraction(1, track.clock_rate))
+            )
 
     def rtcp(self, index: int, data: bytes) -> bool:
         """One RTCP compound packet; returns True when it says the sender is leaving (BYE)."""
@@ -137,10 +118,7 @@ class RtpIngest:
             packets = parse_rtcp(data)
         except RtcpError:
             return False
-        bye = any(isinstance(p, Bye) for p in packets)
-        if bye:
-            self.tracks[index].rtcp_bye = True
-        return bye
+        return any(isinstance(p, Bye) for p in packets)
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -156,29 +134,12 @@ class RtpIngest:
         return out
 
 
-def _sprop(media: MediaDescription) -> tuple[bytes | None, bytes | None, str | None]:
+def _sprop(media: MediaDescription) -> tuple[bytes | None, bytes | None]:
+    """The first SPS and PPS of the track's sprop-parameter-sets (None when absent or bad)."""
     pt = media.payload_types[0] if media.payload_types else None
     fmtp = media.fmtp.get(pt, {}) if pt is not None else {}
     try:
-        sps, pps, profile = h264_sprop(fmtp)
-    except ValueError:
-        return None, None, None
-    return sps, (pps[0] if pps else None), profile
-
-
-def _set_params_from_sprop(stream: Stream, sps: bytes, pps: bytes) -> None:
-    # Width and height known before the first keyframe, as with RTMP's sequence header.
-    try:
-        info = h264.parse_sps(sps)
-    except H264Error:
-        stream.set_video_params(VideoParams(codec="H264"))
-        return
-    stream.set_video_params(
-        VideoParams(
-            codec="H264",
-            width=info.width,
-            height=info.height,
-            extradata=h264.to_annexb([sps, pps]),
-            profile=h264.codec_string(info),
-        )
-    )
+        sps, pps, _ = h264_sprop(fmtp)
+    except SdpError:
+        return None, None
+    return sps, (pps[0] if pps else None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 __all__ = [
@@ -226,13 +226,8 @@ class RtspParser:
                 return False
             body = bytes(buf[: self._body_len])
             del buf[: self._body_len]
-            head, self._head = self._head, None
-            if isinstance(head, RtspRequest):
-                events.append(RtspRequest(head.method, head.uri, head.version, head.headers, body))
-            else:
-                events.append(
-                    RtspResponse(head.version, head.status, head.reason, head.headers, body)
-                )
+            events.append(replace(self._head, body=body))
+            self._head = None
             return True
         skip = 0
         while skip < len(buf) and buf[skip] in _CRLF_BYTES:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from wcs.media.h264 import NAL_PPS, NAL_SPS, nal_type
+
 __all__ = [
     "STATIC_PAYLOAD_TYPES",
     "MediaDescription",
@@ -277,10 +279,10 @@ def h264_sprop(fmtp: Mapping[str, str]) -> tuple[bytes | None, list[bytes], str 
             raise SdpError(f"bad base64 in sprop-parameter-sets: {item[:32]!r}") from exc
         if not nal:
             continue
-        nal_type = nal[0] & 0x1F
-        if nal_type == 7 and sps is None:
+        kind = nal_type(nal)
+        if kind == NAL_SPS and sps is None:
             sps = nal
-        elif nal_type == 8:
+        elif kind == NAL_PPS:
             pps.append(nal)
     return sps, pps, profile_level_id
 
