@@ -3,26 +3,16 @@ connections are faked (no sockets), and the WCS shapes of answers and errors."""
 
 from __future__ import annotations
 
-import json
 from typing import cast
 
 import pytest
-from twisted.internet.task import Clock
 
-from tests.unit.test_rest import (
-    CREATED_MS,
-    Connection,
-    FakeSnapshots,
-    Response,
-    assert_wcs_error,
-    raw_request,
-)
+from tests.unit.test_rest import CREATED_MS, Api, assert_wcs_error
 from tests.unit.test_rtsp_client import FakeConnector, camera_sdp, video_rtp
-from wcs.config import Settings
 from wcs.rest.resources import build_site
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import PROVIDER_RTMP, StreamRegistry
+from wcs.streams import PROVIDER_RTMP
 
 STARTUP = "/rest-api/rtsp/startup"
 FIND_ALL = "/rest-api/rtsp/find_all"
@@ -31,31 +21,21 @@ CAMERA = "rtsp://admin:s3cret@10.0.0.2:554/stream1"
 CLEAN = "rtsp://10.0.0.2:554/stream1"
 
 
-class RtspApi:
+class RtspApi(Api):
+    """test_rest's Api with a PullManager whose connections are faked."""
+
     def __init__(self, with_pulls: bool = True) -> None:
-        self.clock = Clock()
-        self.registry = StreamRegistry(clock_ms=lambda: CREATED_MS)
-        self.snapshots = FakeSnapshots()
+        super().__init__()
         self.connector = FakeConnector()
         self.pulls = PullManager(self.registry, self.clock, connector=self.connector)
-        self.site = build_site(
-            Settings(),
-            self.registry,
-            cast(SnapshotService, self.snapshots),
-            self.clock,
-            pulls=self.pulls if with_pulls else None,
-        )
-
-    def start(self, method: str, path: str, body: object = None) -> Connection:
-        conn = Connection(self.site)
-        raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        conn.send(raw_request(method, path, raw))
-        return conn
-
-    def call(self, method: str, path: str, body: object = None) -> Response:
-        response = self.start(method, path, body).response()
-        assert response is not None, "no complete response"
-        return response
+        if with_pulls:
+            self.site = build_site(
+                self.settings,
+                self.registry,
+                cast(SnapshotService, self.snapshots),
+                self.clock,
+                pulls=self.pulls,
+            )
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from wcs.rtsp.auth import parse_challenges
 from wcs.rtsp.client import (
     AUTH,
     BYE,
+    NETWORK,
     NO_MEDIA,
     PROTOCOL,
     REDIRECT,
@@ -39,6 +40,7 @@ from wcs.rtsp.message import (
     InterleavedFrame,
     RtspParser,
     RtspRequest,
+    RtspResponse,
     build_interleaved,
     build_response,
     parse_transport,
@@ -303,16 +305,12 @@ def test_session_from_options_to_play() -> None:
     assert client.ignored_frames == 2 and sink.closed == []
 
 
-def test_rtp_from_the_camera_becomes_stream_units() -> None:
-    registry = StreamRegistry()
-    clock = Clock()
-    connector = FakeConnector()
-    manager = PullManager(registry, clock, connector=connector)
-    pull = manager.startup(URL, "door")
+def test_rtp_from_the_camera_becomes_stream_units(env: Env) -> None:
+    pull = env.manager.startup(URL, "door")
     stream = pull.stream
-    assert registry.get("door") is stream and stream.provider == "RTSP"
+    assert env.registry.get("door") is stream and stream.provider == "RTSP"
     assert stream.status == PENDING and pull.status == PENDING
-    _client, cam = connector.accept()
+    _client, cam = env.connector.accept()
     cam.handshake(channels=["0-1", "2-3"])
     # The SDP's sprop-parameter-sets give the size before any media.
     assert stream.video is not None and (stream.video.width, stream.video.height) == (160, 120)
@@ -586,7 +584,7 @@ def test_camera_closing_the_connection_is_an_error() -> None:
     _client, cam, sink, _clock = connect()
     cam.handshake(sdp=camera_sdp(audio=False))
     cam.drop()
-    assert sink.closed[0] is not None and sink.closed[0].kind == "network"
+    assert sink.closed[0] is not None and sink.closed[0].kind == NETWORK
 
 
 def test_rtcp_bye_on_video_ends_the_session() -> None:
@@ -697,10 +695,12 @@ def test_requests_from_the_camera_are_answered() -> None:
     cam.send(
         b"OPTIONS * RTSP/1.0\r\nCSeq: 77\r\n\r\nANNOUNCE rtsp://x/ RTSP/1.0\r\nCSeq: 78\r\n\r\n"
     )
-    answers = cam.tr.value().split(b"\r\n\r\n")
     assert b"RTSP/1.0 200 OK\r\nCSeq: 77" in cam.tr.value()
     assert b"RTSP/1.0 501 Not Implemented\r\nCSeq: 78" in cam.tr.value()
-    assert answers and sink.closed == []
+    # Exactly the two answers (after the client's own OPTIONS), and the session goes on.
+    answers = [e for e in RtspParser().feed(cam.tr.value()) if isinstance(e, RtspResponse)]
+    assert [(a.status, a.headers["CSeq"]) for a in answers] == [(200, "77"), (501, "78")]
+    assert sink.closed == [] and not cam.tr.disconnecting
 
 
 def test_interleaved_data_before_play_is_ignored() -> None:

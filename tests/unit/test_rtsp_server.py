@@ -17,6 +17,7 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample
+from tests.unit.test_rtmp_protocol import RecordingSink as Sink
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
@@ -221,18 +222,6 @@ class Conn:
         if not self.lost:
             self.lost = True
             self.proto.connectionLost(Failure(ConnectionDone()))
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.units: list[MediaUnit] = []
-        self.ended = 0
-
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        self.units.append(unit)
-
-    def stream_ended(self, stream: Stream) -> None:
-        self.ended += 1
 
 
 @pytest.fixture
@@ -811,9 +800,7 @@ def test_factory_wiring(registry: StreamRegistry, reactor: FakeReactor) -> None:
 # -- playing --------------------------------------------------------------------------------------
 
 
-def live_stream(
-    registry: StreamRegistry, name: str = "cam", *, strip_params: bool = False
-) -> Stream:
+def live_stream(registry: StreamRegistry, name: str = "cam") -> Stream:
     """A published stream with real H.264 parameters, as RTMP or RTSP ingest leaves it."""
     sps, pps, _ = media()
     stream = registry.publish(name, "Flash")
@@ -830,7 +817,11 @@ def video_units(strip_params: bool = False) -> list[MediaUnit]:
         return list(units)
     out = []
     for u in units:
-        nals = [n for n in h264.split_annexb(u.data) if h264.nal_type(n) not in (7, 8)]
+        nals = [
+            n
+            for n in h264.split_annexb(u.data)
+            if h264.nal_type(n) not in (h264.NAL_SPS, h264.NAL_PPS)
+        ]
         out.append(
             MediaUnit(u.kind, u.codec, u.pts, u.dts, u.keyframe, h264.to_annexb(nals), u.time_base)
         )
@@ -857,6 +848,15 @@ def play_setup(conn: Conn, uri: str = BASE) -> RtspResponse:
     r = conn.setup("RTP/AVP/TCP;unicast;interleaved=0-1", control)
     assert r.status == 200
     return r
+
+
+def start_playing(conn: Conn, registry: StreamRegistry, reactor: FakeReactor) -> Stream:
+    """A live stream, and `conn` playing it (PLAY answered, the player attached)."""
+    stream = live_stream(registry)
+    play_setup(conn)
+    assert conn.request("PLAY").status == 200
+    reactor.advance(0)
+    return stream
 
 
 def test_describe_live_stream(conn: Conn, registry: StreamRegistry) -> None:
@@ -921,10 +921,7 @@ def test_play_sends_cached_gop_then_live_units(
 def test_play_adds_parameter_sets_to_bare_keyframes(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor
 ) -> None:
-    stream = live_stream(registry)
-    play_setup(conn)
-    assert conn.request("PLAY").status == 200
-    reactor.advance(0)
+    stream = start_playing(conn, registry, reactor)
     conn.transport.clear()
     for u in video_units(strip_params=True)[:3]:
         stream.push(u)
@@ -951,10 +948,7 @@ def test_slow_player_drops_to_next_keyframe(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "MAX_PLAYER_BACKLOG", 20000)
-    stream = live_stream(registry)
-    play_setup(conn)
-    assert conn.request("PLAY").status == 200
-    reactor.advance(0)
+    stream = start_playing(conn, registry, reactor)
     player = conn.proto.player
     assert conn.transport.producer is player
     assert player is not None
@@ -980,10 +974,7 @@ def test_slow_player_drops_to_next_keyframe(
 def test_stream_end_closes_the_player(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
 ) -> None:
-    stream = live_stream(registry)
-    play_setup(conn)
-    assert conn.request("PLAY").status == 200
-    reactor.advance(0)
+    stream = start_playing(conn, registry, reactor)
     conn.transport.clear()
     stream.end("Stopped by publisher stop")
     events = RtspParser().feed(conn.transport.value())
@@ -999,10 +990,7 @@ def test_stream_end_closes_the_player(
 def test_player_connection_close_detaches(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor
 ) -> None:
-    stream = live_stream(registry)
-    play_setup(conn)
-    assert conn.request("PLAY").status == 200
-    reactor.advance(0)
+    stream = start_playing(conn, registry, reactor)
     player = conn.proto.player
     conn.close()
     assert player is not None and player not in stream._sinks

@@ -190,7 +190,6 @@ class RTSPClientProtocol(TwistedProtocol):
         self._challenge: Challenge | None = None
         self._nc = 0
         self._public: set[str] = set()
-        self._base = self.url
         self._aggregate = self.url
         self._tracks: list[_TrackState] = []
         self._setup_next = 0
@@ -244,10 +243,7 @@ class RTSPClientProtocol(TwistedProtocol):
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         self._abort_timer = None
-        for timer in list(self._timers.values()):
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self._cancel_timers()
         for pending in self._pending.values():
             if pending.timer is not None and pending.timer.active():
                 pending.timer.cancel()
@@ -444,7 +440,6 @@ class RTSPClientProtocol(TwistedProtocol):
             return
         base = resp.headers.get("Content-Base") or resp.headers.get("Content-Location") or self.url
         base = base.strip()
-        self._base = base
         self._aggregate = resolve_control(base, sdp.control)
         tracks = select_tracks(describe_tracks(sdp))
         if not tracks:

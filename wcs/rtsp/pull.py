@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from wcs.rtsp.auth import AuthError, split_userinfo
 from wcs.rtsp.client import (
     AUTH,
+    NETWORK,
     REDIRECT,
     REFUSED,
     ClientConfig,
@@ -71,6 +72,18 @@ PENDING, PLAYING, RECONNECTING, FAILED = "PENDING", "PLAYING", "RECONNECTING", "
 _USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f#]")
 _NAME_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+# The stream object's fields a pull object repeats (Stream.to_json is their one definition).
+_PULL_STREAM_FIELDS: Final = (
+    "mediaSessionId",
+    "hasVideo",
+    "hasAudio",
+    "videoCodec",
+    "audioCodec",
+    "width",
+    "height",
+    "createDate",
+    "mediaProvider",
+)
 
 # connect(host, port, protocol) -> Deferred firing once connected (errback: could not connect).
 Connector = Callable[[str, int, RTSPClientProtocol], "Deferred[Any]"]
@@ -213,7 +226,6 @@ class Pull:
         self._closing_client: RTSPClientProtocol | None = None
         self._playing_waiters: list[Deferred[Pull]] = []
         self._attempt_waiters: list[Deferred[Pull]] = []  # failed by the next failed attempt
-        self.created_ms = stream.created_ms
 
     def __repr__(self) -> str:
         return f"<Pull {self.name!r} {self.uri} {self.status}>"
@@ -247,7 +259,7 @@ class Pull:
             d = self.connector(host, port, client)
         except Exception as err:  # e.g. a host name the resolver refuses outright
             self.client = None
-            self._session_failed(RtspClientError(f"cannot connect: {err}", "network"))
+            self._session_failed(RtspClientError(f"cannot connect: {err}", NETWORK))
             return
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(client,))
@@ -263,7 +275,7 @@ class Pull:
         if not self.wanted:
             return
         reason = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
-        self._session_failed(RtspClientError(f"cannot connect: {reason}", "network"))
+        self._session_failed(RtspClientError(f"cannot connect: {reason}", NETWORK))
 
     def stop(self) -> Deferred[None]:
         """Stop for good: TEARDOWN, no more reconnects; fires when the connection is closed.
@@ -359,7 +371,7 @@ class Pull:
             played = self.clock.seconds() - client.playing_since
             if played >= self.config.stable_after:
                 self.attempts = 0
-        self._session_failed(error or RtspClientError("the camera closed the session", "network"))
+        self._session_failed(error or RtspClientError("the camera closed the session", NETWORK))
 
     # -- reconnecting ---------------------------------------------------------------------------
     def _session_failed(self, error: RtspClientError) -> None:
@@ -399,25 +411,17 @@ class Pull:
 
     # -- REST -----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, object]:
-        """The pull object of /rtsp/startup and /rtsp/find_all (WCS field names)."""
-        stream = self.stream
-        video = stream.video
+        """The pull object of /rtsp/startup and /rtsp/find_all (WCS field names): the stream's
+        own fields, with the pull's status and what it adds."""
+        stream = self.stream.to_json()
         return {
             "uri": self.uri,
             "toStream": self.name,
             "localStreamName": self.name,
-            "mediaSessionId": stream.media_session_id,
+            **{key: stream[key] for key in _PULL_STREAM_FIELDS},
             "status": self.status,
             "info": self.info,
-            "hasVideo": stream.has_video,
-            "hasAudio": stream.has_audio,
-            "videoCodec": video.codec if video else None,
-            "audioCodec": stream.audio_codec,
-            "width": video.width if video else 0,
-            "height": video.height if video else 0,
             "reconnects": self.reconnects,
-            "createDate": self.created_ms,
-            "mediaProvider": PROVIDER_RTSP,
         }
 
 

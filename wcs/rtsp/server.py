@@ -308,15 +308,14 @@ class _Player:
             return
         self.wait_key = False
         data = unit.data
-        if unit.keyframe:
-            params = self.stream.video
-            nals = h264.split_annexb(data)
-            if (
-                params is not None
-                and params.extradata
-                and not any(h264.nal_type(n) == h264.NAL_SPS for n in nals)
-            ):
-                data = params.extradata + data
+        params = self.stream.video
+        if (
+            unit.keyframe
+            and params is not None
+            and params.extradata
+            and not any(h264.nal_type(n) == h264.NAL_SPS for n in h264.split_annexb(data))
+        ):
+            data = params.extradata + data
         pts = int(unit.pts * unit.time_base * CLOCK_RATE)
         if self.first_pts is None:
             self.first_pts = pts
