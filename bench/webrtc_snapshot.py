@@ -26,7 +26,6 @@ import os
 import random
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,11 +41,16 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import BrowserContext  # noqa: E402
 
 from bench.snapshot_latency import cpu_seconds, pct  # noqa: E402
-from tests.integration.browser import SdkPage, launch_chromium, new_context  # noqa: E402
+from tests.integration.browser import (  # noqa: E402
+    SdkPage,
+    launch_chromium,
+    new_context,
+    write_camera,
+)
 from tests.integration.conftest import Server, start_server  # noqa: E402
 
-# tests/integration/browser.make_camera is fixed at 320x240 15 fps (the SDK's default
-# constraints), so the 720p camera is made here. 4 s of raw 720p is 166 MB in a temp dir.
+# The tests' camera is 320x240 15 fps (the SDK's default constraints); the bench's is 720p30.
+# 4 s of raw 720p is 166 MB in a temp dir.
 CAMERA_SIZE = (1280, 720)
 CAMERA_FPS = 30
 CAMERA_SECONDS = 4
@@ -91,22 +95,6 @@ BENCH_JS = """
   };
   const b = {
     times: {}, first: {}, run: null,
-    async sentVideo() {
-      for (const pc of window.wcsPeers) {
-        const stats = await pc.getStats();
-        for (const r of stats.values()) {
-          if (r.type === "outbound-rtp" && r.kind === "video" && r.codecId && r.framesEncoded) {
-            const codec = stats.get(r.codecId);
-            return {mimeType: codec ? codec.mimeType : null, frameWidth: r.frameWidth,
-                    frameHeight: r.frameHeight, framesEncoded: r.framesEncoded,
-                    encoder: r.encoderImplementation || null,
-                    limitedBy: r.qualityLimitationReason || null,
-                    targetBitrate: r.targetBitrate || null};
-          }
-        }
-      }
-      return null;
-    },
     publish(key, name, options) {
       const t = b.times[key] = {};
       const stream = wcsTest.session.createStream(Object.assign({
@@ -195,14 +183,6 @@ BENCH_JS = """
 """
 
 
-def make_camera(path: Path) -> None:
-    width, height = CAMERA_SIZE
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi"]
-    cmd += ["-i", f"testsrc2=size={width}x{height}:rate={CAMERA_FPS}", "-t", str(CAMERA_SECONDS)]
-    cmd += ["-pix_fmt", "yuv420p", str(path)]
-    subprocess.run(cmd, check=True, timeout=120)
-
-
 def png_size(head_b64: str | None) -> tuple[int, int] | None:
     """Width and height from the first 33 bytes of a base64 PNG (the IHDR chunk)."""
     if not head_b64:
@@ -260,13 +240,9 @@ def open_page(context: BrowserContext, server: Server, codec: str, how: Publish)
 
 def sent_video(sdk: SdkPage) -> dict[str, Any]:
     """What Chromium encodes now (waiting up to 10 s for the first encoded frame)."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        stats: dict[str, Any] | None = sdk.js("wcsBench.sentVideo()")
-        if stats is not None:
-            return stats
-        assert time.monotonic() < deadline, f"no video was sent\n{sdk.explain()}"
-        threading.Event().wait(0.1)
+    stats: dict[str, Any] | None = sdk.js("(ms) => wcsTest.waitVideoStats(ms)", 10_000)
+    assert stats is not None, f"no video was sent\n{sdk.explain()}"
+    return stats
 
 
 def unpublish(sdk: SdkPage) -> None:
@@ -440,7 +416,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         camera = workdir / "camera720p30.y4m"
-        make_camera(camera)
+        write_camera(camera, CAMERA_SIZE, CAMERA_FPS, CAMERA_SECONDS)
         server = start_server(workdir)
         try:
             with launch_chromium(camera) as browser:

@@ -119,33 +119,35 @@ HARNESS = """
     },
     snapshot(key, name) { t.watch(key, t.session.createStream({name: name})).snapshot(); },
     stop(key) { t.streams[key].stop(); },
-    async videoStats() {
+    // The first video RTP stats record of `type` that has counted `frames`, with its codec.
+    async rtpVideo(type, frames) {
       for (const pc of window.wcsPeers) {
         const stats = await pc.getStats();
         for (const r of stats.values()) {
-          if (r.type === "outbound-rtp" && r.kind === "video" && r.codecId && r.framesEncoded) {
+          if (r.type === type && r.kind === "video" && r.codecId && r[frames]) {
             const codec = stats.get(r.codecId);
-            return {mimeType: codec ? codec.mimeType : null, frameWidth: r.frameWidth,
-                    frameHeight: r.frameHeight, framesEncoded: r.framesEncoded};
+            return {r: r, mimeType: codec ? codec.mimeType : null};
           }
         }
       }
       return null;
     },
+    async videoStats() {
+      const found = await t.rtpVideo("outbound-rtp", "framesEncoded");
+      if (!found) { return null; }
+      const r = found.r;
+      return {mimeType: found.mimeType, frameWidth: r.frameWidth, frameHeight: r.frameHeight,
+              framesEncoded: r.framesEncoded, encoder: r.encoderImplementation || null,
+              limitedBy: r.qualityLimitationReason || null,
+              targetBitrate: r.targetBitrate || null};
+    },
     async inboundVideoStats() {
-      for (const pc of window.wcsPeers) {
-        const stats = await pc.getStats();
-        for (const r of stats.values()) {
-          if (r.type === "inbound-rtp" && r.kind === "video" && r.codecId && r.framesDecoded) {
-            const codec = stats.get(r.codecId);
-            return {mimeType: codec ? codec.mimeType : null, frameWidth: r.frameWidth,
-                    frameHeight: r.frameHeight, framesDecoded: r.framesDecoded,
-                    packetsLost: r.packetsLost, freezeCount: r.freezeCount,
-                    keyFramesDecoded: r.keyFramesDecoded};
-          }
-        }
-      }
-      return null;
+      const found = await t.rtpVideo("inbound-rtp", "framesDecoded");
+      if (!found) { return null; }
+      const r = found.r;
+      return {mimeType: found.mimeType, frameWidth: r.frameWidth, frameHeight: r.frameHeight,
+              framesDecoded: r.framesDecoded, packetsLost: r.packetsLost,
+              freezeCount: r.freezeCount, keyFramesDecoded: r.keyFramesDecoded};
     },
     async waitVideoStats(timeoutMs) {
       const end = Date.now() + timeoutMs;
@@ -171,13 +173,24 @@ HARNESS = """
 TERMINAL = ("FAILED", "STOPPED", "UNPUBLISHED")
 
 
-def make_camera(path: Path) -> Clip:
-    """A Y4M clip Chromium loops as its fake camera; its frames tell what a picture shows."""
-    width, height = CAMERA_SIZE
+def write_camera(
+    path: Path,
+    size: tuple[int, int] = CAMERA_SIZE,
+    fps: int = CAMERA_FPS,
+    seconds: int = CAMERA_SECONDS,
+) -> None:
+    """A Y4M clip of testsrc2 for Chromium to loop as its fake camera."""
+    width, height = size
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi"]
-    cmd += ["-i", f"testsrc2=size={width}x{height}:rate={CAMERA_FPS}", "-t", str(CAMERA_SECONDS)]
+    cmd += ["-i", f"testsrc2=size={width}x{height}:rate={fps}", "-t", str(seconds)]
     cmd += ["-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True, timeout=120)
+
+
+def make_camera(path: Path) -> Clip:
+    """The tests' fake camera; its frames tell what a picture shows."""
+    width, height = CAMERA_SIZE
+    write_camera(path)
     with av.open(str(path)) as container:
         thumbs = [_thumb(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
     return Clip(path, width, height, np.stack(thumbs))

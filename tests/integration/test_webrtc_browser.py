@@ -7,7 +7,6 @@ The fake camera is a known clip, so every picture (snapshot or played frame) is 
 from __future__ import annotations
 
 import io
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -77,14 +76,6 @@ def assert_shows(clip: Clip, png: bytes | str, what: str, min_psnr: float = MIN_
 def published(sdk: SdkPage, name: str, **options: Any) -> None:
     sdk.publish("pub", name, **options)
     sdk.wait_status("pub", "PUBLISHING")
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    """Poll a REST-visible condition (the server has no push channel to the test for these)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- the demo pages, clicked as a user would ---------------------------------------------------
@@ -228,8 +219,10 @@ def test_closing_the_page_ends_the_stream(server: Server, context: BrowserContex
     sdk.connect()
     published(sdk, name)
     assert server.snapshot(name)[0] == 200
+    mark = server.log_mark()
     sdk.page.close()
-    wait_until(lambda: server.snapshot(name)[0] == 404, f"{name} to end with its session")
+    server.wait_for_log(r"session closed \(1 streams ended\)", 15.0, mark)
+    assert server.snapshot(name)[0] == 404, f"{name} did not end with its session"
 
 
 @pytest.mark.parametrize(

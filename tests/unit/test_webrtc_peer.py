@@ -278,12 +278,20 @@ def run_track(body: Callable[[], Any]) -> None:
     asyncio.run(body())
 
 
-def test_track_relays_from_a_keyframe_with_parameter_sets_in_band() -> None:
-    params, units = rtmp_like_units()
+def rtmp_like_stream(
+    bframes: bool = False,
+) -> tuple[VideoParams, list[MediaUnit], Stream, Plis]:
+    """A stream with the RTMP-like units' parameters whose publisher counts keyframe requests."""
+    params, units = rtmp_like_units(bframes)
     stream = Stream("cam", "Flash")
     stream.set_video_params(params)
     asked = Plis()
     stream.keyframe_requester = asked
+    return params, units, stream, asked
+
+
+def test_track_relays_from_a_keyframe_with_parameter_sets_in_band() -> None:
+    params, units, stream, asked = rtmp_like_stream()
 
     async def body() -> None:
         track = StreamTrack(stream, "H264")
@@ -306,11 +314,7 @@ def test_track_relays_from_a_keyframe_with_parameter_sets_in_band() -> None:
 
 
 def test_track_skips_to_a_keyframe_when_the_player_lags() -> None:
-    params, units = rtmp_like_units()
-    stream = Stream("cam", "Flash")
-    stream.set_video_params(params)
-    asked = Plis()
-    stream.keyframe_requester = asked
+    _, units, stream, asked = rtmp_like_stream()
 
     async def body() -> None:
         track = StreamTrack(stream, "H264")
@@ -382,10 +386,8 @@ def test_closing_cancels_the_ice_timer() -> None:
 
 
 def test_track_transcodes_h264_with_bframes() -> None:
-    params, units = rtmp_like_units(bframes=True)
+    _, units, stream, _ = rtmp_like_stream(bframes=True)
     assert any(u.pts != u.dts for u in units)
-    stream = Stream("cam", "Flash")
-    stream.set_video_params(params)
 
     async def body() -> None:
         track = StreamTrack(stream, "H264")

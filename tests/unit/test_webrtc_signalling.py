@@ -19,8 +19,9 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from tests.unit.test_snapshot_service import ManualPool
 from wcs.media.units import MediaUnit
-from wcs.snapshot.service import SnapshotTimeout
+from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamNotFound, StreamRegistry
 from wcs.webrtc.peer import PeerError
 from wcs.webrtc.signalling import (
@@ -515,6 +516,8 @@ def test_snapshot_failure_of_own_publish_does_not_fail_the_publish(env: Env) -> 
 
 
 def test_snapshot_asks_for_a_keyframe_when_none_is_cached(env: Env) -> None:
+    # The asking is the snapshot service's (shared with REST): use the real one here.
+    env.factory.snapshots = SnapshotService(env.registry, ManualPool(), env.clock)
     stream = env.registry.publish("cam", "WebRTC")
     asked: list[int] = []
     stream.keyframe_requester = lambda: asked.append(1)

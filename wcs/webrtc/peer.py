@@ -194,26 +194,27 @@ class EncodedIngest:
         types = [h264.nal_type(nal) for nal in nals]
         sps = [nal for nal, t in zip(nals, types, strict=True) if t == h264.NAL_SPS]
         pps = [nal for nal, t in zip(nals, types, strict=True) if t == h264.NAL_PPS]
-        if sps and pps:
+        extradata = h264.to_annexb([*sps, *pps]) if sps and pps else b""
+        video = self.stream.video
+        # Browsers repeat SPS/PPS before every keyframe: parse them only when they change.
+        if extradata and (video is None or video.codec != "H264" or video.extradata != extradata):
             info = h264.parse_sps(sps[0])
-            params = VideoParams(
+            video = VideoParams(
                 codec="H264",
                 width=info.width,
                 height=info.height,
-                extradata=h264.to_annexb([*sps, *pps]),
+                extradata=extradata,
                 profile=h264.codec_string(info),
             )
-            if self.stream.video != params:
-                self.stream.set_video_params(params)
-                log.info(
-                    "WebRTC {stream_name}: video H.264 {width}x{height} {profile}",
-                    stream_name=self.stream.name,
-                    msid=self.stream.media_session_id,
-                    width=info.width,
-                    height=info.height,
-                    profile=params.profile,
-                )
-        video = self.stream.video
+            self.stream.set_video_params(video)
+            log.info(
+                "WebRTC {stream_name}: video H.264 {width}x{height} {profile}",
+                stream_name=self.stream.name,
+                msid=self.stream.media_session_id,
+                width=info.width,
+                height=info.height,
+                profile=video.profile,
+            )
         if video is None or video.codec != "H264" or not video.extradata:
             return None  # no SPS/PPS yet: nothing here can be decoded
         keyframe = h264.NAL_IDR in types
@@ -491,20 +492,21 @@ class StreamTrack(MediaStreamTrack):
                 "WebRTC player of {stream_name}: the source has B-frames: transcoding",
                 stream_name=stream.name,
             )
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._wait_key = True
+            self._skip_to_keyframe()
         if self._wait_key and not unit.keyframe:
             return
         if self._queue.qsize() >= MAX_PLAY_QUEUE:
             # The player (or the encoder) is not keeping up: skip to the next keyframe.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._wait_key = True
+            self._skip_to_keyframe()
             stream.request_keyframe()
             return
         self._wait_key = False
         self._queue.put_nowait(unit)
+
+    def _skip_to_keyframe(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._wait_key = True
 
     def stream_ended(self, stream: Stream) -> None:
         if not self._ended:
@@ -544,11 +546,7 @@ class StreamTrack(MediaStreamTrack):
         ):
             # RTMP carries SPS/PPS out of band; a browser needs them in front of the IDR.
             data = video.extradata + data
-        packet = av.Packet(data)
-        packet.pts = unit.pts
-        packet.dts = unit.dts
-        packet.time_base = unit.time_base
-        return packet
+        return _av_packet(unit, data)
 
     def _decode(self, unit: MediaUnit) -> VideoFrame | None:
         """Worker thread; recv() is awaited by one sender, so one decode runs at a time."""
@@ -562,12 +560,8 @@ class StreamTrack(MediaStreamTrack):
                 ctx.extradata = params.extradata
             self._decoder = ctx
             self._decoder_params = params
-        packet = av.Packet(unit.data)
-        packet.pts = unit.pts
-        packet.dts = unit.dts
-        packet.time_base = unit.time_base
         try:
-            frames = self._decoder.decode(packet)
+            frames = self._decoder.decode(_av_packet(unit, unit.data))
         except av.error.FFmpegError:
             return None
         newest: VideoFrame | None = None
@@ -576,6 +570,14 @@ class StreamTrack(MediaStreamTrack):
                 frame.time_base = unit.time_base
                 newest = frame
         return newest
+
+
+def _av_packet(unit: MediaUnit, data: bytes) -> av.Packet:
+    packet = av.Packet(data)
+    packet.pts = unit.pts
+    packet.dts = unit.dts
+    packet.time_base = unit.time_base
+    return packet
 
 
 class PlayPeer(_Peer):

@@ -385,20 +385,9 @@ class WebSDKSession:
                 media.name, PROVIDER_WEBRTC, media_session_id=media.msid
             )
         except StreamError as err:
-            del self.media[media.msid]
-            self._status(media, "FAILED", err.info)
+            self._finish(media, "FAILED", err.info)
             return
-        media.stream = stream
-        stream.on_end(lambda s: self._source_ended(media, s))
-        peer = self.factory.peers.publisher(
-            stream,
-            lambda: self._connected(media, "PUBLISHING"),
-            lambda info: self._finish(media, "FAILED", info),
-        )
-        media.peer = peer
-        peer.answer(sdp).addCallbacks(
-            lambda answer: self._answered(media, answer), lambda f: self._answer_failed(media, f)
-        )
+        self._start_peer(media, stream, sdp)
 
     def message_playStream(self, obj: Any) -> None:
         sdp = _text(obj, "sdp", limit=None)
@@ -420,14 +409,18 @@ class WebSDKSession:
         if stream.ended:
             self._finish(media, "FAILED", StreamNotFound.info)
             return
+        self._start_peer(media, stream, sdp)
+
+    def _start_peer(self, media: _Media, stream: Stream, sdp: str) -> None:
+        """Follow `stream` and answer the offer with a publish or play peer on it."""
         media.stream = stream
         stream.on_end(lambda s: self._source_ended(media, s))
-        peer = self.factory.peers.player(
+        make = self.factory.peers.publisher if media.publish else self.factory.peers.player
+        peer = media.peer = make(
             stream,
-            lambda: self._connected(media, "PLAYING"),
+            lambda: self._connected(media, "PUBLISHING" if media.publish else "PLAYING"),
             lambda info: self._finish(media, "FAILED", info),
         )
-        media.peer = peer
         peer.answer(sdp).addCallbacks(
             lambda answer: self._answered(media, answer), lambda f: self._answer_failed(media, f)
         )
@@ -496,12 +489,9 @@ class WebSDKSession:
         if self._snapshots >= MAX_SNAPSHOTS_IN_FLIGHT:
             self._snapshot_failed(msid, name, "Too many snapshot requests")
             return
-        local = self.factory.resolve_name(name)
-        stream = self.factory.registry.get(local)
-        if stream is not None and stream.gop is None:
-            stream.request_keyframe()  # nothing cached to decode: ask the publisher for one now
+        # The snapshot service asks the publisher for a keyframe when none is cached.
         self._snapshots += 1
-        d = self.factory.snapshots.take(local)
+        d = self.factory.snapshots.take(self.factory.resolve_name(name))
         d.addCallbacks(
             lambda png: self._snapshot_done(msid, name, png),
             lambda f: self._snapshot_error(msid, name, f),

@@ -40,11 +40,41 @@ var Demo = (function () {
         return "stream-" + Math.random().toString(16).slice(2, 10);
     }
 
+    // A stream's status and info into the page's `<prefix>Status` and `<prefix>Info` fields.
+    function showStatus(prefix, stream) {
+        setText(prefix + "Status", stream.status());
+        setText(prefix + "Info", stream.getInfo());
+    }
+
+    // A stream (not yet published) of the camera, shown in #localVideo, named `name`. Each of its
+    // statuses goes to the "publish" fields, then to `changed(stream, ended)`; `ended` is true for
+    // UNPUBLISHED and FAILED.
+    function cameraStream(session, name, changed) {
+        var STREAM_STATUS = Flashphoner.constants.STREAM_STATUS;
+        var on = function (ended) {
+            return function (stream) {
+                showStatus("publish", stream);
+                changed(stream, ended);
+            };
+        };
+        return session.createStream({
+            name: name,
+            display: document.getElementById("localVideo"),
+            cacheLocalResources: true,
+            receiveVideo: false,
+            receiveAudio: false
+        }).on(STREAM_STATUS.PUBLISHING, on(false))
+            .on(STREAM_STATUS.UNPUBLISHED, on(true))
+            .on(STREAM_STATUS.FAILED, on(true));
+    }
+
     return {
         defaultUrlServer: defaultUrlServer,
         sdkLoaded: sdkLoaded,
         setText: setText,
         field: field,
-        randomName: randomName
+        randomName: randomName,
+        showStatus: showStatus,
+        cameraStream: cameraStream
     };
 })();

@@ -26,27 +26,13 @@
         snapshotBtn.disabled = !publishing;
     }
 
-    function showStatus(stream) {
-        Demo.setText("publishStatus", stream.status());
-        Demo.setText("publishInfo", stream.getInfo());
-    }
-
     function startStreaming() {
-        var ended = function (stream) {
-            showStatus(stream);
-            publishStream = null;
+        publishStream = Demo.cameraStream(session, Demo.field("streamName"), function (stream, ended) {
+            if (ended) {
+                publishStream = null;
+            }
             refreshButtons();
-        };
-        publishStream = session.createStream({
-            name: Demo.field("streamName"),
-            display: document.getElementById("localVideo"),
-            cacheLocalResources: true,
-            receiveVideo: false,
-            receiveAudio: false
-        }).on(STREAM_STATUS.PUBLISHING, function (stream) {
-            showStatus(stream);
-            refreshButtons();
-        }).on(STREAM_STATUS.UNPUBLISHED, ended).on(STREAM_STATUS.FAILED, ended);
+        });
         publishStream.publish();
         refreshButtons();
     }

@@ -63,30 +63,17 @@
         refreshButtons();
     };
 
-    function showStatus(prefix, stream) {
-        Demo.setText(prefix + "Status", stream.status());
-        Demo.setText(prefix + "Info", stream.getInfo());
-    }
-
     publishBtn.onclick = function () {
         if (publishStream) {
             publishStream.stop();
             return;
         }
-        var ended = function (stream) {
-            showStatus("publish", stream);
-            publishStream = null;
-            refreshButtons();
-        };
-        publishStream = session.createStream({
-            name: Demo.field("publishName"),
-            display: document.getElementById("localVideo"),
-            cacheLocalResources: true,
-            receiveVideo: false,
-            receiveAudio: false
-        }).on(STREAM_STATUS.PUBLISHING, function (stream) {
-            showStatus("publish", stream);
-        }).on(STREAM_STATUS.UNPUBLISHED, ended).on(STREAM_STATUS.FAILED, ended);
+        publishStream = Demo.cameraStream(session, Demo.field("publishName"), function (stream, ended) {
+            if (ended) {
+                publishStream = null;
+                refreshButtons();
+            }
+        });
         Demo.setText("publishStatus", "PENDING");
         Demo.setText("publishInfo", "");
         publishStream.publish();
@@ -99,7 +86,7 @@
             return;
         }
         var ended = function (stream) {
-            showStatus("play", stream);
+            Demo.showStatus("play", stream);
             playStream = null;
             refreshButtons();
         };
@@ -107,7 +94,7 @@
             name: Demo.field("playName"),
             display: document.getElementById("remoteVideo")
         }).on(STREAM_STATUS.PLAYING, function (stream) {
-            showStatus("play", stream);
+            Demo.showStatus("play", stream);
         }).on(STREAM_STATUS.STOPPED, ended).on(STREAM_STATUS.FAILED, ended);
         Demo.setText("playStatus", "PENDING");
         Demo.setText("playInfo", "");
