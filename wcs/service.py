@@ -141,6 +141,7 @@ class WCSService(MultiService):
             self.reactor,
             rtsp_pull=self.pulls.stream_for_player,
             resolve_name=self.pulls.resolve,
+            run_in_pool=self.run_in_pool,
         )
 
         def ws_site(tls: bool) -> IProtocolFactory:

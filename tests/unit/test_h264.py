@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wcs.media import h264
 from wcs.media.h264 import (
     NAL_AUD,
     NAL_FU_A,
@@ -825,3 +826,13 @@ def test_avcc_from_mp4(profile: str) -> None:
     assert len(units) == 3
     assert contains_idr(units[0])
     assert not any(contains_idr(unit) for unit in units[1:])
+
+
+def test_with_parameter_sets_only_adds_what_is_missing() -> None:
+    sps, pps, idr = b"\x67\x42\x00\x1e", b"\x68\xce", b"\x65\x88\x84"
+    extradata = h264.to_annexb([sps, pps])
+    bare = h264.to_annexb([idr])
+    assert h264.with_parameter_sets(bare, extradata) == extradata + bare
+    full = h264.to_annexb([sps, pps, idr])
+    assert h264.with_parameter_sets(full, extradata) == full
+    assert h264.with_parameter_sets(bare, b"") == bare

@@ -205,7 +205,7 @@ class Sink:
 
     ready: list[list[Track]] = field(default_factory=list)
     playing: int = 0
-    rtp_packets: list[tuple[int, bytes]] = field(default_factory=list)
+    rtp_packets: list[tuple[int, RtpPacket]] = field(default_factory=list)
     rtcp_packets: list[tuple[int, bytes]] = field(default_factory=list)
     closed: list[RtspClientError | None] = field(default_factory=list)
     bye: bool = False
@@ -216,8 +216,8 @@ class Sink:
     def session_playing(self, client: RTSPClientProtocol) -> None:
         self.playing += 1
 
-    def rtp(self, index: int, data: bytes) -> None:
-        self.rtp_packets.append((index, data))
+    def rtp(self, index: int, packet: RtpPacket) -> None:
+        self.rtp_packets.append((index, packet))
 
     def rtcp(self, index: int, data: bytes) -> bool:
         self.rtcp_packets.append((index, data))
@@ -301,7 +301,9 @@ def test_session_from_options_to_play() -> None:
     cam.rtp(0, [audio_rtp(1)])
     cam.rtp(9, [audio_rtp(2)])  # a channel nobody set up: ignored
     cam.rtp(7, [b"\x80\xc8\x00\x00"])  # too short for RTCP: ignored
-    assert sink.rtp_packets == [(0, p) for p in video[:5]] + [(1, audio_rtp(1))]
+    assert sink.rtp_packets == [(0, RtpPacket.parse(p)) for p in video[:5]] + [
+        (1, RtpPacket.parse(audio_rtp(1)))
+    ]
     assert client.ignored_frames == 2 and sink.closed == []
 
 

@@ -16,6 +16,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.video.frame import VideoFrame
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
@@ -336,14 +337,21 @@ def test_track_transcodes_another_codec() -> None:
     stream = Stream("cam", "WebRTC")
     ingest, _ = ingest_for(stream, Clock())
 
+    pool_jobs: list[object] = []
+
+    def run_in_pool(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        pool_jobs.append(f)  # the service's pool, not asyncio's default executor
+        return maybeDeferred(f, *args)
+
     async def body() -> None:
-        track = StreamTrack(stream, "H264")
+        track = StreamTrack(stream, "H264", run_in_pool)
         for i, data in enumerate(frames):
             ingest.video("VP8", data, i * 3000)
         frame = await asyncio.wait_for(track.recv(), 10)
         assert isinstance(frame, VideoFrame) and (frame.width, frame.height) == (160, 96)
         assert frame.time_base == VIDEO_TIME_BASE
         assert track.transcoded == 1 and track.relayed == 0
+        assert pool_jobs == [track._decode]
         track.stop()
 
     run_track(body)

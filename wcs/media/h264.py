@@ -94,6 +94,14 @@ def to_annexb(nals: Iterable[bytes]) -> bytes:
     return b"".join(START_CODE + nal for nal in nals)
 
 
+def with_parameter_sets(annexb: bytes, extradata: bytes) -> bytes:
+    """A keyframe access unit with the Annex B SPS/PPS of `extradata` in front, unless it carries
+    an SPS already (RTMP sends them out of band; RTP and WebRTC players need them in-band)."""
+    if not extradata or any(nal_type(n) == NAL_SPS for n in split_annexb(annexb)):
+        return annexb
+    return extradata + annexb
+
+
 def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
     """Split length-prefixed (AVCC / MP4 / FLV) NAL units; empty ones are dropped."""
     if length_size not in (1, 2, 4):

@@ -115,7 +115,7 @@ class PullSink(Protocol):
     def session_playing(self, client: RTSPClientProtocol) -> None:
         """PLAY was answered 200: media should flow."""
 
-    def rtp(self, index: int, data: bytes) -> None: ...
+    def rtp(self, index: int, packet: RtpPacket) -> None: ...
 
     def rtcp(self, index: int, data: bytes) -> bool:
         """Returns True when the packet is a BYE (the camera ends the stream)."""
@@ -602,7 +602,7 @@ class RTSPClientProtocol(TwistedProtocol):
         self._last_media = now
         self.media_packets += 1
         state.stats.update(packet, now)
-        self.sink.rtp(channel.index, frame.payload)
+        self.sink.rtp(channel.index, packet)
 
     def _rtcp(self, index: int, state: _TrackState, data: bytes, now: float) -> None:
         try:

@@ -89,12 +89,18 @@ class RtpIngest:
         """One RTP packet of track `index` (anything malformed is counted and dropped)."""
         if not 0 <= index < len(self.tracks):
             return
-        track = self.tracks[index]
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
-            track.bad_packets += 1
+            self.tracks[index].bad_packets += 1
             return
+        self.rtp_packet(index, packet)
+
+    def rtp_packet(self, index: int, packet: RtpPacket) -> None:
+        """Like rtp(), for a packet the caller has parsed already (the camera client)."""
+        if not 0 <= index < len(self.tracks):
+            return
+        track = self.tracks[index]
         if track.payload_type is not None and packet.pt != track.payload_type:
             track.bad_packets += 1  # e.g. a stray RTCP or another sender's packet on the port
             return

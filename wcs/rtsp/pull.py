@@ -32,6 +32,7 @@ from wcs.rtsp.client import (
     RTSPClientProtocol,
 )
 from wcs.rtsp.ingest import RtpIngest, Track
+from wcs.rtsp.rtp import RtpPacket
 from wcs.streams import (
     MAX_NAME_BYTES,
     PROVIDER_RTSP,
@@ -336,7 +337,7 @@ class Pull:
             self.sessions += 1
             self.redirects = 0
 
-    def rtp(self, index: int, data: bytes) -> None:
+    def rtp(self, index: int, packet: RtpPacket) -> None:
         ingest = self._ingest
         if ingest is None:
             return
@@ -352,7 +353,7 @@ class Pull:
             self._playing_waiters, self._attempt_waiters = [], []
             for d in waiters:
                 d.callback(self)
-        ingest.rtp(index, data)
+        ingest.rtp_packet(index, packet)
 
     def rtcp(self, index: int, data: bytes) -> bool:
         ingest = self._ingest

@@ -309,13 +309,8 @@ class _Player:
         self.wait_key = False
         data = unit.data
         params = self.stream.video
-        if (
-            unit.keyframe
-            and params is not None
-            and params.extradata
-            and not any(h264.nal_type(n) == h264.NAL_SPS for n in h264.split_annexb(data))
-        ):
-            data = params.extradata + data
+        if unit.keyframe and params is not None:
+            data = h264.with_parameter_sets(data, params.extradata)
         pts = int(unit.pts * unit.time_base * CLOCK_RATE)
         if self.first_pts is None:
             self.first_pts = pts

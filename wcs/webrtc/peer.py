@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from wcs.media import h264
 from wcs.media.decoder import DECODERS
 from wcs.media.units import MediaUnit, VideoParams
+from wcs.snapshot.service import PoolRunner
 from wcs.streams import Stream
 
 log = Logger(namespace="wcs.webrtc.peer")
@@ -307,9 +308,11 @@ class _Peer:
         on_failed: Callable[[str], None],
         *,
         ice_timeout: float = ICE_TIMEOUT,
+        run_in_pool: PoolRunner | None = None,
     ) -> None:
         self.stream = stream
         self._clock = clock
+        self.run_in_pool = run_in_pool  # blocking work (a player's transcoding decode)
         self._on_connected = on_connected
         self._on_failed = on_failed
         self._ice_timeout = ice_timeout
@@ -464,10 +467,11 @@ class StreamTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, stream: Stream, codec: str) -> None:
+    def __init__(self, stream: Stream, codec: str, run_in_pool: PoolRunner | None = None) -> None:
         super().__init__()
         self.stream = stream
         self.codec = codec
+        self._run_in_pool = run_in_pool  # the service's pool; None: asyncio's default executor
         self._queue: asyncio.Queue[MediaUnit | None] = asyncio.Queue()
         self._wait_key = True
         # H.264 with B-frames (pts != dts) is re-encoded: browsers' WebRTC decoders show only
@@ -529,7 +533,11 @@ class StreamTrack(MediaStreamTrack):
             if unit.codec == self.codec and not self.reordered:
                 self.relayed += 1
                 return self._packet(unit)
-            frame = await asyncio.get_running_loop().run_in_executor(None, self._decode, unit)
+            loop = asyncio.get_running_loop()
+            if self._run_in_pool is not None:
+                frame = await self._run_in_pool(self._decode, unit).asFuture(loop)
+            else:
+                frame = await loop.run_in_executor(None, self._decode, unit)
             if frame is not None:
                 self.transcoded += 1
                 return frame
@@ -537,15 +545,8 @@ class StreamTrack(MediaStreamTrack):
     def _packet(self, unit: MediaUnit) -> av.Packet:
         data = unit.data
         video = self.stream.video
-        if (
-            unit.codec == "H264"
-            and unit.keyframe
-            and video is not None
-            and video.extradata
-            and h264.NAL_SPS not in (h264.nal_type(n) for n in h264.split_annexb(data))
-        ):
-            # RTMP carries SPS/PPS out of band; a browser needs them in front of the IDR.
-            data = video.extradata + data
+        if unit.codec == "H264" and unit.keyframe and video is not None:
+            data = h264.with_parameter_sets(data, video.extradata)
         return _av_packet(unit, data)
 
     def _decode(self, unit: MediaUnit) -> VideoFrame | None:
@@ -592,7 +593,7 @@ class PlayPeer(_Peer):
         codec = choose_play_codec(offered, video.codec if video else None)
         if codec is None:
             raise PeerError(INFO_NO_COMMON_CODECS, f"browser offers {offered}")
-        self.track = StreamTrack(self.stream, codec)
+        self.track = StreamTrack(self.stream, codec, self.run_in_pool)
         # Made before the offer is applied, so the offer's video m-line takes this transceiver
         # with only our codec (plus its RTX) preferred.
         transceiver = self.pc.addTransceiver(self.track, direction="sendonly")

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 
-from wcs.snapshot.service import SnapshotTimeout
+from wcs.snapshot.service import PoolRunner, SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamError, StreamNotFound, StreamRegistry
 
 log = Logger(namespace="wcs.webrtc")
@@ -139,8 +139,9 @@ class PeerFactory(Protocol):
 class AiortcPeers:
     """The real peers (aiortc on the reactor's asyncio loop)."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, run_in_pool: PoolRunner | None = None) -> None:
         self.clock = clock
+        self.run_in_pool = run_in_pool
 
     def publisher(
         self, stream: Stream, on_connected: Callable[[], None], on_failed: Callable[[str], None]
@@ -154,7 +155,7 @@ class AiortcPeers:
     ) -> MediaPeer:
         from wcs.webrtc.peer import PlayPeer
 
-        return PlayPeer(stream, self.clock, on_connected, on_failed)
+        return PlayPeer(stream, self.clock, on_connected, on_failed, run_in_pool=self.run_in_pool)
 
 
 RtspPull = Callable[[str], "Deferred[Stream]"]
@@ -627,13 +628,14 @@ class SignallingFactory:
         peers: PeerFactory | None = None,
         rtsp_pull: RtspPull = rtsp_pull_unavailable,
         resolve_name: Callable[[str], str] = lambda name: name,
+        run_in_pool: PoolRunner | None = None,
     ) -> None:
         self.registry = registry
         # A pulled camera played as `rtsp://...` is snapshotted by that same name.
         self.resolve_name = resolve_name
         self.snapshots = snapshots
         self.clock = clock
-        self.peers: PeerFactory = peers if peers is not None else AiortcPeers(clock)
+        self.peers: PeerFactory = peers if peers is not None else AiortcPeers(clock, run_in_pool)
         self.rtsp_pull = rtsp_pull
         self.sessions: set[WebSDKSession] = set()
         self._closing: set[Deferred[None]] = set()
