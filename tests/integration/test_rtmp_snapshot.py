@@ -6,64 +6,24 @@ import contextlib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import (
-    FPS,
     Clip,
     Server,
-    best_match,
+    check_fresh,
     decode_png,
     publish,
     publishing,
+    read_until_closed,
     start_server,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(t: float) -> None:
-    """Sample at a chosen moment of the stream's timeline (not a synchronisation sleep)."""
-    threading.Event().wait(max(0.0, t - time.monotonic()))
-
-
-def read_until_closed(s: socket.socket) -> bytes:
-    """Everything the server sends until it closes (a reset counts as closing)."""
-    got = b""
-    try:
-        while chunk := s.recv(65536):
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
-
-
-def check_fresh(
-    server: Server, clip: Clip, name: str, published_at: float, at: list[float]
-) -> None:
-    """Snapshots taken `at` seconds into the stream show the frame live then (not a stale keyframe).
-
-    ffmpeg -re sends frame n at about n/FPS seconds after publishing; keyframes are 2 s apart,
-    so a keyframe-only or cached-GOP server would be up to 60 frames behind mid-GOP.
-    """
-    for offset in at:
-        wait_until(published_at + offset)
-        sent = time.monotonic() - published_at
-        status, body = server.snapshot(name)
-        received = time.monotonic() - published_at
-        assert status == 200, body
-        assert isinstance(body, dict) and set(body) == {"data"}
-        rgb = decode_png(body["data"])
-        assert rgb.shape == (clip.height, clip.width, 3)
-        index, psnr = best_match(clip, rgb)
-        assert psnr > 30, f"snapshot matches no source frame well (best {index}, {psnr:.1f} dB)"
-        # 0.5 s of slack for process start-up and scheduling noise, far below a GOP (2 s).
-        assert index >= FPS * sent - 15, f"stale: frame {index} at {sent:.2f} s"
-        assert index <= FPS * received + 15, f"frame {index} from the future at {received:.2f} s"
 
 
 def test_bframes_with_audio_snapshot_is_live_frame(server: Server, clips: dict[str, Clip]) -> None:

@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import FPS, Clip, Server, best_match, decode_png, make_clip
-from tests.integration.test_rtmp_snapshot import check_fresh, read_until_closed, wait_until
+from tests.integration.conftest import (
+    FPS,
+    Clip,
+    Server,
+    best_match,
+    check_fresh,
+    decode_png,
+    make_clip,
+    read_until_closed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
