@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0
 # The official WebSDK (package.json pins it) for the demo pages and the browser tests.
 NODE_STAMP := node_modules/.installed
 
-.PHONY: venv system-deps node-deps run test unit integration lint bench clean
+.PHONY: venv system-deps node-deps run test unit integration lint fuzz bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ integration: venv system-deps node-deps
 
 test: venv system-deps node-deps lint
 	$(VENV)/bin/pytest -q tests
+
+# Every fuzz target for FUZZ_SECONDS each (atheris); crashers land in tests/fuzz/corpus/<target>/.
+FUZZ_SECONDS ?= 30
+fuzz: venv
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: venv system-deps node-deps
 	$(PY) bench/png_encode.py

@@ -186,6 +186,23 @@ class Settings:
     # repr=False so that logging the settings never prints the password.
     rest_auth_password: str | None = field(default=None, repr=False)
     rest_access_control_allow_origin: str = "*"
+    # -- limits and doors --------------------------------------------------------------------
+    # Largest picture (width x height) a stream may declare; larger video is refused.
+    max_picture_pixels: int = 8192 * 4352
+    # A publisher that sends no media for this long is dropped (0: never).
+    publish_idle_timeout_ms: int = 10_000
+    # Connections over all listeners; lowered at start to fit the open-file limit.
+    max_connections: int = 4000
+    # Connections from one client address to the HTTP, HTTPS, WS and WSS listeners.
+    max_connections_per_ip: int = 128
+    # Browser origins allowed to open a WebSocket session; empty: the page's own host and the
+    # CORS origin; ("*",): any.
+    ws_allowed_origins: tuple[str, ...] = ()
+    # Networks camera pulls may connect to (CIDR, normalised); empty: any.
+    rtsp_pull_allowed_networks: tuple[str, ...] = ()
+    # UDP port pairs (RTP + RTCP) the RTSP server may hold at once, and where: None = ephemeral.
+    rtsp_udp_max_pairs: int = 256
+    rtsp_udp_port_range: tuple[int, int] | None = None
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -210,6 +227,14 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "rest_auth_user": "rest_auth_user",
     "rest_auth_password": "rest_auth_password",
     "rest_access_control_allow_origin": "rest_access_control_allow_origin",
+    "max_picture_pixels": "max_picture_pixels",
+    "publish_idle_timeout_ms": "publish_idle_timeout_ms",
+    "max_connections": "max_connections",
+    "max_connections_per_ip": "max_connections_per_ip",
+    "ws_allowed_origins": "ws_allowed_origins",
+    "rtsp_pull_allowed_networks": "rtsp_pull_allowed_networks",
+    "rtsp_udp_max_pairs": "rtsp_udp_max_pairs",
+    "rtsp_udp_port_range": "rtsp_udp_port_range",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -307,6 +332,69 @@ def _origin(key: str, value: str) -> str:
     return value
 
 
+_PIXELS = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
+# A list value: items separated by commas and/or blanks.
+_LIST_SEPARATOR = re.compile(r"[,\s]+")
+_ORIGIN = re.compile(r"(https?)://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
+
+
+def _items(value: str) -> list[str]:
+    return [item for item in _LIST_SEPARATOR.split(value) if item]
+
+
+def _pixels(key: str, value: str) -> int:
+    expected = "a picture size WIDTHxHEIGHT such as 8192x4352, or a pixel count"
+    m = _PIXELS.fullmatch(value.lower())
+    if m:
+        pixels = int(m.group(1)) * int(m.group(2))
+    elif _INTEGER.fullmatch(value):
+        pixels = int(value)
+    else:
+        raise _bad(key, value, expected)
+    if not 16 * 16 <= pixels <= _INT_MAX:
+        raise _bad(key, value, expected + " of at least 16x16")
+    return pixels
+
+
+def _origins(key: str, value: str) -> tuple[str, ...]:
+    items = _items(value)
+    if "*" in items:
+        return ("*",)
+    for item in items:
+        if not _ORIGIN.fullmatch(item):
+            raise _bad(
+                key, value, "'*' or origins such as https://example.com:8444, comma-separated"
+            )
+    # Origins compare case-insensitively (scheme and host); a trailing default port is kept as is.
+    return tuple(item.lower() for item in items)
+
+
+def _networks(key: str, value: str) -> tuple[str, ...]:
+    networks = []
+    for item in _items(value):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise _bad(
+                key, value, "networks in CIDR form such as 192.168.0.0/16, 10.1.2.3"
+            ) from None
+    return tuple(networks)
+
+
+def _port_range(key: str, value: str) -> tuple[int, int] | None:
+    if value == "":
+        return None
+    m = _PORT_RANGE.fullmatch(value)
+    expected = "a UDP port range LOW-HIGH such as 30000-30999 (at least 4 ports), or empty"
+    if not m:
+        raise _bad(key, value, expected)
+    low, high = int(m.group(1)), int(m.group(2))
+    if not 1024 <= low < high <= 65535 or high - low < 3:
+        raise _bad(key, value, expected + " within 1024..65535")
+    return low, high
+
+
 _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "http.port": _port,
     "https.port": _port,
@@ -328,6 +416,14 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "rest_auth_user": _user,
     "rest_auth_password": _password,
     "rest_access_control_allow_origin": _origin,
+    "max_picture_pixels": _pixels,
+    "publish_idle_timeout_ms": _int_range(0, 86_400_000),
+    "max_connections": _int_range(16, 1_000_000),
+    "max_connections_per_ip": _int_range(1, 1_000_000),
+    "ws_allowed_origins": _origins,
+    "rtsp_pull_allowed_networks": _networks,
+    "rtsp_udp_max_pairs": _int_range(1, 32_768),
+    "rtsp_udp_port_range": _port_range,
 }
 
 

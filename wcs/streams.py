@@ -10,7 +10,7 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from wcs.media.units import MediaUnit, VideoParams
+from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 
 log = Logger(namespace="wcs.streams")
 
@@ -87,8 +87,14 @@ class Stream:
         media_session_id: str | None = None,
         on_terminate: Callable[[], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        max_picture_pixels: int = MAX_PICTURE_PIXELS,
+        watch_idle: bool = True,
     ) -> None:
         self.name = name
+        # Front-ends pass this to their SPS/frame-header parsers: larger pictures are refused.
+        self.max_picture_pixels = max_picture_pixels
+        # Whether the publish idle timeout applies (not to camera pulls, which reconnect).
+        self.watch_idle = watch_idle
         self.provider = provider
         self.media_session_id = media_session_id or str(uuid.uuid4())
         self.created_ms = clock_ms()
@@ -240,7 +246,13 @@ class Stream:
 class StreamRegistry:
     """Live streams by name. A name is held by one publisher at a time."""
 
-    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        clock_ms: Callable[[], int] | None = None,
+        *,
+        max_picture_pixels: int = MAX_PICTURE_PIXELS,
+    ) -> None:
+        self.max_picture_pixels = max_picture_pixels
         self._streams: dict[str, Stream] = {}
         self._observers: list[Callable[[Stream], None]] = []
         self._clock_ms = clock_ms
@@ -252,8 +264,12 @@ class StreamRegistry:
         *,
         media_session_id: str | None = None,
         on_terminate: Callable[[], None] | None = None,
+        watch_idle: bool = True,
     ) -> Stream:
-        """Register a new live stream; raises InvalidName or NameInUse."""
+        """Register a new live stream; raises InvalidName or NameInUse.
+
+        `watch_idle=False` exempts it from the publish idle timeout (a camera pull reconnects).
+        """
         check_stream_name(name)
         if name in self._streams:
             raise NameInUse(name)
@@ -263,6 +279,8 @@ class StreamRegistry:
             provider,
             media_session_id=media_session_id,
             on_terminate=on_terminate,
+            max_picture_pixels=self.max_picture_pixels,
+            watch_idle=watch_idle,
             **kwargs,
         )
         self._streams[name] = stream

@@ -204,6 +204,10 @@ def test_defaults_match_the_spec() -> None:
     assert s.snapshot_auto_retention == 20
     assert (s.disable_rest_auth, s.rest_auth_user, s.rest_auth_password) == (True, "admin", None)
     assert s.rest_access_control_allow_origin == "*"
+    assert (s.max_picture_pixels, s.publish_idle_timeout_ms) == (8192 * 4352, 10_000)
+    assert (s.max_connections, s.max_connections_per_ip) == (4000, 128)
+    assert (s.ws_allowed_origins, s.rtsp_pull_allowed_networks) == ((), ())
+    assert (s.rtsp_udp_max_pairs, s.rtsp_udp_port_range) == (256, None)
 
 
 def test_property_fields_cover_every_setting() -> None:
@@ -235,6 +239,14 @@ def test_every_value_parsed() -> None:
         "rest_auth_user": "operator",
         "rest_auth_password": "s3cret: with spaces",
         "rest_access_control_allow_origin": "https://example.com",
+        "max_picture_pixels": "3840X2160",
+        "publish_idle_timeout_ms": "0",
+        "max_connections": "16",
+        "max_connections_per_ip": "1",
+        "ws_allowed_origins": "https://App.Example.com:8443, http://[::1]:8081 http://localhost",
+        "rtsp_pull_allowed_networks": "192.168.1.7/16,10.1.2.3 ::1",
+        "rtsp_udp_max_pairs": "2",
+        "rtsp_udp_port_range": "30000-30003",
     }
     settings, unknown = settings_from_properties(props)
     assert unknown == []
@@ -259,7 +271,31 @@ def test_every_value_parsed() -> None:
         rest_auth_user="operator",
         rest_auth_password="s3cret: with spaces",
         rest_access_control_allow_origin="https://example.com",
+        max_picture_pixels=3840 * 2160,
+        publish_idle_timeout_ms=0,
+        max_connections=16,
+        max_connections_per_ip=1,
+        ws_allowed_origins=(
+            "https://app.example.com:8443",
+            "http://[::1]:8081",
+            "http://localhost",
+        ),
+        rtsp_pull_allowed_networks=("192.168.0.0/16", "10.1.2.3/32", "::1/128"),
+        rtsp_udp_max_pairs=2,
+        rtsp_udp_port_range=(30000, 30003),
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "pixels"), [("8192x4352", 8192 * 4352), ("35651584", 35651584), ("16x16", 256)]
+)
+def test_max_picture_pixels(value: str, pixels: int) -> None:
+    assert settings_from_properties({"max_picture_pixels": value})[0].max_picture_pixels == pixels
+
+
+def test_any_origin_wins_over_a_list() -> None:
+    settings, _ = settings_from_properties({"ws_allowed_origins": "https://a.example, *"})
+    assert settings.ws_allowed_origins == ("*",)
 
 
 def test_unknown_keys_sorted_and_ignored() -> None:
@@ -337,6 +373,39 @@ def test_optional_strings_empty_means_unset() -> None:
 def test_values_from_other_sources_are_stripped() -> None:
     settings, _ = settings_from_properties({"http.port": " 9000\t", "ip": " ::1 "})
     assert (settings.http_port, settings.ip) == (9000, "::1")
+
+
+def _bad_new_keys() -> list[tuple[str, str, str]]:
+    return [
+        ("max_picture_pixels", "8192\u00b2", r"bad value for max_picture_pixels: '8192\u00b2'"),
+        ("max_picture_pixels", "15x16", r"expected a picture size WIDTHxHEIGHT .* at least 16x16"),
+        ("max_picture_pixels", "1x", r"bad value for max_picture_pixels: '1x'"),
+        ("publish_idle_timeout_ms", "-1", r"publish_idle_timeout_ms: '-1' \(expected an int"),
+        ("publish_idle_timeout_ms", "\u00b2", r"bad value for publish_idle_timeout_ms"),
+        ("max_connections", "15", r"bad value for max_connections: '15' \(expected an integer 16"),
+        ("max_connections_per_ip", "0", r"bad value for max_connections_per_ip: '0'"),
+        (
+            "ws_allowed_origins",
+            "example.com",
+            r"ws_allowed_origins: 'example\.com' \(expected '\*'",
+        ),
+        ("ws_allowed_origins", "https://a.b/path", r"bad value for ws_allowed_origins"),
+        ("ws_allowed_origins", "https://a\r\n.b", r"bad value for ws_allowed_origins"),
+        ("rtsp_pull_allowed_networks", "10.0.0.0/33", r"rtsp_pull_allowed_networks: '10\.0\.0"),
+        ("rtsp_pull_allowed_networks", "camera.local", r"expected networks in CIDR form"),
+        ("rtsp_udp_max_pairs", "0", r"bad value for rtsp_udp_max_pairs: '0'"),
+        ("rtsp_udp_port_range", "30000", r"expected a UDP port range LOW-HIGH"),
+        ("rtsp_udp_port_range", "30000-30002", r"rtsp_udp_port_range: '30000-30002'"),
+        ("rtsp_udp_port_range", "80-1000", r"within 1024\.\.65535"),
+        ("rtsp_udp_port_range", "40000-30000", r"bad value for rtsp_udp_port_range"),
+        ("rtsp_udp_port_range", "3\u00b2000-40000", r"bad value for rtsp_udp_port_range"),
+    ]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), _bad_new_keys())
+def test_bad_limit_and_door_values(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_properties({key: value})
 
 
 PORT_EXPECTED = r"\(expected a port number 0\.\.65535; 0 or empty disables\)"

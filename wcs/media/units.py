@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 MS = Fraction(1, 1000)
+# Default of max_picture_pixels: the largest picture a stream may declare (8K DCI-ish, 8192x4352).
+MAX_PICTURE_PIXELS = 8192 * 4352
 
 
 @dataclass(frozen=True, slots=True)
