@@ -109,6 +109,8 @@ class Stream:
         self.video_units = 0
         self.audio_units = 0
         self.bytes_in = 0
+        # Units (or sequence headers) a front-end dropped as malformed; see reject_unit.
+        self.rejected_units = 0
         self._gop_seq = 0
         self._gop_overflow_logged = False
         self._sinks: list[StreamSink] = []
@@ -131,6 +133,18 @@ class Stream:
     def set_audio_codec(self, codec: str) -> None:
         self.has_audio = True
         self.audio_codec = codec
+
+    def reject_unit(self, reason: str) -> None:
+        """A front-end dropped a malformed unit or sequence header of this stream and carries
+        on: counted, and logged once per stream (a broken encoder repeats its fault)."""
+        self.rejected_units += 1
+        if self.rejected_units == 1:
+            log.warn(
+                "stream {stream_name}: dropping malformed media: {reason} "
+                "(logged once per stream; counted in rejected units)",
+                stream_name=self.name,
+                reason=reason,
+            )
 
     def clear_video(self) -> None:
         """Forget the cached GOP (the source dropped): no snapshot of a picture from before it."""

@@ -836,3 +836,15 @@ def test_with_parameter_sets_only_adds_what_is_missing() -> None:
     full = h264.to_annexb([sps, pps, idr])
     assert h264.with_parameter_sets(full, extradata) == full
     assert h264.with_parameter_sets(bare, b"") == bare
+
+
+def test_sps_larger_than_the_pixel_limit_is_refused() -> None:
+    # 16000x16000 fits the format's own bound but not the default max_picture_pixels.
+    huge = SpsFields(profile_idc=66, width_mbs=1000, height_map_units=1000).nal()
+    with pytest.raises(H264Error, match=r"16000x16000 is larger than the limit of 35651584"):
+        parse_sps(huge)
+    assert parse_sps(huge, max_pixels=16000 * 16000).width == 16000
+    sps = SpsFields(profile_idc=66, width_mbs=80, height_map_units=45).nal()
+    assert parse_sps(sps, max_pixels=1280 * 720).width == 1280
+    with pytest.raises(H264Error, match=r"1280x720 is larger than the limit of 921599 pixels"):
+        parse_sps(sps, max_pixels=1280 * 720 - 1)

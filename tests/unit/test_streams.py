@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+from twisted.logger import LogEvent
 
 from wcs import streams
 from wcs.media.units import MediaUnit, VideoParams
@@ -453,3 +454,12 @@ def test_terminate_without_callback_still_ends() -> None:
     stream = Stream("cam1", PROVIDER_RTMP)
     stream.terminate()
     assert stream.ended and stream.end_reason == "Stopped by server"
+
+
+def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) -> None:
+    stream = StreamRegistry().publish("cam", "Flash")
+    stream.reject_unit("truncated avcC")
+    stream.reject_unit("bad NAL")
+    assert stream.rejected_units == 2
+    warnings = [e for e in log_events if "dropping malformed media" in e.get("log_format", "")]
+    assert [e["reason"] for e in warnings] == ["truncated avcC"]

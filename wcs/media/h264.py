@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from wcs.media.units import MAX_PICTURE_PIXELS
+
 __all__ = [
     "NAL_AUD",
     "NAL_FU_A",
@@ -400,8 +402,12 @@ def _vui_max_num_reorder_frames(reader: _BitReader) -> int | None:
     return reorder if reorder <= 16 else None
 
 
-def parse_sps(nal: bytes) -> SpsInfo:
-    """Parse an SPS NAL unit (with its header byte, without start code)."""
+def parse_sps(nal: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> SpsInfo:
+    """Parse an SPS NAL unit (with its header byte, without start code).
+
+    A picture larger than `max_pixels` (coded size, before cropping) is refused with H264Error:
+    the decoder would allocate frames of that size for every reference picture.
+    """
     if not nal:
         raise H264Error("empty NAL unit is not an SPS")
     if nal[0] & 0x1F != NAL_SPS:
@@ -463,6 +469,11 @@ def parse_sps(nal: bytes) -> SpsInfo:
     if coded_width > MAX_DIMENSION or coded_height > MAX_DIMENSION:
         raise H264Error(
             f"SPS picture size {coded_width}x{coded_height} exceeds {MAX_DIMENSION} pixels"
+        )
+    if coded_width * coded_height > max_pixels:
+        raise H264Error(
+            f"SPS picture size {coded_width}x{coded_height} is larger than the limit of "
+            f"{max_pixels} pixels (max_picture_pixels)"
         )
 
     # Crop units (7.4.2.1.1, Table 6-1): chroma subsampling, doubled vertically for fields.

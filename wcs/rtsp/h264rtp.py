@@ -26,7 +26,7 @@ from wcs.media.h264 import (
     split_annexb,
     to_annexb,
 )
-from wcs.media.units import MediaUnit, VideoParams
+from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 from wcs.rtsp.rtp import MAX_DROPOUT, MAX_MISORDER, RTP_HEADER_SIZE, RtpPacket, seq_diff
 
 __all__ = [
@@ -69,10 +69,10 @@ _COUNTERS: Final = (
 _MASK32: Final = 0xFFFFFFFF
 
 
-def h264_video_params(sps: bytes, pps: bytes) -> VideoParams:
+def h264_video_params(sps: bytes, pps: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> VideoParams:
     """VideoParams for Stream.set_video_params from one SPS and PPS (sprop or in-band);
-    raises H264Error for an unreadable SPS."""
-    info = parse_sps(sps)
+    raises H264Error for an unreadable SPS or a picture larger than `max_pixels`."""
+    info = parse_sps(sps, max_pixels)
     return VideoParams(
         codec="H264",
         width=info.width,
