@@ -203,6 +203,12 @@ class Settings:
     # UDP port pairs (RTP + RTCP) the RTSP server may hold at once, and where: None = ephemeral.
     rtsp_udp_max_pairs: int = 256
     rtsp_udp_port_range: tuple[int, int] | None = None
+    # WCS-style REST hooks: connect/publishStream/playStream are asked before they happen.
+    rest_hook_url: str | None = None
+    rest_hook_timeout_ms: int = 3000
+    rest_hook_fail_open: bool = False
+    # A shared secret every publisher must present (RTMP ?password=, RTSP auth, WebSDK custom).
+    publish_password: str | None = field(default=None, repr=False)
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -235,6 +241,10 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "rtsp_pull_allowed_networks": "rtsp_pull_allowed_networks",
     "rtsp_udp_max_pairs": "rtsp_udp_max_pairs",
     "rtsp_udp_port_range": "rtsp_udp_port_range",
+    "rest_hook_url": "rest_hook_url",
+    "rest_hook_timeout_ms": "rest_hook_timeout_ms",
+    "rest_hook_fail_open": "rest_hook_fail_open",
+    "publish_password": "publish_password",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -395,6 +405,17 @@ def _port_range(key: str, value: str) -> tuple[int, int] | None:
     return low, high
 
 
+_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?", re.IGNORECASE)
+
+
+def _hook_url(key: str, value: str) -> str | None:
+    if value == "":
+        return None
+    if not _URL.fullmatch(value) or _CONTROL.search(value):
+        raise _bad(key, value, "an http:// or https:// base URL without query, or empty")
+    return value.rstrip("/")
+
+
 _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "http.port": _port,
     "https.port": _port,
@@ -424,6 +445,10 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "rtsp_pull_allowed_networks": _networks,
     "rtsp_udp_max_pairs": _int_range(1, 32_768),
     "rtsp_udp_port_range": _port_range,
+    "rest_hook_url": _hook_url,
+    "rest_hook_timeout_ms": _int_range(100, 60_000),
+    "rest_hook_fail_open": _bool,
+    "publish_password": _password,
 }
 
 

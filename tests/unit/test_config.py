@@ -208,6 +208,8 @@ def test_defaults_match_the_spec() -> None:
     assert (s.max_connections, s.max_connections_per_ip) == (4000, 128)
     assert (s.ws_allowed_origins, s.rtsp_pull_allowed_networks) == ((), ())
     assert (s.rtsp_udp_max_pairs, s.rtsp_udp_port_range) == (256, None)
+    assert (s.rest_hook_url, s.rest_hook_timeout_ms, s.rest_hook_fail_open) == (None, 3000, False)
+    assert s.publish_password is None
 
 
 def test_property_fields_cover_every_setting() -> None:
@@ -247,6 +249,10 @@ def test_every_value_parsed() -> None:
         "rtsp_pull_allowed_networks": "192.168.1.7/16,10.1.2.3 ::1",
         "rtsp_udp_max_pairs": "2",
         "rtsp_udp_port_range": "30000-30003",
+        "rest_hook_url": "http://127.0.0.1:8090/rest/",
+        "rest_hook_timeout_ms": "100",
+        "rest_hook_fail_open": "true",
+        "publish_password": "pa ss",
     }
     settings, unknown = settings_from_properties(props)
     assert unknown == []
@@ -283,6 +289,10 @@ def test_every_value_parsed() -> None:
         rtsp_pull_allowed_networks=("192.168.0.0/16", "10.1.2.3/32", "::1/128"),
         rtsp_udp_max_pairs=2,
         rtsp_udp_port_range=(30000, 30003),
+        rest_hook_url="http://127.0.0.1:8090/rest",
+        rest_hook_timeout_ms=100,
+        rest_hook_fail_open=True,
+        publish_password="pa ss",
     )
 
 
@@ -399,6 +409,11 @@ def _bad_new_keys() -> list[tuple[str, str, str]]:
         ("rtsp_udp_port_range", "80-1000", r"within 1024\.\.65535"),
         ("rtsp_udp_port_range", "40000-30000", r"bad value for rtsp_udp_port_range"),
         ("rtsp_udp_port_range", "3\u00b2000-40000", r"bad value for rtsp_udp_port_range"),
+        ("rest_hook_url", "ftp://x", r"rest_hook_url: 'ftp://x' \(expected an http:// or https://"),
+        ("rest_hook_url", "http://h/p?q=1", r"bad value for rest_hook_url: 'http://h/p\?q=1'"),
+        ("rest_hook_url", "http://h/a b", r"bad value for rest_hook_url"),
+        ("rest_hook_timeout_ms", "99", r"rest_hook_timeout_ms: '99' \(expected an integer 100"),
+        ("rest_hook_fail_open", "maybe", r"bad value for rest_hook_fail_open"),
     ]
 
 
@@ -522,9 +537,18 @@ def test_bad_password_is_not_echoed() -> None:
 
 
 def test_password_not_in_repr() -> None:
-    settings, _ = settings_from_properties({"rest_auth_password": "hunter2"})
-    assert settings.rest_auth_password == "hunter2"
+    settings, _ = settings_from_properties(
+        {"rest_auth_password": "hunter2", "publish_password": "swordfish"}
+    )
+    assert (settings.rest_auth_password, settings.publish_password) == ("hunter2", "swordfish")
     assert "hunter2" not in repr(settings)
+    assert "swordfish" not in repr(settings)
+
+
+def test_bad_publish_password_is_not_echoed() -> None:
+    with pytest.raises(ConfigError, match=r"bad value for publish_password: \(hidden\)") as info:
+        settings_from_properties({"publish_password": "hunt\x00er2"})
+    assert "hunt" not in str(info.value)
 
 
 @pytest.mark.parametrize(

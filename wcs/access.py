@@ -1,0 +1,151 @@
+"""Who may connect, publish and play, the same for every protocol: `publish_password` and the
+WCS-style REST hooks. Front-ends ask and wait; a refusal carries the text the client is told."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from wcs.hooks import Hooks, NoHooks, Refused
+
+__all__ = ["FAILURE_DELAY", "INFO_BAD_PASSWORD", "Access", "Client", "Refused"]
+
+log = Logger(namespace="wcs.access")
+
+# Every failed password waits this long before the refusal, so guessing is slow; the reactor
+# keeps serving everyone else meanwhile.
+FAILURE_DELAY = 1.0
+INFO_BAD_PASSWORD = "Invalid publish password"
+# Failed password attempts are logged at most this often (never the password itself).
+FAILURE_LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class Client:
+    """One client connection (RTMP, RTSP) or WebSDK session, as the hook app sees it."""
+
+    session_id: str  # WCS style: "/<peer host>:<port>/<local host>:<port>"
+    provider: str  # "Flash", "RTSP", "WebRTC"
+    address: str  # the peer's host
+    app_key: str = ""
+    custom: Mapping[str, Any] = field(default_factory=dict)
+    auth_token: str = ""
+
+    @staticmethod
+    def session_id_of(peer: Any, local: Any) -> str:
+        def part(addr: Any) -> str:
+            return f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+
+        return f"/{part(peer)}/{part(local)}"
+
+
+class Access:
+    """The server's one gate: front-ends call connect/publish/play and wait for the Deferred."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        hooks: Hooks | None = None,
+        publish_password: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.hooks: Hooks = hooks if hooks is not None else NoHooks()
+        self.publish_password = publish_password
+        self.node_id = node_id or f"wcs-{uuid.uuid4().hex[:12]}"
+        self.failed_passwords = 0
+        self._last_failure_log = float("-inf")
+
+    # -- asking -----------------------------------------------------------------------------------
+    def _body(self, client: Client, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "nodeId": self.node_id,
+            "appKey": client.app_key,
+            "sessionId": client.session_id,
+            "mediaProvider": client.provider,
+            "clientAddress": client.address,
+            "custom": dict(client.custom),
+        }
+        if client.auth_token:
+            body["authToken"] = client.auth_token
+        body.update(extra)
+        return body
+
+    def connect(self, client: Client) -> Deferred[dict[str, Any]]:
+        """Once per client connection or session, before anything else it asks for."""
+        return self.hooks.ask("connect", self._body(client))
+
+    def publish(
+        self, client: Client, name: str, media_session_id: str, password: str | None
+    ) -> Deferred[None]:
+        """Before a publish is accepted: the publish password (if set), then the hook."""
+        checked = self.check_password(password) if self.publish_password is not None else None
+        body = self._body(client, name=name, mediaSessionId=media_session_id, published=True)
+
+        def ask_hook(_: object) -> Deferred[None]:
+            return self.hooks.ask("publishStream", body).addCallback(lambda _: None)
+
+        if checked is None:
+            return ask_hook(None)
+        return checked.addCallback(ask_hook)
+
+    def play(self, client: Client, name: str, media_session_id: str) -> Deferred[None]:
+        body = self._body(client, name=name, mediaSessionId=media_session_id, published=False)
+        return self.hooks.ask("playStream", body).addCallback(lambda _: None)
+
+    # -- telling (after the fact, not awaited) ----------------------------------------------------
+    def stream_status(
+        self, client: Client, name: str, media_session_id: str, status: str, info: str = ""
+    ) -> None:
+        self.hooks.tell(
+            "StreamStatusEvent",
+            self._body(
+                client, name=name, mediaSessionId=media_session_id, status=status, info=info
+            ),
+        )
+
+    def unpublished(self, client: Client, name: str, media_session_id: str) -> None:
+        self.hooks.tell(
+            "unPublishStream", self._body(client, name=name, mediaSessionId=media_session_id)
+        )
+
+    # -- the publish password -------------------------------------------------------------------
+    def password_matches(self, presented: str | None) -> bool:
+        expected = self.publish_password
+        if expected is None:
+            return True
+        return presented is not None and hmac.compare_digest(
+            presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8")
+        )
+
+    def check_password(self, presented: str | None) -> Deferred[None]:
+        """Fires at once when the password is right; fails with Refused after FAILURE_DELAY."""
+        if self.password_matches(presented):
+            return succeed(None)
+        return self.refuse_later(INFO_BAD_PASSWORD)
+
+    def refuse_later(self, info: str) -> Deferred[None]:
+        """A failed credential: counted, logged rate-limited, refused after FAILURE_DELAY."""
+        self.failed_passwords += 1
+        now = self.clock.seconds()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
+            self._last_failure_log = now
+            log.warn(
+                "publish refused: {info} ({count} failed attempts since start)",
+                info=info,
+                count=self.failed_passwords,
+            )
+
+        def refuse() -> None:
+            raise Refused(info)
+
+        return deferLater(self.clock, FAILURE_DELAY, refuse)
