@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from wcs.config import Settings
+from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
 from wcs.rtsp.pull import PullManager
@@ -32,6 +33,9 @@ from wcs.webrtc.signalling import SignallingFactory, websocket_site
 log = Logger(namespace="wcs.service")
 
 POOL_THREADS = 4
+# Listeners whose connections count against max_connections_per_ip. The ingest ports (RTMP,
+# RTSP) are exempt: many encoders may publish from behind one NAT address.
+PER_IP_LISTENERS = frozenset({"http", "https", "ws", "wss"})
 
 
 class ListenerService(Service):
@@ -113,6 +117,10 @@ class WCSService(MultiService):
         # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
         self.pulls = PullManager(self.registry, reactor)
         self.auto: AutoSnapshotter | None = None
+        # One count over every listener; its cap is fitted to the open-file limit at start.
+        self.connections = ConnectionLimiter(
+            reactor, settings.max_connections, settings.max_connections_per_ip
+        )
         self.listeners: list[ListenerService] = []
         self._build_listeners()
 
@@ -162,9 +170,41 @@ class WCSService(MultiService):
         ]
         for label, port, make in wanted:
             if port:
-                listener = ListenerService(self.reactor, label, s.ip, port, make)
+                limited = self._limited(label, make)
+                listener = ListenerService(self.reactor, label, s.ip, port, limited)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
+
+    def _limited(
+        self, label: str, make: Callable[[], IProtocolFactory]
+    ) -> Callable[[], IProtocolFactory]:
+        """`make`, its factory counted against the connection caps (the outermost wrapper)."""
+        per_ip = label in PER_IP_LISTENERS
+        return lambda: self.connections.wrap(make(), label, per_ip=per_ip)
+
+    def fit_connections_to_open_files(self) -> int:
+        """Raise the soft open-file limit to the hard one and lower the connection cap to leave
+        descriptors for files, pulls and UDP sockets; returns the cap."""
+        s = self.settings
+        open_files = raise_open_file_limit()
+        cap = connection_cap(s.max_connections, open_files)
+        self.connections.max_connections = cap
+        log.info(
+            "open-file limit {open_files}; at most {cap} connections over all listeners "
+            "({per_ip} per client address on the HTTP, HTTPS, WS and WSS ports)",
+            open_files=open_files,
+            cap=cap,
+            per_ip=s.max_connections_per_ip,
+        )
+        if cap < s.max_connections:
+            log.warn(
+                "max_connections {wanted} lowered to {cap} to fit the open-file limit "
+                "{open_files}; raise the hard limit (LimitNOFILE= under systemd) to allow more",
+                wanted=s.max_connections,
+                cap=cap,
+                open_files=open_files,
+            )
+        return cap
 
     def startService(self) -> None:
         s = self.settings
@@ -179,6 +219,7 @@ class WCSService(MultiService):
                 retention=s.snapshot_auto_retention,
             )
             self.auto.start()
+        self.fit_connections_to_open_files()
         super().startService()  # the listeners: raises SystemExit if a port cannot be bound
         self.pool.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
