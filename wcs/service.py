@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -27,7 +27,7 @@ from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import StreamRegistry
-from wcs.tls import ensure_self_signed, server_context
+from wcs.tls import TLSConfigError, ensure_self_signed, server_context, tls_server_factory
 from wcs.webrtc.signalling import SignallingFactory, websocket_site
 
 log = Logger(namespace="wcs.service")
@@ -121,6 +121,7 @@ class WCSService(MultiService):
         self.connections = ConnectionLimiter(
             reactor, settings.max_connections, settings.max_connections_per_ip
         )
+        self._tls_options: ssl.CertificateOptions | None = None
         self.listeners: list[ListenerService] = []
         self._build_listeners()
 
@@ -128,17 +129,18 @@ class WCSService(MultiService):
         """Blocking work (decode, PNG, disk) goes here, never on the reactor thread."""
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
 
-    def _tls_wrap(self, factory: IProtocolFactory) -> IProtocolFactory:
-        s = self.settings
-        try:
-            if s.https_cert and s.https_key:
-                cert, key = s.https_cert, s.https_key
-            else:
-                cert, key = ensure_self_signed()
-            context = server_context(cert, key)
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
-        return TLSMemoryBIOFactory(context, False, factory)
+    def _tls_wrap(self, factory: IProtocolFactory, label: str) -> IProtocolFactory:
+        if self._tls_options is None:
+            s = self.settings
+            try:
+                if s.https_cert and s.https_key:
+                    cert, key = s.https_cert, s.https_key
+                else:
+                    cert, key = ensure_self_signed()
+                self._tls_options = server_context(cert, key)
+            except (OSError, TLSConfigError) as err:
+                raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
+        return tls_server_factory(self._tls_options, factory, self.reactor, label)
 
     def _build_listeners(self) -> None:
         s = self.settings
@@ -154,11 +156,11 @@ class WCSService(MultiService):
 
         def ws_site(tls: bool) -> IProtocolFactory:
             factory = websocket_site(signalling)
-            return self._tls_wrap(factory) if tls else factory
+            return self._tls_wrap(factory, "wss") if tls else factory
 
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
             ("http", s.http_port, lambda: site),
-            ("https", s.https_port, lambda: self._tls_wrap(site)),
+            ("https", s.https_port, lambda: self._tls_wrap(site, "https")),
             ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
             (
                 "rtsp",

@@ -1,5 +1,5 @@
-"""WCSService wiring: every listener is counted by the one connection limiter, and the cap is
-fitted to the open-file limit."""
+"""WCSService wiring: every listener is counted by the one connection limiter, TLS listeners get
+the checked pair and the handshake guard, and the cap is fitted to the open-file limit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from wcs import service as service_module
 from wcs.config import Settings
 from wcs.limits import LimitedFactory
 from wcs.service import WCSService
+from wcs.tls import HandshakeGuardFactory, ensure_self_signed
 from wcs.webrtc.signalling import ByteBudgetFactory
 
 PORTS = {"http_port": 1, "https_port": 2, "rtmp_port": 3, "rtsp_port": 4, "ws_port": 5}
@@ -38,8 +40,27 @@ def test_every_listener_is_wrapped_outermost_by_the_one_limiter() -> None:
         assert factory.label == label
         assert factory.per_ip == (label in {"http", "https", "ws", "wss"})
     assert (service.connections.max_connections, service.connections.max_per_ip) == (50, 7)
-    # The WebSocket byte budget stays inside.
+    # TLS and the WebSocket byte budget stay inside, in their order.
+    for label in ("https", "wss"):
+        tls = factories[label].wrappedFactory
+        assert isinstance(tls, TLSMemoryBIOFactory)
+        assert isinstance(tls.wrappedFactory, HandshakeGuardFactory)
+        assert tls.wrappedFactory.label == label
     assert isinstance(factories["ws"].wrappedFactory, ByteBudgetFactory)
+    wss_guard = factories["wss"].wrappedFactory.wrappedFactory
+    assert isinstance(wss_guard.wrappedFactory, ByteBudgetFactory)
+
+
+def test_a_mismatched_pair_stops_start_up_naming_both_files(tmp_path: Path) -> None:
+    cert, _ = ensure_self_signed(str(tmp_path / "a"))
+    _, key = ensure_self_signed(str(tmp_path / "b"))
+    service = make(https_cert=cert, https_key=key)
+    https = next(lst for lst in service.listeners if lst.label == "https")
+    with pytest.raises(SystemExit) as info:
+        https._make_factory()
+    message = str(info.value.code)
+    assert cert in message and key in message
+    assert "do not match" in message
 
 
 def test_the_cap_is_fitted_to_the_open_file_limit(
