@@ -20,9 +20,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 log = Logger(namespace="wcs.limits")
 
 # Descriptors kept out of the connection cap whatever the limit: the process itself (listeners,
-# the event loop, pipes, log, libraries: about 40 at start) and the pool's snapshot files.
+# the event loop, pipes, log: under 20 at start, measured) and the pool's snapshot files.
 MIN_RESERVE = 64
-# Above that, a quarter of the limit: camera pulls, RTSP UDP pairs, WebRTC UDP sockets and files
+# When larger, a quarter of the limit: camera pulls, RTSP UDP pairs, WebRTC UDP sockets and files
 # grow with the load as connections do, and none of them goes through a listener.
 RESERVE_FRACTION = 4
 # Where the kernel has no finite hard limit, ask for this many (Linux's default fs.nr_open).
