@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from wcs.config import Settings
+from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
 from wcs.rtsp.pull import PullManager
@@ -26,12 +27,15 @@ from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import StreamRegistry
-from wcs.tls import ensure_self_signed, server_context
+from wcs.tls import TLSConfigError, ensure_self_signed, server_context, tls_server_factory
 from wcs.webrtc.signalling import SignallingFactory, websocket_site
 
 log = Logger(namespace="wcs.service")
 
 POOL_THREADS = 4
+# Listeners whose connections count against max_connections_per_ip. The ingest ports (RTMP,
+# RTSP) are exempt: many encoders may publish from behind one NAT address.
+PER_IP_LISTENERS = frozenset({"http", "https", "ws", "wss"})
 
 
 class ListenerService(Service):
@@ -113,6 +117,11 @@ class WCSService(MultiService):
         # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
         self.pulls = PullManager(self.registry, reactor)
         self.auto: AutoSnapshotter | None = None
+        # One count over every listener; its cap is fitted to the open-file limit at start.
+        self.connections = ConnectionLimiter(
+            reactor, settings.max_connections, settings.max_connections_per_ip
+        )
+        self._tls_options: ssl.CertificateOptions | None = None
         self.listeners: list[ListenerService] = []
         self._build_listeners()
 
@@ -120,17 +129,18 @@ class WCSService(MultiService):
         """Blocking work (decode, PNG, disk) goes here, never on the reactor thread."""
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
 
-    def _tls_wrap(self, factory: IProtocolFactory) -> IProtocolFactory:
-        s = self.settings
-        try:
-            if s.https_cert and s.https_key:
-                cert, key = s.https_cert, s.https_key
-            else:
-                cert, key = ensure_self_signed()
-            context = server_context(cert, key)
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
-        return TLSMemoryBIOFactory(context, False, factory)
+    def _tls_wrap(self, factory: IProtocolFactory, label: str) -> IProtocolFactory:
+        if self._tls_options is None:
+            s = self.settings
+            try:
+                if s.https_cert and s.https_key:
+                    cert, key = s.https_cert, s.https_key
+                else:
+                    cert, key = ensure_self_signed()
+                self._tls_options = server_context(cert, key)
+            except (OSError, TLSConfigError) as err:
+                raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
+        return tls_server_factory(self._tls_options, factory, self.reactor, label)
 
     def _build_listeners(self) -> None:
         s = self.settings
@@ -146,11 +156,11 @@ class WCSService(MultiService):
 
         def ws_site(tls: bool) -> IProtocolFactory:
             factory = websocket_site(signalling)
-            return self._tls_wrap(factory) if tls else factory
+            return self._tls_wrap(factory, "wss") if tls else factory
 
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
             ("http", s.http_port, lambda: site),
-            ("https", s.https_port, lambda: self._tls_wrap(site)),
+            ("https", s.https_port, lambda: self._tls_wrap(site, "https")),
             ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
             (
                 "rtsp",
@@ -162,9 +172,41 @@ class WCSService(MultiService):
         ]
         for label, port, make in wanted:
             if port:
-                listener = ListenerService(self.reactor, label, s.ip, port, make)
+                limited = self._limited(label, make)
+                listener = ListenerService(self.reactor, label, s.ip, port, limited)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
+
+    def _limited(
+        self, label: str, make: Callable[[], IProtocolFactory]
+    ) -> Callable[[], IProtocolFactory]:
+        """`make`, its factory counted against the connection caps (the outermost wrapper)."""
+        per_ip = label in PER_IP_LISTENERS
+        return lambda: self.connections.wrap(make(), label, per_ip=per_ip)
+
+    def fit_connections_to_open_files(self) -> int:
+        """Raise the soft open-file limit to the hard one and lower the connection cap to leave
+        descriptors for files, pulls and UDP sockets; returns the cap."""
+        s = self.settings
+        open_files = raise_open_file_limit()
+        cap = connection_cap(s.max_connections, open_files)
+        self.connections.max_connections = cap
+        log.info(
+            "open-file limit {open_files}; at most {cap} connections over all listeners "
+            "({per_ip} per client address on the HTTP, HTTPS, WS and WSS ports)",
+            open_files=open_files,
+            cap=cap,
+            per_ip=s.max_connections_per_ip,
+        )
+        if cap < s.max_connections:
+            log.warn(
+                "max_connections {wanted} lowered to {cap} to fit the open-file limit "
+                "{open_files}; raise the hard limit (LimitNOFILE= under systemd) to allow more",
+                wanted=s.max_connections,
+                cap=cap,
+                open_files=open_files,
+            )
+        return cap
 
     def startService(self) -> None:
         s = self.settings
@@ -179,6 +221,7 @@ class WCSService(MultiService):
                 retention=s.snapshot_auto_retention,
             )
             self.auto.start()
+        self.fit_connections_to_open_files()
         super().startService()  # the listeners: raises SystemExit if a port cannot be bound
         self.pool.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
