@@ -39,6 +39,10 @@ class SnapshotTimeout(Exception):
     message = "Snapshot response timeout"
 
 
+def _no_heat(source: FrameSource) -> None:
+    pass
+
+
 class FrameSource:
     """One stream's decoder and the requests waiting on it. A sink of the stream while hot."""
 
@@ -48,12 +52,12 @@ class FrameSource:
         run_in_pool: PoolRunner,
         clock: IReactorTime,
         hot_seconds: float,
-        on_heat: Callable[[FrameSource], None] = lambda source: None,
+        on_heat: Callable[[FrameSource], None] = _no_heat,
         pinned_batch: int = PINNED_BATCH,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
-        self.decoder = StreamDecoder()
+        self.decoder = StreamDecoder(max_pixels=stream.max_picture_pixels)
         self._run = run_in_pool
         self._clock = clock
         self._hot_seconds = hot_seconds
@@ -69,6 +73,7 @@ class FrameSource:
         self._drain_from: Gop | None = None  # the last GOP of an ended pinned stream
         self._after_job: list[Callable[[bool], object]] = []
         self._frame_listener: Callable[[DecodedFrame], bytes | None] | None = None
+        self._errors_logged = False
 
     # -- reactor side -------------------------------------------------------------------------
     def request(self) -> Deferred[bytes | None]:
@@ -149,6 +154,20 @@ class FrameSource:
             self._drain_from = stream.gop
             if not self._busy:
                 self._drain()
+        if not self._busy:
+            self._release()
+
+    def _release(self) -> None:
+        """The stream is over and its last job done: let go of the decoder (codec context,
+        pictures), the listeners and the cached PNG now. Nothing of an ended stream may wait
+        for a garbage collection: the decoder's native memory is invisible to it."""
+        self.decoder.release()
+        self._frame_listener = None
+        self._after_job = []
+        self._png_of = None
+        self._drain_from = None
+        self._running = None
+        self._on_heat = _no_heat
 
     def _drain(self) -> None:
         gop, self._drain_from = self._drain_from, None
@@ -187,20 +206,21 @@ class FrameSource:
         self._done_at = at
         png: bytes | None = None
         if isinstance(result, Failure):
-            log.failure(
-                "stream {stream_name}: decoding failed; decoder reset",
-                result,
-                stream_name=self.stream.name,
-            )
             self.decoder.reset()
+            self._decode_failed(result.getErrorMessage(), result)
         else:
             png = result
+            if self.decoder.errors:
+                self._decode_failed(self.decoder.last_error)
         if self.stream.ended:
             for d in waiters:
                 d.errback(StreamNotFound(self.stream.name))
             self._drain()
+            final = not self._busy
             for callback in self._after_job:
-                callback(not self._busy)
+                callback(final)
+            if final:
+                self._release()
             return
         for callback in self._after_job:
             callback(False)
@@ -208,6 +228,23 @@ class FrameSource:
             d.callback(png)
         if self._waiters or self.hot:
             self._kick()
+
+    def _decode_failed(self, reason: str, failure: Failure | None = None) -> None:
+        """Logged once per stream: a broken or hostile stream fails the same way every frame."""
+        if failure is not None:
+            log.debug(
+                "stream {stream_name}: decoding failed: {log_failure}",
+                stream_name=self.stream.name,
+                log_failure=failure,
+            )
+        if self._errors_logged:
+            return
+        self._errors_logged = True
+        log.warn(
+            "stream {stream_name}: decoding failed: {reason} (logged once per stream)",
+            stream_name=self.stream.name,
+            reason=reason,
+        )
 
     def after_job(self, callback: Callable[[bool], object]) -> None:
         """Run `callback(final)` on the reactor after each job; `final` after the last job of an
