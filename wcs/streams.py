@@ -288,6 +288,12 @@ class Stream:
         else:
             self._on_end.append(callback)
 
+    def remove_on_end(self, callback: Callable[[Stream], object]) -> None:
+        """Forget `callback` (a player that leaves before the stream ends: otherwise a
+        long-lived stream keeps every past player alive through its callback)."""
+        if callback in self._on_end:
+            self._on_end.remove(callback)
+
     def to_json(self) -> dict[str, object]:
         """The stream object of the WCS REST API."""
         video = self.video
