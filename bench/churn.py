@@ -4,9 +4,11 @@ a minute idle (issue #6, finding 1: ended publishes must be freed, so both stay 
 A real `twistd -n wcs` on free loopback ports; N light RTMP publishers (asyncio, in this process,
 not N ffmpeg processes) each loop: handshake, connect, createStream, publish, the FLV tags of a
 short H.264 clip (made once by ffmpeg) paced at real time, disconnect. The server decodes every
-frame of every publish for the auto-snapshotter. RSS is read after a warm-up (the first publishes
-allocate the pool threads' arenas and FFmpeg's tables once), at the end of the churn and after
-`--idle` seconds with no client.
+frame of every publish for the auto-snapshotter. RSS and fds are read at start (after a warm-up
+churn, once the server has settled: the first publishes allocate the pool threads' arenas and
+FFmpeg's tables once), at the end of the churn (under load) and after `--idle` seconds with no
+client; flat means the idle figures within 10 % of the start. A leak climbs with every publish;
+what the end shows beyond the start is the working set of the publishes in flight then.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from wcs.rtmp import amf0, chunks  # noqa: E402
 from wcs.rtmp.chunks import ChunkEncoder, Message  # noqa: E402
 
 OUT_CHUNK_SIZE = 4096
+# The server hands decoders' freed memory back this long after they are released.
+TRIM_AFTER_S = 10.0
 # Give up on one publish cycle after this long (a stuck server counts as a failed cycle).
 CYCLE_TIMEOUT = 20.0
 
@@ -166,11 +170,42 @@ def sample(server: Server) -> dict[str, float]:
     return {"rss_mb": round(rss_kb(pid) / 1024, 1), "fds": fd_count(pid)}
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def settle(server: Server, limit: float) -> float:
+    """Wait until the server is quiet (the publishes' last decode jobs done: under 5 % of a core
+    for 2 s), then long enough for it to hand freed memory back; at most `limit` seconds."""
+    pid = server.proc.pid
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        cpu0 = cpu_seconds(pid)
+        threading.Event().wait(2.0)
+        if (cpu_seconds(pid) - cpu0) / 2.0 < 0.05:
+            break
+    threading.Event().wait(max(0.0, min(TRIM_AFTER_S + 2, limit - (time.monotonic() - start))))
+    return round(time.monotonic() - start, 1)
+
+
+def record_series(server: Server, series: list[list[float]], stop: threading.Event) -> None:
+    """RSS every 5 s for the JSON: a leak climbs steadily, a working set levels off."""
+    t0 = time.monotonic()
+    while not stop.wait(5.0) and server.proc.poll() is None:
+        point = sample(server)
+        series.append([round(time.monotonic() - t0), point["rss_mb"], point["fds"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=10.0)
+    # Long enough for the number of live streams (and so decoders) to reach its steady state.
+    parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
     parser.add_argument("--size", default="320x240")
@@ -190,17 +225,24 @@ def main() -> None:
         )
         # The server's log is read by a thread into memory: keep only what the checks need.
         threading.Thread(target=_trim_log, args=(server,), daemon=True).start()
+        series: list[list[float]] = []
+        stop_series = threading.Event()
+        threading.Thread(target=record_series, args=(server, series, stop_series)).start()
         try:
             points = {"ready": sample(server)}
             port = server.ports["rtmp"]
             warm = asyncio.run(churn(port, tags, args.clients, args.warmup, args.speed))
+            settled = settle(server, args.idle)
             points["start"] = sample(server)
             stats = asyncio.run(churn(port, tags, args.clients, args.seconds, args.speed))
             points["end"] = sample(server)
+            cpu0 = cpu_seconds(server.proc.pid)
             threading.Event().wait(args.idle)
             points["idle"] = sample(server)
+            idle_cpu = (cpu_seconds(server.proc.pid) - cpu0) / args.idle * 100
             alive = server.proc.poll() is None
         finally:
+            stop_series.set()
             code = server.stop()
     base = points["start"]
     growth = {
@@ -208,6 +250,8 @@ def main() -> None:
         for at in ("end", "idle")
         for key in ("rss_mb", "fds")
     }
+    # "end" is taken under load: the publishes in flight and the decode jobs queued behind them
+    # (their working set, larger when the pool lags); a leak shows after the idle minute.
     result = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "clients": args.clients,
@@ -217,27 +261,31 @@ def main() -> None:
         "clip": f"{args.size} H.264 main, B-frames, GOP 0.5 s, {args.clip_seconds} s",
         "auto_snapshots": "every 10th frame, streamName folders, 3 kept",
         "warmup_publishes": warm["publishes"],
+        "settled_after_warmup_s": settled,
         "publishes": stats["publishes"],
         "failed_cycles": stats["failed"],
         "errors": {k: v for k, v in stats.items() if k not in ("publishes", "failed")},
         "server_alive_at_end": alive,
+        "server_cpu_pct_while_idle": round(idle_cpu, 1),
         "server_exit_code": code,
         "points": points,
         "growth_from_start": growth,
-        "flat_within_10_pct": all(abs(v) <= 10 for v in growth.values()),
+        "rss_series_s_mb_fds": series,
+        "flat_within_10_pct": growth["rss_mb_idle_pct"] <= 10 and growth["fds_idle_pct"] <= 10,
     }
     print(f"churn: {args.clients} clients, {args.seconds:.0f} s, {stats['publishes']} publishes")
     print(f"  ({stats['failed']} failed cycles; warm-up {args.warmup:.0f} s, {warm['publishes']})")
     print(f"  {'':<26}{'RSS (MB)':>10}{'fds':>8}")
     labels = {
         "ready": "ready, no client",
-        "start": "start (after warm-up)",
+        "start": "start (warm-up, settled)",
         "end": f"end (+{args.seconds:.0f} s churn)",
         "idle": f"idle (+{args.idle:.0f} s)",
     }
     for at, label in labels.items():
         print(f"  {label:<26}{points[at]['rss_mb']:>10}{points[at]['fds']:>8}")
     print(f"  growth from start: {growth}")
+    print(f"  server CPU while idle: {idle_cpu:.1f} % of a core")
     print(f"  flat within 10 %: {result['flat_within_10_pct']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

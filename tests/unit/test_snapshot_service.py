@@ -356,3 +356,40 @@ def test_decoder_within_the_limit_decodes() -> None:
     d = service.take("ok")
     pool.run_all()
     assert png_rgb(result_of(d)).shape == (240, 320, 3)
+
+
+def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() -> None:
+    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
+    trims: list[float] = []
+    service = SnapshotService(
+        registry, pool, clock, trim_after_s=10, release_memory=lambda: trims.append(clock.seconds())
+    )
+    sample = h264_sample()
+    for i in range(3):
+        stream = registry.publish(f"cam{i}", PROVIDER_RTMP)
+        push(stream, sample.units[:5])
+        d = service.take(f"cam{i}")
+        pool.run_all()
+        result_of(d)
+        stream.end()
+        clock.advance(1)
+    clock.advance(6.9)
+    pool.run_all()
+    assert trims == []
+    clock.advance(0.1)
+    pool.run_all()
+    assert trims == [10.0]  # one trim for the three streams
+    clock.advance(60)
+    pool.run_all()
+    assert trims == [10.0], "nothing ended since: no trim"
+    stream = registry.publish("late", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    d = service.take("late")
+    stream.end()  # while its job waits in the pool: the decoder is released after the job
+    clock.advance(2)
+    assert trims == [10.0] and pool.jobs
+    pool.run_all()
+    failure_of(d).trap(StreamNotFound)
+    clock.advance(10)
+    pool.run_all()
+    assert trims == [10.0, 82.0]

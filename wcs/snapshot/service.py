@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode
+from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
 from wcs.media.image import frame_to_png
 from wcs.media.units import MediaUnit
 from wcs.streams import Gop, Stream, StreamNotFound, StreamRegistry
@@ -31,6 +31,9 @@ HOT_SECONDS = 15.0
 PINNED_BATCH = 8
 # How many streams at most are decoded ahead of requests (WCSService scales it by cores).
 MAX_HOT_STREAMS = 8
+# Seconds after a stream ends before the decoders' freed memory is handed back to the system:
+# at most one trim per this interval, however many streams end.
+TRIM_AFTER_S = 10.0
 
 
 class SnapshotTimeout(Exception):
@@ -54,9 +57,11 @@ class FrameSource:
         hot_seconds: float,
         on_heat: Callable[[FrameSource], None] = _no_heat,
         pinned_batch: int = PINNED_BATCH,
+        on_release: Callable[[FrameSource], None] = _no_heat,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
+        self._on_release = on_release
         self.decoder = StreamDecoder(max_pixels=stream.max_picture_pixels)
         self._run = run_in_pool
         self._clock = clock
@@ -168,6 +173,8 @@ class FrameSource:
         self._drain_from = None
         self._running = None
         self._on_heat = _no_heat
+        on_release, self._on_release = self._on_release, _no_heat
+        on_release(self)
 
     def _drain(self) -> None:
         gop, self._drain_from = self._drain_from, None
@@ -285,8 +292,13 @@ class SnapshotService:
         hot_seconds: float = HOT_SECONDS,
         max_hot: int = MAX_HOT_STREAMS,
         pinned_batch: int = PINNED_BATCH,
+        trim_after_s: float = TRIM_AFTER_S,
+        release_memory: Callable[[], object] = release_free_memory,
     ) -> None:
         self.registry = registry
+        self._trim_after_s = trim_after_s
+        self._release_memory = release_memory
+        self._trim: IDelayedCall | None = None
         self._max_hot = max_hot
         self._hot: dict[FrameSource, None] = {}  # streams decoded ahead of requests, in order
         self._run = run_in_pool
@@ -308,6 +320,7 @@ class SnapshotService:
                 self._hot_seconds,
                 self._heated,
                 self._pinned_batch,
+                self._released,
             )
             stream.on_end(self._forget)
         return src
@@ -316,6 +329,21 @@ class SnapshotService:
         src = self._sources.pop(stream, None)
         if src is not None:
             self._hot.pop(src, None)
+
+    def _released(self, source: FrameSource) -> None:
+        # A decoder of an ended stream let go of its memory (after its last job, which may run
+        # well after the stream ended when the pool is busy).
+        if self._trim is None and self._trim_after_s > 0:
+            self._trim = self._clock.callLater(self._trim_after_s, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        def done(result: object) -> None:
+            self._trim = None
+            if isinstance(result, Failure):
+                log.warn("releasing free memory failed: {error}", error=result.getErrorMessage())
+
+        # Still pending until the trim ran: streams ending meanwhile need no other one.
+        self._run(self._release_memory).addBoth(done)
 
     def _heated(self, source: FrameSource) -> None:
         # Keeping a stream decoded costs ~8 % of a core at 720p30, and decoding on request never
