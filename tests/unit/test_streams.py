@@ -525,3 +525,19 @@ def test_remove_on_end_forgets_a_callback() -> None:
     stream.remove_on_end(player)  # absent: harmless
     stream.end()
     assert calls == ["other"]
+
+
+def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> None:
+    """An ended stream must hold nothing that refers back to its publisher or consumers (such
+    cycles kept whole decoders alive until a full garbage collection)."""
+    counter = {"n": 1}
+    stream = StreamRegistry().publish("cam1", PROVIDER_RTMP, on_terminate=lambda: None)
+    stream.keyframe_requester = lambda: None
+    stream.json_extras["autoSnapshot"] = lambda: dict(counter)
+    stream.add_sink(RecordingSink())
+    stream.on_end(lambda s: None)
+    stream.end()
+    counter["n"] = 2
+    assert stream._on_terminate is None and stream.keyframe_requester is None
+    assert stream._sinks == [] and stream._on_end == [] and stream.json_extras == {}
+    assert stream.to_json()["autoSnapshot"] == {"n": 1}
