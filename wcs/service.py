@@ -26,7 +26,7 @@ from wcs.rtsp.pull import PullManager
 from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import StreamRegistry
+from wcs.streams import PublishIdleWatchdog, StreamRegistry
 from wcs.tls import TLSConfigError, ensure_self_signed, server_context, tls_server_factory
 from wcs.webrtc.signalling import SignallingFactory, websocket_site
 
@@ -103,7 +103,10 @@ class WCSService(MultiService):
         super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.registry = StreamRegistry()
+        self.registry = StreamRegistry(max_picture_pixels=settings.max_picture_pixels)
+        self.idle_watchdog = PublishIdleWatchdog(
+            self.registry, reactor, settings.publish_idle_timeout_ms
+        )
         self.pool = ThreadPool(minthreads=1, maxthreads=POOL_THREADS, name="wcs-pool")
         self.snapshots = SnapshotService(
             self.registry,
@@ -224,6 +227,7 @@ class WCSService(MultiService):
         self.fit_connections_to_open_files()
         super().startService()  # the listeners: raises SystemExit if a port cannot be bound
         self.pool.start()
+        self.idle_watchdog.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         self.reactor.callWhenRunning(self._handle_sigterm)
         self.reactor.callWhenRunning(self._ready)
@@ -245,6 +249,7 @@ class WCSService(MultiService):
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
         # Shutdown waits (each bounded by its own timeouts) for camera pulls to send TEARDOWN
         # and for WebRTC peers to close and release their UDP sockets.
+        self.idle_watchdog.stop()
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.registry.terminate_all()
         stopped = super().stopService()

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
@@ -23,6 +25,12 @@ MAX_GOP_BYTES = 32 * 1024 * 1024
 PROVIDER_RTMP = "Flash"
 PROVIDER_RTSP = "RTSP"
 PROVIDER_WEBRTC = "WebRTC"
+
+# End reasons (WebSDK STREAM_STATUS_INFO texts). A publisher that stops sending media ends the
+# way WCS ends it when its media activity check fires.
+END_PUBLISHER_STOP = "Stopped by publisher stop"
+END_SERVER = "Stopped by server"
+END_IDLE = "Failed by RTP activity"
 
 
 class StreamError(Exception):
@@ -113,22 +121,46 @@ class Stream:
         self.rejected_units = 0
         self._gop_seq = 0
         self._gop_overflow_logged = False
+        self._video_refusal_logged = False
         self._sinks: list[StreamSink] = []
+        # Why the current video parameters are refused (too large a picture), else None.
+        self.video_refused: str | None = None
         self._on_terminate = on_terminate
         self._on_end: list[Callable[[Stream], object]] = []
         # Set by a front-end that can ask its publisher for a keyframe (WebRTC: RTCP PLI).
         self.keyframe_requester: Callable[[], None] | None = None
         # Extra fields of the REST stream object, filled by consumers (e.g. "autoSnapshot").
         self.json_extras: dict[str, Callable[[], object]] = {}
+        self._final_extras: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
 
     # -- the publishing side ------------------------------------------------------------------
     def set_video_params(self, params: VideoParams) -> None:
-        """New decoder parameters (an H.264 sequence header); used from the next keyframe on."""
+        """New decoder parameters (an H.264 sequence header); used from the next keyframe on.
+
+        A picture larger than max_picture_pixels is refused, whatever the front-end checked:
+        no GOP is cached (so nothing is decoded; snapshots answer as for a stream without
+        video) until parameters within the limit arrive. Logged once per stream.
+        """
         self.has_video = True
         self.video = params
+        pixels = params.width * params.height
+        if pixels <= self.max_picture_pixels:
+            self.video_refused = None
+            return
+        self.gop = None
+        self.video_refused = (
+            f"{params.width}x{params.height} is over max_picture_pixels ({self.max_picture_pixels})"
+        )
+        if not self._video_refusal_logged:
+            self._video_refusal_logged = True
+            log.warn(
+                "stream {stream_name}: video refused: {reason}; no snapshots of it",
+                stream_name=self.name,
+                reason=self.video_refused,
+            )
 
     def set_audio_codec(self, codec: str) -> None:
         self.has_audio = True
@@ -177,6 +209,9 @@ class Stream:
         params = self.video
         if params is None or params.codec != unit.codec:
             params = self.video = VideoParams(codec=unit.codec)
+            self.video_refused = None
+        if self.video_refused is not None:
+            return
         if unit.keyframe:
             self._gop_seq += 1
             self.gop = Gop(self._gop_seq, params, [unit], len(unit.data))
@@ -199,14 +234,21 @@ class Stream:
         gop.units.append(unit)
         gop.size += len(unit.data)
 
-    def end(self, reason: str = "Stopped by publisher stop") -> None:
+    def end(self, reason: str = END_PUBLISHER_STOP) -> None:
         """The publish is over: sinks are told once (and see the last GOP while told), then
-        the cache is dropped and the registry forgets the name."""
+        the cache is dropped and the registry forgets the name.
+
+        Everything the stream holds of its front-end and consumers is dropped here, so an ended
+        stream and its decoders are freed by reference counting alone (cycles through these
+        callbacks kept codec contexts and frames alive until a full garbage collection).
+        """
         if self.ended:
             return
         self.ended = True
         self.end_reason = reason
         self.status = "UNPUBLISHED"
+        self._on_terminate = None
+        self.keyframe_requester = None
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
             sink.stream_ended(self)  # may still read the last GOP (to drain the decoder)
@@ -214,12 +256,22 @@ class Stream:
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
             cb(self)
+        # The REST object of an ended stream keeps its extra fields as they were at the end.
+        extras, self.json_extras = self.json_extras, {}
+        self._final_extras = {key: describe() for key, describe in extras.items()}
 
-    def terminate(self) -> None:
-        """Ask the publisher's front-end to disconnect (REST /stream/terminate, shutdown)."""
-        if self._on_terminate is not None:
-            self._on_terminate()
-        self.end("Stopped by server")
+    def terminate(self, reason: str = END_SERVER) -> None:
+        """Ask the publisher's front-end to disconnect (REST /stream/terminate, shutdown, the
+        publish idle watchdog), and end the stream with `reason`."""
+        on_terminate = self._on_terminate
+        if on_terminate is not None and not self.ended:
+            on_terminate()
+        self.end(reason)
+
+    @property
+    def units_in(self) -> int:
+        """Media units received so far, malformed ones included (the idle watchdog's measure)."""
+        return self.video_units + self.audio_units + self.rejected_units
 
     # -- consumers ----------------------------------------------------------------------------
     def add_sink(self, sink: StreamSink) -> None:
@@ -235,6 +287,12 @@ class Stream:
             callback(self)
         else:
             self._on_end.append(callback)
+
+    def remove_on_end(self, callback: Callable[[Stream], object]) -> None:
+        """Forget `callback` (a player that leaves before the stream ends: otherwise a
+        long-lived stream keeps every past player alive through its callback)."""
+        if callback in self._on_end:
+            self._on_end.remove(callback)
 
     def to_json(self) -> dict[str, object]:
         """The stream object of the WCS REST API."""
@@ -253,6 +311,7 @@ class Stream:
             "createDate": self.created_ms,
             "mediaProvider": self.provider,
             "record": False,
+            **self._final_extras,
             **{key: describe() for key, describe in self.json_extras.items()},
         }
 
@@ -340,3 +399,68 @@ class StreamRegistry:
     def terminate_all(self) -> None:
         for stream in self.all():
             stream.terminate()
+
+
+class PublishIdleWatchdog:
+    """Ends every watched stream that has received no media for `timeout_ms` (a publisher whose
+    connection went half-open would otherwise hold its name until TCP gives up).
+
+    Checks once per `interval` seconds on the injected clock; a stream counts as active when its
+    unit counter moved since the previous check, so pushing a unit costs no clock read. A stream
+    is idle from its publish on if it never sends anything.
+    """
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        clock: IReactorTime,
+        timeout_ms: int,
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.timeout = timeout_ms / 1000.0
+        self.interval = interval
+        self._seen: dict[Stream, tuple[int, float]] = {}  # units_in, when it last changed
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        if self.timeout <= 0 or self._loop is not None:
+            return  # publish_idle_timeout_ms=0: never
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        self._seen = {}
+
+    def check(self) -> None:
+        now = self.clock.seconds()
+        seen: dict[Stream, tuple[int, float]] = {}
+        idle: list[Stream] = []
+        for stream in self.registry.all():
+            if not stream.watch_idle or stream.ended:
+                continue
+            count = stream.units_in
+            previous = self._seen.get(stream)
+            if previous is None or previous[0] != count:
+                seen[stream] = (count, now)
+            else:
+                seen[stream] = previous
+                if now - previous[1] >= self.timeout:
+                    idle.append(stream)
+        self._seen = seen
+        for stream in idle:
+            self._seen.pop(stream, None)
+            log.warn(
+                "stream {stream_name}: no media for {timeout_ms} ms "
+                "(publish_idle_timeout_ms); dropping the publisher",
+                stream_name=stream.name,
+                provider=stream.provider,
+                timeout_ms=round(self.timeout * 1000),
+            )
+            stream.terminate(END_IDLE)

@@ -78,3 +78,31 @@ def pts_of(sample: Sample, rgb: np.ndarray) -> int:
         if ref.shape == rgb.shape and np.array_equal(ref, rgb):
             return pts
     raise AssertionError("picture equals no decoded frame of the source")
+
+
+@dataclass(frozen=True)
+class FlvTag:
+    kind: int  # 8 audio, 9 video, 18 data
+    timestamp: int  # ms
+    payload: bytes
+
+
+@functools.cache
+def flv_clip(seconds: float = 1.0, size: str = "320x240") -> tuple[FlvTag, ...]:
+    """The tags of an FLV file made by ffmpeg (H.264 main with B-frames, AAC): what an RTMP
+    encoder sends, tag by tag."""
+    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
+    cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds)]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "2"]
+    cmd += ["-g", "15", "-keyint_min", "15", "-sc_threshold", "0", "-pix_fmt", "yuv420p"]
+    cmd += ["-c:a", "aac", "-b:a", "64k", "-f", "flv", "-"]
+    data = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
+    assert data[:3] == b"FLV"
+    pos = int.from_bytes(data[5:9], "big") + 4  # the header, then PreviousTagSize0
+    tags = []
+    while pos + 11 <= len(data):
+        size_ = int.from_bytes(data[pos + 1 : pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4 : pos + 7], "big") | data[pos + 7] << 24
+        tags.append(FlvTag(data[pos], ts, data[pos + 11 : pos + 11 + size_]))
+        pos += 11 + size_ + 4
+    return tuple(tags)

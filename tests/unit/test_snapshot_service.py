@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
-from wcs.media.units import MediaUnit
+from wcs.media.units import MediaUnit, VideoParams
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_RTMP, Stream, StreamNotFound, StreamRegistry
 
@@ -303,3 +304,92 @@ def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env:
     pool.run_all()
     assert pts_of(sample, png_rgb(result_of(d))) == sample.units[32].pts
     assert decoder.frames_decoded - before == 3  # units 30..32 only, not the old GOP's tail
+
+
+# -- max_picture_pixels (finding 2) -------------------------------------------------------------
+
+
+def test_refused_video_answers_as_no_video_without_decoding() -> None:
+    registry, pool, clock = StreamRegistry(max_picture_pixels=320 * 240), ManualPool(), Clock()
+    service = SnapshotService(registry, pool, clock)
+    sample = h264_sample()
+    stream = registry.publish("big", PROVIDER_RTMP)
+    stream.set_video_params(VideoParams("H264", 16000, 16000, extradata=b"\0\0\0\1g"))
+    push(stream, sample.units[:10])
+    d = service.take("big")
+    clock.pump([0.1] * 30)
+    failure_of(d).trap(SnapshotTimeout)
+    assert pool.ran == 0 and pool.jobs == []
+
+
+@pytest.mark.parametrize("limit", [320 * 240 - 1, 100 * 100])
+def test_decoder_refuses_an_in_band_sps_over_the_limit_and_logs_once(
+    limit: int, log_events: list[LogEvent]
+) -> None:
+    """The declared parameters are small; the SPS inside the stream says 320x240: FFmpeg's
+    max_pixels makes the decoder refuse it, without a traceback, and the stream lives on."""
+    registry, pool, clock = StreamRegistry(max_picture_pixels=limit), ManualPool(), Clock()
+    service = SnapshotService(registry, pool, clock, hot_seconds=10)
+    sample = h264_sample()
+    stream = registry.publish("sneaky", PROVIDER_RTMP)
+    stream.set_video_params(VideoParams("H264", 64, 64))
+    push(stream, sample.units[:10])
+    d = service.take("sneaky")
+    for _ in range(35):
+        pool.run_all()
+        clock.advance(0.1)
+    failure_of(d).trap(SnapshotTimeout)
+    assert pool.ran >= 2
+    assert service.source(stream).decoder.frames_decoded == 0
+    warnings = [e for e in log_events if "decoding failed" in e.get("log_format", "")]
+    assert len(warnings) == 1 and "Invalid data" in warnings[0]["reason"]
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+    assert not stream.ended
+
+
+def test_decoder_within_the_limit_decodes() -> None:
+    registry, pool, clock = StreamRegistry(max_picture_pixels=320 * 240), ManualPool(), Clock()
+    service = SnapshotService(registry, pool, clock)
+    sample = h264_sample()
+    stream = registry.publish("ok", PROVIDER_RTMP)
+    push(stream, sample.units[:10])
+    d = service.take("ok")
+    pool.run_all()
+    assert png_rgb(result_of(d)).shape == (240, 320, 3)
+
+
+def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() -> None:
+    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
+    trims: list[float] = []
+    service = SnapshotService(
+        registry, pool, clock, trim_after_s=10, release_memory=lambda: trims.append(clock.seconds())
+    )
+    sample = h264_sample()
+    for i in range(3):
+        stream = registry.publish(f"cam{i}", PROVIDER_RTMP)
+        push(stream, sample.units[:5])
+        d = service.take(f"cam{i}")
+        pool.run_all()
+        result_of(d)
+        stream.end()
+        clock.advance(1)
+    clock.advance(6.9)
+    pool.run_all()
+    assert trims == []
+    clock.advance(0.1)
+    pool.run_all()
+    assert trims == [10.0]  # one trim for the three streams
+    clock.advance(60)
+    pool.run_all()
+    assert trims == [10.0], "nothing ended since: no trim"
+    stream = registry.publish("late", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    d = service.take("late")
+    stream.end()  # while its job waits in the pool: the decoder is released after the job
+    clock.advance(2)
+    assert trims == [10.0] and pool.jobs
+    pool.run_all()
+    failure_of(d).trap(StreamNotFound)
+    clock.advance(10)
+    pool.run_all()
+    assert trims == [10.0, 82.0]

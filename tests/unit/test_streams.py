@@ -463,3 +463,81 @@ def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) 
     assert stream.rejected_units == 2
     warnings = [e for e in log_events if "dropping malformed media" in e.get("log_format", "")]
     assert [e["reason"] for e in warnings] == ["truncated avcC"]
+
+
+def test_terminate_lets_the_end_reason_through() -> None:
+    registry = StreamRegistry()
+    called: list[int] = []
+    stream = registry.publish("cam1", PROVIDER_RTMP, on_terminate=lambda: called.append(1))
+    stream.terminate("Failed by RTP activity")
+    stream.terminate()  # already ended: the publisher is not asked twice, the reason stays
+    assert called == [1]
+    assert stream.end_reason == "Failed by RTP activity"
+
+
+# -- max_picture_pixels at the hub (finding 2) -------------------------------------------------
+
+
+def test_video_over_max_picture_pixels_is_refused_and_logged_once(
+    log_events: list[LogEvent],
+) -> None:
+    registry = StreamRegistry(max_picture_pixels=1920 * 1080)
+    stream = registry.publish("big", PROVIDER_RTMP)
+    assert stream.max_picture_pixels == 1920 * 1080
+    stream.set_video_params(H264)
+    stream.push(video(0, keyframe=True))
+    assert stream.gop is not None and stream.video_refused is None
+    huge = VideoParams(codec="H264", width=16000, height=16000, extradata=b"huge")
+    stream.set_video_params(huge)
+    assert stream.gop is None, "a GOP of the refused video must not stay cached"
+    assert stream.video_refused is not None and "16000x16000" in stream.video_refused
+    stream.push(video(33, keyframe=True))
+    stream.push(video(66))
+    stream.set_video_params(huge)
+    stream.push(video(99, keyframe=True))
+    assert stream.gop is None
+    assert stream.has_video and stream.video_units == 4
+    refusals = [e for e in log_events if "video refused" in e.get("log_format", "")]
+    assert len(refusals) == 1 and refusals[0]["stream_name"] == "big"
+    # Parameters within the limit again (the encoder changed its resolution): cached again.
+    stream.set_video_params(VideoParams(codec="H264", width=1920, height=1080))
+    stream.push(video(132, keyframe=True))
+    assert stream.gop is not None and stream.video_refused is None
+
+
+def test_picture_at_the_limit_is_accepted() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP, max_picture_pixels=320 * 240)
+    stream.set_video_params(H264)
+    stream.push(video(0, keyframe=True))
+    assert stream.gop is not None and stream.video_refused is None
+
+
+def test_remove_on_end_forgets_a_callback() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    calls: list[str] = []
+
+    def player(s: Stream) -> None:
+        calls.append("player")
+
+    stream.on_end(player)
+    stream.on_end(lambda s: calls.append("other"))
+    stream.remove_on_end(player)
+    stream.remove_on_end(player)  # absent: harmless
+    stream.end()
+    assert calls == ["other"]
+
+
+def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> None:
+    """An ended stream must hold nothing that refers back to its publisher or consumers (such
+    cycles kept whole decoders alive until a full garbage collection)."""
+    counter = {"n": 1}
+    stream = StreamRegistry().publish("cam1", PROVIDER_RTMP, on_terminate=lambda: None)
+    stream.keyframe_requester = lambda: None
+    stream.json_extras["autoSnapshot"] = lambda: dict(counter)
+    stream.add_sink(RecordingSink())
+    stream.on_end(lambda s: None)
+    stream.end()
+    counter["n"] = 2
+    assert stream._on_terminate is None and stream.keyframe_requester is None
+    assert stream._sinks == [] and stream._on_end == [] and stream.json_extras == {}
+    assert stream.to_json()["autoSnapshot"] == {"n": 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +12,7 @@ import av
 import av.error
 from av.video.frame import VideoFrame
 
-from wcs.media.units import MediaUnit, VideoParams
+from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 from wcs.streams import Gop
 
 # Codec names of MediaUnit/VideoParams -> FFmpeg decoder names.
@@ -21,13 +23,43 @@ def can_decode(codec: str) -> bool:
     return codec in DECODERS
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Decoders allocate their frames and tables through malloc; after a burst of streams ends that
+    memory is free but glibc keeps it in its heaps, so the process would stay at its peak size.
+    Blocking (about 0.1 s per few hundred MB): call it from the pool.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """A fully decoded picture and where it came from (GOP sequence number and unit pts)."""
+    """A fully decoded picture and where it came from: its GOP, its unit's place in that GOP
+    (decode order) and pts, and whether the GOP's keyframe had been output by then."""
 
     frame: VideoFrame
     gop_seq: int
     pts: int
+    pos: int = 0
+    after_key: bool = True
+
+
+# Packets the decoder may hold without output: H.264 reorders at most 16 frames. Beyond this the
+# oldest are forgotten (a packet FFmpeg refused never comes out).
+MAX_PENDING = 64
 
 
 class StreamDecoder:
@@ -37,20 +69,35 @@ class StreamDecoder:
     A decoder that keeps up with the stream costs one decode per frame; one that falls more than
     a GOP behind jumps to the newest keyframe instead of decoding what nobody will see, and
     counts what it skipped.
+
+    Every packet goes in with its decode index as pts, never the publisher's timestamps: an
+    output picture maps back to its unit however the publisher's clock jumps, and "not older
+    than the keyframe" is decided by output order (pictures of the GOP output once its keyframe
+    was), not by comparing the publisher's timestamps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_pixels: int = MAX_PICTURE_PIXELS) -> None:
+        self.max_pixels = max_pixels
         self._ctx: Any = None  # av.VideoCodecContext; PyAV types create() as the base class
         self._params: VideoParams | None = None
         self._gop: Gop | None = None
         self._gop_seq = -1
         self._pos = 0
+        self._index = 0  # decode index of the next packet, for the decoder's whole life
+        self._pass_key = -1  # decode index of the keyframe the current pass started at
+        self._last_key_out = -1  # decode index of the newest keyframe output so far
+        # decode index -> (gop seq, position in the GOP, unit pts, pass keyframe index)
+        self._pending: dict[int, tuple[int, int, int, int]] = {}
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
+        # Packets FFmpeg refused (broken, or a picture over max_pixels) and the newest reason.
+        self.errors = 0
+        self.last_error = ""
         # Called (in the decoding thread) once per new picture in display order, never twice for
         # one picture even when a drain makes the decoder output it again.
         self.on_frame: Callable[[DecodedFrame], object] | None = None
-        self._delivered: tuple[int, int] = (-1, -1)  # (gop seq, pts) of the last on_frame
+        self._delivered_gop = -1  # GOP of the last on_frame, and its positions delivered
+        self._delivered: set[int] = set()
         self.dropped_units = 0  # units never decoded because the decoder fell behind
         self.dropped_gops = 0  # whole GOPs among them
 
@@ -59,6 +106,8 @@ class StreamDecoder:
         if name is None:
             raise ValueError(f"no decoder for codec {params.codec}")
         ctx = av.CodecContext.create(name, "r")
+        # FFmpeg refuses (per packet) a picture larger than this, whatever the SPS in-band says.
+        ctx.options = {"max_pixels": str(self.max_pixels)}
         if params.extradata:
             ctx.extradata = params.extradata
         # Frame threading would add one frame of delay per thread: freshness matters more here,
@@ -75,29 +124,63 @@ class StreamDecoder:
         self._gop = None
         self._gop_seq = -1
         self._pos = 0
+        self._pending.clear()
         self.latest = None
 
-    def _feed(self, ctx: Any, unit: MediaUnit | None, gop_seq: int) -> None:
+    def release(self) -> None:
+        """The stream is over: drop the codec context, pictures and listener now (they hold
+        native memory), not whenever a garbage collection finds them."""
+        self.reset()
+        self.on_frame = None
+        self._delivered = set()
+
+    def _feed(self, ctx: Any, unit: MediaUnit | None, gop_seq: int, pos: int = 0) -> None:
         packet: av.Packet | None = None
         if unit is not None:
+            index = self._index
+            self._index += 1
+            if pos == 0:
+                self._pass_key = index
+            pending = self._pending
+            pending[index] = (gop_seq, pos, unit.pts, self._pass_key)
+            if len(pending) > MAX_PENDING:
+                del pending[next(iter(pending))]
             packet = av.Packet(unit.data)
-            packet.pts = unit.pts
-            packet.dts = unit.dts
-            packet.time_base = unit.time_base
+            packet.pts = packet.dts = index
         try:
             frames = ctx.decode(packet)
-        except av.error.FFmpegError:
-            return  # a broken packet; frames that depended on it come out flagged corrupt
+        except av.error.FFmpegError as err:
+            # A broken packet: frames that depended on it come out flagged corrupt.
+            self.errors += 1
+            self.last_error = str(err)
+            return
         for frame in frames:
             self.frames_decoded += 1
+            origin = self._pending.pop(frame.pts, None) if frame.pts is not None else None
+            if origin is None:
+                continue
+            seq, at, pts, key = origin
+            if at == 0:
+                self._last_key_out = max(self._last_key_out, key)
             # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
-            if frame.is_corrupt or frame.pts is None:
+            if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
-            decoded = self.latest = DecodedFrame(frame, gop_seq, frame.pts)
-            if self.on_frame is not None and (gop_seq, frame.pts) > self._delivered:
-                self._delivered = (gop_seq, frame.pts)
+            decoded = self.latest = DecodedFrame(frame, seq, pts, at, key <= self._last_key_out)
+            if self.on_frame is not None and self._first_time(seq, at):
                 self.on_frame(decoded)
+
+    def _first_time(self, gop_seq: int, pos: int) -> bool:
+        """Whether the picture of unit `pos` of GOP `gop_seq` is new to on_frame (a drain makes
+        the decoder output a GOP's pictures again when it decodes that GOP once more)."""
+        if gop_seq > self._delivered_gop:
+            self._delivered_gop = gop_seq
+            self._delivered = {pos}
+            return True
+        if gop_seq < self._delivered_gop or pos in self._delivered:
+            return False
+        self._delivered.add(pos)
+        return True
 
     def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
         """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
@@ -114,8 +197,9 @@ class StreamDecoder:
             self._gop = gop
             self._gop_seq = gop.seq
             self._pos = 0
-        for unit in gop.units[self._pos : end]:
-            self._feed(ctx, unit, gop.seq)
+        start = self._pos
+        for pos, unit in enumerate(gop.units[start:end], start):
+            self._feed(ctx, unit, gop.seq, pos)
         self._pos = max(self._pos, end)
         return self.latest
 
@@ -127,10 +211,11 @@ class StreamDecoder:
         prev = self._gop
         if prev is None or self.on_frame is None:
             return
-        tail = prev.units[self._pos :]
+        start = self._pos
+        tail = prev.units[start:]
         if gop.seq == prev.seq + 1:
-            for unit in tail:
-                self._feed(ctx, unit, prev.seq)
+            for pos, unit in enumerate(tail, start):
+                self._feed(ctx, unit, prev.seq, pos)
             return
         if gop.seq > prev.seq + 1:
             self.dropped_gops += gop.seq - prev.seq - 1
@@ -144,6 +229,7 @@ class StreamDecoder:
             return
         self._feed(ctx, None, self._gop_seq)
         ctx.flush_buffers()
+        self._pending.clear()
         self._pos = 0
 
     def newest(self, gop: Gop, end: int) -> DecodedFrame | None:
@@ -161,5 +247,6 @@ class StreamDecoder:
 
 
 def _in_gop(frame: DecodedFrame | None, gop: Gop) -> bool:
-    """Whether `frame` was output while decoding `gop` and is not older than its keyframe."""
-    return frame is not None and frame.gop_seq == gop.seq and frame.pts >= gop.units[0].pts
+    """Whether `frame` is a picture of `gop` output once the GOP's keyframe was (so it is not
+    one displayed before the keyframe, nor one of the previous GOP still being reordered)."""
+    return frame is not None and frame.gop_seq == gop.seq and frame.after_key

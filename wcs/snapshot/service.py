@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode
+from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
 from wcs.media.image import frame_to_png
 from wcs.media.units import MediaUnit
 from wcs.streams import Gop, Stream, StreamNotFound, StreamRegistry
@@ -31,12 +31,19 @@ HOT_SECONDS = 15.0
 PINNED_BATCH = 8
 # How many streams at most are decoded ahead of requests (WCSService scales it by cores).
 MAX_HOT_STREAMS = 8
+# Seconds after a stream ends before the decoders' freed memory is handed back to the system:
+# at most one trim per this interval, however many streams end.
+TRIM_AFTER_S = 10.0
 
 
 class SnapshotTimeout(Exception):
     """No frame could be produced within snapshot_taking_interval_ms."""
 
     message = "Snapshot response timeout"
+
+
+def _no_heat(source: FrameSource) -> None:
+    pass
 
 
 class FrameSource:
@@ -48,12 +55,14 @@ class FrameSource:
         run_in_pool: PoolRunner,
         clock: IReactorTime,
         hot_seconds: float,
-        on_heat: Callable[[FrameSource], None] = lambda source: None,
+        on_heat: Callable[[FrameSource], None] = _no_heat,
         pinned_batch: int = PINNED_BATCH,
+        on_release: Callable[[FrameSource], None] = _no_heat,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
-        self.decoder = StreamDecoder()
+        self._on_release = on_release
+        self.decoder = StreamDecoder(max_pixels=stream.max_picture_pixels)
         self._run = run_in_pool
         self._clock = clock
         self._hot_seconds = hot_seconds
@@ -69,6 +78,7 @@ class FrameSource:
         self._drain_from: Gop | None = None  # the last GOP of an ended pinned stream
         self._after_job: list[Callable[[bool], object]] = []
         self._frame_listener: Callable[[DecodedFrame], bytes | None] | None = None
+        self._errors_logged = False
 
     # -- reactor side -------------------------------------------------------------------------
     def request(self) -> Deferred[bytes | None]:
@@ -149,6 +159,22 @@ class FrameSource:
             self._drain_from = stream.gop
             if not self._busy:
                 self._drain()
+        if not self._busy:
+            self._release()
+
+    def _release(self) -> None:
+        """The stream is over and its last job done: let go of the decoder (codec context,
+        pictures), the listeners and the cached PNG now. Nothing of an ended stream may wait
+        for a garbage collection: the decoder's native memory is invisible to it."""
+        self.decoder.release()
+        self._frame_listener = None
+        self._after_job = []
+        self._png_of = None
+        self._drain_from = None
+        self._running = None
+        self._on_heat = _no_heat
+        on_release, self._on_release = self._on_release, _no_heat
+        on_release(self)
 
     def _drain(self) -> None:
         gop, self._drain_from = self._drain_from, None
@@ -187,20 +213,21 @@ class FrameSource:
         self._done_at = at
         png: bytes | None = None
         if isinstance(result, Failure):
-            log.failure(
-                "stream {stream_name}: decoding failed; decoder reset",
-                result,
-                stream_name=self.stream.name,
-            )
             self.decoder.reset()
+            self._decode_failed(result.getErrorMessage(), result)
         else:
             png = result
+            if self.decoder.errors:
+                self._decode_failed(self.decoder.last_error)
         if self.stream.ended:
             for d in waiters:
                 d.errback(StreamNotFound(self.stream.name))
             self._drain()
+            final = not self._busy
             for callback in self._after_job:
-                callback(not self._busy)
+                callback(final)
+            if final:
+                self._release()
             return
         for callback in self._after_job:
             callback(False)
@@ -208,6 +235,23 @@ class FrameSource:
             d.callback(png)
         if self._waiters or self.hot:
             self._kick()
+
+    def _decode_failed(self, reason: str, failure: Failure | None = None) -> None:
+        """Logged once per stream: a broken or hostile stream fails the same way every frame."""
+        if failure is not None:
+            log.debug(
+                "stream {stream_name}: decoding failed: {log_failure}",
+                stream_name=self.stream.name,
+                log_failure=failure,
+            )
+        if self._errors_logged:
+            return
+        self._errors_logged = True
+        log.warn(
+            "stream {stream_name}: decoding failed: {reason} (logged once per stream)",
+            stream_name=self.stream.name,
+            reason=reason,
+        )
 
     def after_job(self, callback: Callable[[bool], object]) -> None:
         """Run `callback(final)` on the reactor after each job; `final` after the last job of an
@@ -248,8 +292,13 @@ class SnapshotService:
         hot_seconds: float = HOT_SECONDS,
         max_hot: int = MAX_HOT_STREAMS,
         pinned_batch: int = PINNED_BATCH,
+        trim_after_s: float = TRIM_AFTER_S,
+        release_memory: Callable[[], object] = release_free_memory,
     ) -> None:
         self.registry = registry
+        self._trim_after_s = trim_after_s
+        self._release_memory = release_memory
+        self._trim: IDelayedCall | None = None
         self._max_hot = max_hot
         self._hot: dict[FrameSource, None] = {}  # streams decoded ahead of requests, in order
         self._run = run_in_pool
@@ -271,6 +320,7 @@ class SnapshotService:
                 self._hot_seconds,
                 self._heated,
                 self._pinned_batch,
+                self._released,
             )
             stream.on_end(self._forget)
         return src
@@ -279,6 +329,21 @@ class SnapshotService:
         src = self._sources.pop(stream, None)
         if src is not None:
             self._hot.pop(src, None)
+
+    def _released(self, source: FrameSource) -> None:
+        # A decoder of an ended stream let go of its memory (after its last job, which may run
+        # well after the stream ended when the pool is busy).
+        if self._trim is None and self._trim_after_s > 0:
+            self._trim = self._clock.callLater(self._trim_after_s, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        def done(result: object) -> None:
+            self._trim = None
+            if isinstance(result, Failure):
+                log.warn("releasing free memory failed: {error}", error=result.getErrorMessage())
+
+        # Still pending until the trim ran: streams ending meanwhile need no other one.
+        self._run(self._release_memory).addBoth(done)
 
     def _heated(self, source: FrameSource) -> None:
         # Keeping a stream decoded costs ~8 % of a core at 720p30, and decoding on request never
