@@ -16,7 +16,7 @@ from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtmp import amf0, chunks, flv
 from wcs.rtmp.chunks import BufferBudget, ChunkDecoder, ChunkEncoder, Message
-from wcs.rtmp.handshake import ServerHandshake
+from wcs.rtmp.handshake import HandshakeError, ServerHandshake
 from wcs.streams import PROVIDER_RTMP, Stream, StreamError, StreamRegistry
 
 log = Logger(namespace="wcs.rtmp")
@@ -230,7 +230,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         if self._handshake is None:
             self.resetTimeout()  # the handshake has one deadline, however slowly bytes trickle in
         else:
-            out, done, data = self._handshake.feed(data)
+            try:
+                out, done, data = self._handshake.feed(data)
+            except HandshakeError as err:
+                self.drop(f"bad handshake: {err}")
+                return
             if out:
                 self.transport.write(out)  # type: ignore[union-attr]
             if not done:
