@@ -244,7 +244,7 @@ def test_hostile_rtmp_clients_leave_no_traceback(server: Server, clips: dict[str
                     s.sendall(rng.randbytes(rng.randint(1, 8192)))
         with socket.create_connection(("127.0.0.1", server.ports["rtmp"]), timeout=10) as s:
             rtmp_handshake(s)
-            # fmt 0 header on csid 3 announcing a 16 MiB command message (the limit is 8 MiB).
+            # fmt 0 header on csid 3 announcing a 16 MiB command message (the limit is 6 MiB).
             s.sendall(b"\x03\x00\x00\x00\xff\xff\xff\x14\x00\x00\x00\x00")
             read_until_closed(s)
         server.wait_for_log(

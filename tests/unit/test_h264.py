@@ -311,6 +311,16 @@ def test_split_avcc_drops_empty_and_reports_overrun() -> None:
         split_avcc(b"\xff\xff\xff\xff\x65")
 
 
+def test_split_avcc_nal_count_limit() -> None:
+    # Zero-length NAL units count: a frame of zeros is one loop turn per byte otherwise.
+    frame = b"\x00" * 3 + b"\x02\x65\x88"
+    assert split_avcc(frame, 1, max_nals=4) == [b"\x65\x88"]
+    with pytest.raises(H264Error, match=r"^more than 3 NAL units in one access unit$"):
+        split_avcc(frame, 1, max_nals=3)
+    with pytest.raises(H264Error, match=r"^more than 1000 NAL units in one access unit$"):
+        split_avcc(bytes(4 * 1001), max_nals=1000)
+
+
 def test_split_avcc_truncated_length_prefix() -> None:
     with pytest.raises(H264Error, match="truncated NAL length at offset 5: need 4 bytes, 2 remain"):
         split_avcc(b"\x00\x00\x00\x01\x65\x00\x00")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from wcs.rtmp.chunks import (
     AUDIO,
     COMMAND_AMF0,
     DATA_AMF0,
+    MIN_CHUNK_SIZE,
     PING_REQUEST,
     SET_BUFFER_LENGTH,
     SET_CHUNK_SIZE,
@@ -25,10 +27,12 @@ from wcs.rtmp.chunks import (
     USER_CONTROL,
     VIDEO,
     WINDOW_ACK_SIZE,
+    BufferBudget,
     ChunkDecoder,
     ChunkEncoder,
     ChunkError,
     Message,
+    TooManyMessages,
     acknowledgement_message,
     parse_uint32,
     parse_user_control,
@@ -69,7 +73,7 @@ def header(
     return out
 
 
-def feed_bytewise(data: bytes, **limits: int) -> list[Message]:
+def feed_bytewise(data: bytes, **limits: Any) -> list[Message]:
     decoder = ChunkDecoder(**limits)
     messages: list[Message] = []
     for i in range(len(data)):
@@ -77,7 +81,7 @@ def feed_bytewise(data: bytes, **limits: int) -> list[Message]:
     return messages
 
 
-def feed_all(data: bytes, **limits: int) -> list[Message]:
+def feed_all(data: bytes, **limits: Any) -> list[Message]:
     return ChunkDecoder(**limits).feed(data)
 
 
@@ -363,6 +367,18 @@ def test_invalid_chunk_size(value: int) -> None:
         feed_all(data, max_chunk_size=65536)
 
 
+@pytest.mark.parametrize("value", [1, 2, 64, 127])
+def test_chunk_sizes_below_128_are_refused(value: int) -> None:
+    # A 1-byte chunk costs a header per payload byte: 4 MB at chunk size 1 took 1.6 s of CPU.
+    data = header(0, 2, 0, 4, SET_CHUNK_SIZE) + struct.pack(">I", value)
+    with pytest.raises(ChunkError, match=f"^invalid chunk size {value}: below the minimum of 128$"):
+        feed_all(data)
+    assert MIN_CHUNK_SIZE == 128
+    decoder = ChunkDecoder()
+    decoder.feed(header(0, 2, 0, 4, SET_CHUNK_SIZE) + struct.pack(">I", 128))
+    assert decoder.chunk_size == 128
+
+
 def test_largest_allowed_chunk_size() -> None:
     data = header(0, 2, 0, 4, SET_CHUNK_SIZE) + struct.pack(">I", 65536)
     decoder = ChunkDecoder(max_chunk_size=65536)
@@ -409,6 +425,89 @@ def test_bytes_received_counts_everything_fed() -> None:
 def test_decoder_rejects_nonsense_limits() -> None:
     with pytest.raises(ValueError, match=r"^decoder limits must be positive$"):
         ChunkDecoder(max_chunk_streams=0)
+    with pytest.raises(ValueError, match=r"^minimum chunk size 0 out of range$"):
+        ChunkDecoder(min_chunk_size=0)
+    with pytest.raises(ValueError, match=r"^buffer budget must not be negative, got -1$"):
+        BufferBudget(-1)
+
+
+# -- what a decoder holds: per decoder and shared ---------------------------------------------
+
+
+def partial_on(csid: int, declared: int, sent: int) -> bytes:
+    """A message of `declared` bytes on `csid`, of which the first `sent` (< 128) bytes come."""
+    return header(0, csid, 0, declared, VIDEO, 1) + payload(sent)
+
+
+def test_buffered_counts_the_bytes_that_came_not_the_declared_length() -> None:
+    decoder = ChunkDecoder(max_buffered=1000)
+    data = partial_on(4, 5_000_000, 100)
+    assert decoder.feed(data) == []
+    # The incomplete first chunk, header included, is all that is held.
+    assert decoder.buffered == len(data)
+    decoder.feed(payload(28))  # the first chunk completes: 128 bytes of partial message
+    assert decoder.buffered == 128
+
+
+def test_partial_messages_of_all_chunk_streams_share_one_cap() -> None:
+    # Each chunk stream alone is far below the message size limit; together they are not.
+    data = b"".join(header(0, csid, 0, 10_000, VIDEO, 1) + payload(128) for csid in (3, 4, 5))
+    decoder = ChunkDecoder(max_buffered=300)
+    with pytest.raises(
+        ChunkError, match=r"^384 bytes of partial messages exceed the limit of 300 per connection$"
+    ):
+        decoder.feed(data)
+    ok = ChunkDecoder(max_buffered=384)
+    assert ok.feed(data) == []
+    assert ok.buffered == 384
+
+
+def test_completed_and_aborted_messages_release_their_bytes() -> None:
+    budget = BufferBudget(10_000)
+    decoder = ChunkDecoder(budget=budget)
+    decoder.feed(header(0, 4, 0, 300, VIDEO, 1) + payload(128) + header(3, 4) + payload(128))
+    decoder.feed(header(0, 5, 0, 300, AUDIO, 1) + payload(128))
+    assert decoder.buffered == budget.used == 384
+    decoder.feed(header(3, 4) + payload(44))  # csid 4 completes
+    assert decoder.buffered == budget.used == 128
+    decoder.feed(header(0, 2, 0, 4, ABORT) + struct.pack(">I", 5))
+    assert decoder.buffered == budget.used == 0
+
+
+def test_decoders_sharing_a_budget() -> None:
+    budget = BufferBudget(1000)
+    first, second = ChunkDecoder(budget=budget), ChunkDecoder(budget=budget)
+    held = b"".join(header(0, csid, 0, 10_000, VIDEO, 1) + payload(128) for csid in range(3, 8))
+    first.feed(held)
+    assert budget.used == first.buffered == 640
+    with pytest.raises(
+        ChunkError, match=r"^server-wide buffer for partial messages \(1000 bytes\) is used up$"
+    ):
+        second.feed(held)
+    # What the failed claim would have taken was not taken; closing gives the rest back.
+    second.close()
+    assert budget.used == 640
+    first.close()
+    assert budget.used == first.buffered == 0
+    third = ChunkDecoder(budget=budget)
+    third.feed(held)
+    assert budget.used == 640
+
+
+def test_close_releases_unparsed_input_too() -> None:
+    budget = BufferBudget(1000)
+    decoder = ChunkDecoder(budget=budget)
+    decoder.feed(header(0, 4, 0, 5000, VIDEO, 1) + payload(50))
+    assert budget.used == decoder.buffered == 12 + 50
+    decoder.close()
+    assert budget.used == decoder.buffered == 0
+
+
+def test_max_messages_per_feed() -> None:
+    empty = header(0, 4, 0, 0, AUDIO, 1) + bytes((0xC4,)) * 9  # ten empty messages
+    assert len(ChunkDecoder().feed(empty, max_messages=10)) == 10
+    with pytest.raises(TooManyMessages, match=r"^more than 9 messages in one read$"):
+        ChunkDecoder().feed(empty, max_messages=9)
 
 
 @settings(max_examples=200, deadline=None)
@@ -496,9 +595,10 @@ def test_encoder_decoder_round_trip(
     encoder.set_chunk_size(chunk_size)
     data += b"".join(encoder.encode(m) for m in messages)
 
-    assert feed_all(data) == [announce, *messages]
+    # Tiny chunks are refused from peers, but the parser must handle every size correctly.
+    assert feed_all(data, min_chunk_size=1) == [announce, *messages]
     points = sorted({min(c, len(data)) for c in cuts})
-    decoder = ChunkDecoder()
+    decoder = ChunkDecoder(min_chunk_size=1)
     split: list[Message] = []
     for a, b in zip([0, *points], [*points, len(data)], strict=True):
         split += decoder.feed(data[a:b])
@@ -514,7 +614,7 @@ def test_round_trip_byte_by_byte(messages: list[Message], chunk_size: int) -> No
     data = encoder.encode(announce)
     encoder.set_chunk_size(chunk_size)
     data += b"".join(encoder.encode(m) for m in messages)
-    assert feed_bytewise(data) == [announce, *messages]
+    assert feed_bytewise(data, min_chunk_size=1) == [announce, *messages]
 
 
 # -- control message helpers ------------------------------------------------------------------

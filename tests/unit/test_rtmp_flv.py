@@ -210,6 +210,14 @@ def test_split_aggregate_masks_flag_bits_and_tolerates_missing_last_back_pointer
     assert split_aggregate(b"") == []
 
 
+def test_split_aggregate_tag_limit() -> None:
+    # An empty tag is 15 bytes: a 6 MiB aggregate could hold 400,000 of them.
+    payload = flv_tag(8, 0, b"") * 5
+    assert len(split_aggregate(payload, max_tags=5)) == 5
+    with pytest.raises(FLVError, match=r"^aggregate message of more than 4 tags$"):
+        split_aggregate(payload, max_tags=4)
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [

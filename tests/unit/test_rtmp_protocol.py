@@ -4,6 +4,8 @@ built with our own chunk/AMF0 encoders and real H.264 from ffmpeg; limits, timeo
 from __future__ import annotations
 
 import functools
+import gc
+import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -11,20 +13,28 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample
 from wcs.media import h264
 from wcs.media.units import MediaUnit
-from wcs.rtmp import amf0, chunks
+from wcs.rtmp import amf0, chunks, flv
 from wcs.rtmp.chunks import ChunkDecoder, ChunkEncoder, Message
 from wcs.rtmp.handshake import HANDSHAKE_SIZE
 from wcs.rtmp.protocol import (
+    AMF0_BYTES_PER_TOKEN,
+    CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
+    MAX_AGGREGATE_TAGS,
+    MAX_BAD_MEDIA_RUN,
     MAX_CHUNK_STREAMS,
+    MAX_CONNECTION_BUFFER,
     MAX_CONNECTIONS,
     MAX_MESSAGE_SIZE,
+    MESSAGE_BURST,
+    MESSAGE_RATE,
     OUT_CHUNK_SIZE,
     WINDOW_ACK_SIZE,
     RTMPServerFactory,
@@ -198,9 +208,11 @@ class Harness:
     def __init__(
         self, registry: StreamRegistry | None = None, factory: RTMPServerFactory | None = None
     ) -> None:
-        self.clock = Clock()
         self.registry = registry if registry is not None else StreamRegistry()
-        self.factory = factory or RTMPServerFactory(self.registry, clock=self.clock)
+        self.factory = factory or RTMPServerFactory(self.registry, clock=Clock())
+        clock = self.factory.clock
+        assert isinstance(clock, Clock)
+        self.clock = clock
         self.proto: RTMPServerProtocol = self.factory.buildProtocol(ADDR)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
@@ -617,14 +629,6 @@ def test_connection_limit() -> None:
     assert factory.connections == MAX_CONNECTIONS - 1
 
 
-def test_sequence_header_without_pps_drops() -> None:
-    h = Harness()
-    h.publish()
-    m = media()
-    h.feed(h.client.video(0, video_tag(True, 0, 0, h264.build_avcc([m.sps], []))))
-    assert h.dropped
-
-
 def test_bad_amf_command_drops() -> None:
     h = Harness()
     h.handshake()
@@ -735,14 +739,6 @@ def test_aggregate_message_is_split_with_rebased_timestamps() -> None:
     assert h.sink.units == expected
 
 
-def test_truncated_aggregate_drops() -> None:
-    h = Harness()
-    h.publish()
-    tag = flv_tag(chunks.AUDIO, 0, aac_tag(1, b"aac"))
-    h.feed(h.client.message(chunks.AGGREGATE, tag[:-10], csid=CSID_AUDIO))
-    assert h.dropped
-
-
 def test_video_timestamps_wrap_at_2_32() -> None:
     h = Harness()
     h.publish()
@@ -807,3 +803,628 @@ def test_two_byte_nal_lengths_from_the_sequence_header() -> None:
     dts, cts, key, nals = m.frames[1]
     h.feed(h.client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals), 2))))
     assert h.sink.units == [expected_units(m)[1]]
+
+
+# == hostile and faulty input (the hardening issue) ============================================
+
+
+def drop_reasons(events: list[LogEvent]) -> list[str]:
+    return [
+        e["reason"] for e in events if e.get("log_format", "").startswith("RTMP {peer}: closing")
+    ]
+
+
+def failures(events: list[LogEvent]) -> list[LogEvent]:
+    """Tracebacks logged at any level: peer input must never produce one."""
+    return [e for e in events if "log_failure" in e]
+
+
+def ue(value: int) -> str:
+    code = value + 1
+    return "0" * (code.bit_length() - 1) + format(code, "b")
+
+
+def baseline_sps(width_mbs: int, height_mbs: int) -> bytes:
+    """A minimal baseline-profile SPS NAL unit of (width_mbs x height_mbs) macroblocks."""
+    bits = format(66, "08b") + "00000000" + format(31, "08b")  # profile, constraints, level
+    bits += ue(0) + ue(0) + ue(0) + ue(0) + ue(1) + "0"  # id, frame num, poc, refs, gaps
+    bits += ue(width_mbs - 1) + ue(height_mbs - 1) + "1" + "1" + "0" + "0"  # no crop, no VUI
+    bits += "1"
+    bits += "0" * (-len(bits) % 8)
+    return b"\x67" + h264.escape_rbsp(int(bits, 2).to_bytes(len(bits) // 8, "big"))
+
+
+def publish_with_video(h: Harness) -> Stream:
+    """Publish and send one good sequence header and GOP; return the stream."""
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    m = media()
+    h.feed(h.client.video(0, sequence_header(m)))
+    for dts, cts, key, nals in m.frames:
+        h.feed(h.client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    assert stream.gop is not None
+    return stream
+
+
+def good_gop_later(h: Harness, stream: Stream, *, resend_header: bool, shift: int) -> None:
+    """Good frames (after a new sequence header if asked) make a snapshot-able GOP again."""
+    m = media()
+    if resend_header:
+        h.feed(h.client.video(shift, sequence_header(m)))
+    before = len(h.sink.units)
+    for dts, cts, key, nals in m.frames:
+        h.feed(h.client.video(dts + shift, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    assert not h.dropped
+    pushed = [
+        MediaUnit("video", "H264", u.pts + shift, u.dts + shift, u.keyframe, u.data)
+        for u in expected_units(m)
+    ]
+    assert h.sink.units[before:] == pushed
+    gop = stream.gop
+    assert gop is not None and gop.units == pushed and gop.units[0].keyframe
+    assert gop.params.extradata == h264.to_annexb([m.sps, m.pps])
+
+
+def avcc_record(m: Media) -> bytes:
+    return h264.build_avcc([m.sps], [m.pps])
+
+
+def bad_headers() -> dict[str, bytes]:
+    m = media()
+    record = avcc_record(m)
+    sps_len = len(m.sps)
+    thirty_one = record[:5] + bytes((0xE0 | 31,)) + record[6:]
+    past_the_tag = record[:6] + (0xFFFF).to_bytes(2, "big") + record[8:]
+    length_size_3 = record[:4] + bytes((0xFC | 2,)) + record[5:]
+    assert record[6:8] == sps_len.to_bytes(2, "big")
+    return {
+        "truncated avcC": record[:10],
+        "31 SPS declared": thirty_one,
+        "SPS length past the tag": past_the_tag,
+        "lengthSize 3": length_size_3,
+        "no PPS": h264.build_avcc([m.sps], []),
+        "truncated SPS": h264.build_avcc([b"\x67\x42\x00\x1e"], [m.pps]),
+    }
+
+
+BAD_HEADERS = [
+    "truncated avcC",
+    "31 SPS declared",
+    "SPS length past the tag",
+    "lengthSize 3",
+    "no PPS",
+    "truncated SPS",
+]
+BAD_FRAMES = [
+    "NAL length past the end",
+    "truncated NAL length",
+    "unescaped start code in a NAL",
+    "too many NAL units",
+    "truncated AVC video header",
+]
+
+
+@pytest.mark.parametrize("case", BAD_HEADERS)
+def test_malformed_sequence_header_is_dropped_and_the_publish_goes_on(
+    case: str, log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    stream = publish_with_video(h)
+    h.feed(h.client.video(5000, video_tag(True, 0, 0, bad_headers()[case])))
+    assert not h.dropped
+    assert stream.rejected_units == 1
+    # The frames that follow need the refused parameters: dropped (not counted), and the GOP
+    # from before the encoder changed is no longer served.
+    assert stream.gop is None
+    before = len(h.sink.units)
+    m = media()
+    for dts, cts, key, nals in m.frames:
+        h.feed(h.client.video(5000 + dts, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    assert len(h.sink.units) == before
+    assert stream.gop is None
+    assert stream.rejected_units == 1
+    good_gop_later(h, stream, resend_header=True, shift=20_000)
+    assert not failures(log_events)
+
+
+def bad_frames() -> dict[str, bytes]:
+    m = media()
+    _, _, _, nals = m.frames[1]
+    frame = avcc_frame(list(nals))
+    return {
+        "NAL length past the end": video_tag(False, 1, 0, frame + b"\x00\x00\x10\x00abc"),
+        "truncated NAL length": video_tag(False, 1, 0, frame + b"\x00\x00"),
+        "unescaped start code in a NAL": video_tag(
+            False, 1, 0, avcc_frame([nals[0] + b"\x00\x00\x01\x65"])
+        ),
+        "too many NAL units": video_tag(False, 1, 0, bytes(4 * 2000)),
+        "truncated AVC video header": bytes((0x27, 0x01, 0x00)),
+    }
+
+
+@pytest.mark.parametrize("case", BAD_FRAMES)
+def test_malformed_frame_is_dropped_and_the_publish_goes_on(
+    case: str, log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    stream = publish_with_video(h)
+    pushed = len(h.sink.units)
+    h.feed(h.client.video(5000, bad_frames()[case]))
+    assert not h.dropped
+    assert stream.rejected_units == 1
+    assert len(h.sink.units) == pushed
+    # The parameters still hold: later frames go on without a new sequence header.
+    good_gop_later(h, stream, resend_header=False, shift=20_000)
+    [warning] = [e for e in log_events if "dropping malformed media" in e.get("log_format", "")]
+    assert warning["reason"].startswith(("H.264 frame: ", "video message: "))
+    assert not failures(log_events)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(bytes((0xAF,)), id="truncated AAC header"),
+        pytest.param(bytes((0x9F, 0x01, 0x02)), id="truncated enhanced audio header"),
+    ],
+)
+def test_malformed_audio_is_dropped_and_the_publish_goes_on(payload: bytes) -> None:
+    h = Harness()
+    stream = publish_with_video(h)
+    h.feed(h.client.audio(100, aac_tag(0, AAC_CONFIG)) + h.client.audio(123, payload))
+    assert not h.dropped
+    assert stream.rejected_units == 1
+    h.feed(h.client.audio(146, aac_tag(1, b"aac")))
+    assert h.sink.units[-1] == MediaUnit("audio", "AAC", 146, 146, True, b"aac")
+    good_gop_later(h, stream, resend_header=False, shift=20_000)
+
+
+def test_malformed_aggregate_is_dropped_and_the_publish_goes_on() -> None:
+    h = Harness()
+    stream = publish_with_video(h)
+    tag = flv_tag(chunks.AUDIO, 0, aac_tag(1, b"aac"))
+    h.feed(h.client.message(chunks.AGGREGATE, tag[:-10], csid=CSID_AUDIO))
+    too_many = tag * (MAX_AGGREGATE_TAGS + 1)
+    h.feed(h.client.message(chunks.AGGREGATE, too_many, csid=CSID_AUDIO))
+    assert not h.dropped
+    assert stream.rejected_units == 2
+    h.feed(h.client.message(chunks.AGGREGATE, tag * MAX_AGGREGATE_TAGS, csid=CSID_AUDIO))
+    assert not h.dropped
+    good_gop_later(h, stream, resend_header=False, shift=20_000)
+
+
+def test_a_long_run_of_bad_frames_closes_the_connection(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    stream = publish_with_video(h)
+    bad = h.client.video(5000, bad_frames()["NAL length past the end"])
+    m = media()
+    _, _, _, nals = m.frames[1]
+    good = h.client.video(5000, video_tag(False, 1, 0, avcc_frame(list(nals))))
+    # A good frame in between starts the count again.
+    h.feed(bad * (MAX_BAD_MEDIA_RUN - 1) + good + bad * (MAX_BAD_MEDIA_RUN - 1))
+    assert not h.dropped
+    assert stream.rejected_units == 2 * (MAX_BAD_MEDIA_RUN - 1)
+    h.feed(bad)
+    assert h.dropped
+    [reason] = drop_reasons(log_events)
+    assert reason.startswith(f"ProtocolViolation: {MAX_BAD_MEDIA_RUN} malformed media messages")
+    assert not failures(log_events)
+
+
+# -- #2: the picture size limit -----------------------------------------------------------------
+
+
+def test_sps_over_the_pixel_limit_refuses_the_video_not_the_connection(
+    log_events: list[LogEvent],
+) -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    m = media()
+    huge = baseline_sps(1000, 1000)  # 16000x16000
+    assert h264.parse_sps(huge, max_pixels=16000 * 16000).width == 16000
+    h.feed(h.client.audio(0, aac_tag(0, AAC_CONFIG)) + h.client.audio(10, aac_tag(1, b"a1")))
+    h.feed(h.client.video(20, video_tag(True, 0, 0, h264.build_avcc([huge], [m.pps]))))
+    for dts, cts, key, nals in m.frames:
+        h.feed(h.client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals)))))
+    h.feed(h.client.audio(2000, aac_tag(1, b"a2")))
+    assert not h.dropped
+    # No decoder parameters, no GOP, no video unit: nothing could open a decoder for it.
+    assert stream.video is None
+    assert stream.gop is None
+    assert [(u.kind, u.data) for u in h.sink.units] == [("audio", b"a1"), ("audio", b"a2")]
+    assert stream.rejected_units == 1
+    [warning] = [e for e in log_events if "dropping malformed media" in e.get("log_format", "")]
+    assert "16000x16000 is larger than the limit" in warning["reason"]
+
+
+@pytest.mark.parametrize("limit", [320 * 240 - 1, 320 * 240])
+def test_the_streams_pixel_limit_is_the_one_applied(limit: int) -> None:
+    h = Harness(StreamRegistry(max_picture_pixels=limit))
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    h.feed(h.client.video(0, sequence_header(media())))
+    assert not h.dropped
+    accepted = limit >= 320 * 240
+    assert (stream.video is not None) is accepted
+    assert stream.rejected_units == (0 if accepted else 1)
+
+
+# -- #3: what connections may buffer ------------------------------------------------------------
+
+BIG_CHUNK = 65536
+
+
+def partial_message(client: Client, csid: int, nbytes: int) -> bytes:
+    """The first `nbytes` of a MAX_MESSAGE_SIZE video message on `csid` (chunk size BIG_CHUNK)."""
+    full = client.enc.encode(Message(csid, chunks.VIDEO, 1, 0, bytes(MAX_MESSAGE_SIZE)))
+    chunks_needed = -(-nbytes // BIG_CHUNK)
+    # fmt 0 header (12 bytes), then a 1-byte fmt 3 header before each further chunk.
+    return full[: 12 + nbytes + (chunks_needed - 1)]
+
+
+def test_one_connection_cannot_buffer_more_than_its_cap(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.set_chunk_size(BIG_CHUNK))
+    each = 2 * 1024 * 1024 + BIG_CHUNK  # four of these are more than MAX_CONNECTION_BUFFER
+    for csid in (4, 5, 6):
+        h.feed(partial_message(h.client, csid, each))
+    assert not h.dropped
+    assert h.factory.buffer_budget.used == 3 * each
+    h.feed(partial_message(h.client, 7, each))
+    assert h.dropped
+    [reason] = drop_reasons(log_events)
+    assert reason.endswith(f"exceed the limit of {MAX_CONNECTION_BUFFER} per connection")
+    assert reason.startswith("ChunkError: ")
+    # Its bytes go back to the server-wide budget at once.
+    assert h.factory.buffer_budget.used == 0
+
+
+def test_all_connections_together_cannot_buffer_more_than_the_server_budget(
+    log_events: list[LogEvent],
+) -> None:
+    registry = StreamRegistry()
+    factory = RTMPServerFactory(registry, clock=Clock(), max_buffer=7 * 1024 * 1024)
+    first, second, third = (Harness(registry, factory) for _ in range(3))
+    for h in (first, second, third):
+        h.handshake()
+        h.feed(h.client.set_chunk_size(BIG_CHUNK))
+    four_mib = 4 * 1024 * 1024
+    first.feed(partial_message(first.client, 6, four_mib))
+    second.feed(partial_message(second.client, 6, four_mib))
+    assert not first.dropped
+    assert second.dropped
+    [reason] = drop_reasons(log_events)
+    assert reason == (
+        "ChunkError: server-wide buffer for partial messages (7340032 bytes) is used up"
+    )
+    assert factory.buffer_budget.used == four_mib
+    # When the first connection's message completes, its bytes are free for others.
+    rest = MAX_MESSAGE_SIZE - four_mib
+    tail = b"".join(b"\xc6" + bytes(min(BIG_CHUNK, rest - i)) for i in range(0, rest, BIG_CHUNK))
+    first.feed(tail)
+    assert not first.dropped
+    assert factory.buffer_budget.used == 0
+    third.feed(partial_message(third.client, 6, four_mib))
+    assert not third.dropped
+    for h in (first, second, third):
+        h.lose()
+    assert factory.buffer_budget.used == 0
+
+
+# -- #5: aggregates and nesting -----------------------------------------------------------------
+
+
+def test_nested_aggregates_are_refused_without_recursion(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.publish()
+    body = flv_tag(chunks.AUDIO, 0, aac_tag(1, b"aac"))
+    for _ in range(3000):
+        body = flv_tag(chunks.AGGREGATE, 0, body)
+    h.feed(h.client.message(chunks.AGGREGATE, body, csid=CSID_AUDIO))
+    assert h.dropped
+    assert drop_reasons(log_events) == [
+        "ProtocolViolation: aggregate message holds a message of type 22 "
+        "(only audio, video and data messages may be aggregated)"
+    ]
+    assert not failures(log_events)
+    assert h.sink.units == []
+
+
+def test_aggregate_carrying_a_command_is_refused(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.publish()
+    command = amf0.encode("deleteStream", 6.0, None, 1.0)
+    h.feed(
+        h.client.message(
+            chunks.AGGREGATE, flv_tag(chunks.COMMAND_AMF0, 0, command), csid=CSID_AUDIO
+        )
+    )
+    assert h.dropped
+    [reason] = drop_reasons(log_events)
+    assert "holds a message of type 20" in reason
+    stream = h.registry.get("cam1")
+    assert stream is not None and not stream.ended
+
+
+@pytest.mark.parametrize("marker", [b"\x03\x00\x01a", b"\x08\x00\x00\x00\x01\x00\x01a"])
+def test_deeply_nested_amf0_closes_with_an_amf0_error(
+    marker: bytes, log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    h.handshake()
+    # 3000 nested objects (or ECMA arrays): each level is a property "a" holding the next.
+    body = b"\x02\x00\x07connect" + b"\x00" + bytes(8) + marker * 3000 + b"\x05"
+    h.feed(h.client.message(chunks.COMMAND_AMF0, body, csid=CSID_SYSTEM, stream_id=0))
+    assert h.dropped
+    [reason] = drop_reasons(log_events)
+    assert reason.startswith("AMF0Error: AMF0 nesting deeper than 32 levels")
+    assert not failures(log_events)
+
+
+# -- #20 and CPU per byte -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 127])
+def test_set_chunk_size_below_128_closes_the_connection(
+    size: int, log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    h.publish()
+    h.feed(h.client.enc.encode(chunks.set_chunk_size_message(size)))
+    assert h.dropped
+    assert drop_reasons(log_events) == [
+        f"ChunkError: invalid chunk size {size}: below the minimum of 128"
+    ]
+
+
+def test_set_chunk_size_128_is_accepted() -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.set_chunk_size(128) + h.client.publish_prelude())
+    assert not h.dropped
+    assert h.registry.get("cam1") is not None
+
+
+def empty_messages(n: int) -> bytes:
+    """n empty audio messages: one full header, then a 1-byte fmt 3 header each."""
+    first = bytes((CSID_AUDIO,)) + bytes(3) + bytes(3) + bytes((chunks.AUDIO,))
+    return first + (1).to_bytes(4, "little") + bytes((0xC0 | CSID_AUDIO,)) * (n - 1)
+
+
+def test_a_flood_of_tiny_messages_closes_the_connection(log_events: list[LogEvent]) -> None:
+    # 4 MB of empty messages took 21 s of CPU: a dispatch per byte.
+    h = Harness()
+    h.handshake()
+    h.feed(empty_messages(MESSAGE_BURST))
+    assert not h.dropped
+    h.feed(empty_messages(2))
+    assert h.dropped
+    assert drop_reasons(log_events) == [
+        f"ProtocolViolation: more than {MESSAGE_RATE:.0f} messages per second "
+        f"(burst {MESSAGE_BURST})"
+    ]
+
+
+def test_an_encoders_message_rate_is_never_limited() -> None:
+    h = Harness()
+    h.handshake()
+    # A backlog after a stall, then 30 s at twice a 60 fps stream's rate with audio.
+    h.feed(empty_messages(MESSAGE_BURST - 1000))
+    for _ in range(30):
+        h.clock.advance(1)
+        h.feed(empty_messages(int(MESSAGE_RATE) - 1))
+    assert not h.dropped
+
+
+def test_bulky_amf0_costs_like_many_messages(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.handshake()
+    # A command of 9000 nulls decodes 9000 values: 0.6 us per byte, not one dispatch.
+    nulls = amf0.encode("_checkbw", 1.0, None) + b"\x05" * 9000
+    command = h.client.message(chunks.COMMAND_AMF0, nulls, csid=CSID_SYSTEM, stream_id=0)
+    allowed = MESSAGE_BURST // (1 + len(nulls) // AMF0_BYTES_PER_TOKEN)
+    h.feed(command * allowed)
+    assert not h.dropped
+    h.feed(command)
+    assert h.dropped
+    assert "messages per second" in drop_reasons(log_events)[0]
+
+
+# -- #22: the refusal reaches the client --------------------------------------------------------
+
+
+def test_refused_publish_is_sent_then_closed_after_the_write() -> None:
+    registry = StreamRegistry()
+    first = Harness(registry)
+    first.publish()
+    second = Harness(registry)  # its own clock
+    status = statuses(second.publish("cam1"))
+    assert [s["code"] for s in status] == ["NetStream.Publish.BadName"]
+    # Closed after the write (not reset under it): the encoder gets to read the refusal.
+    assert second.transport.disconnecting
+    assert not second.transport.disconnected
+    # Input after the refusal is ignored.
+    second.feed(second.client.command("publish", 6.0, None, "cam2", "live"))
+    assert registry.get("cam2") is None and second.received() == []
+    # A peer that does not read is aborted after CLOSE_TIMEOUT.
+    second.clock.advance(CLOSE_TIMEOUT - 0.1)
+    assert not second.transport.disconnected
+    second.clock.advance(0.1)
+    assert second.transport.disconnected
+    second.lose()
+    assert not first.dropped
+
+
+def test_refused_publisher_that_reads_leaves_no_timer() -> None:
+    registry = StreamRegistry()
+    first = Harness(registry)
+    first.publish()
+    second = Harness(registry)  # its own clock
+    second.publish("cam1")
+    second.lose()  # the peer read everything and the close completed
+    assert second.clock.getDelayedCalls() == []
+    assert second.factory.connections == 0
+
+
+# -- the layer guard ----------------------------------------------------------------------------
+
+
+def test_any_error_from_peer_input_closes_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    registry = StreamRegistry()
+    other = Harness(registry)
+    other.publish("other")
+    h = Harness(registry, other.factory)
+    h.publish()
+
+    def broken(payload: bytes) -> flv.AudioTag:
+        raise IndexError("a bug a peer can reach")
+
+    monkeypatch.setattr(flv, "parse_audio", broken)
+    h.feed(h.client.audio(0, aac_tag(1, b"x")))  # must not raise
+    assert h.dropped
+    assert drop_reasons(log_events) == ["IndexError: a bug a peer can reach"]
+    assert not other.dropped
+    stream = registry.get("other")
+    assert stream is not None and not stream.ended
+
+
+ODD_COMMANDS: list[tuple[object, ...]] = [
+    ("connect", 1.0, "not an object"),
+    ("connect", 1.0, [1.0, 2.0]),
+    ("connect", "txn", {"app": 12.0}),
+    ("connect",),
+    ("releaseStream",),
+    ("FCPublish", 3.0, None, {"name": "x"}),
+    ("createStream", None),
+    ("publish", 5.0, None, 12.0),
+    ("publish", 5.0, None, amf0.TypedObject("x", {})),
+    ("publish",),
+    ("deleteStream", amf0.UNDEFINED),
+    ("getStreamLength", 1.0, None, [None]),
+    ("play", 1.0, None, amf0.AMF0Date(0.0, 0)),
+    ("_checkbw", 1.0),
+    ("", 1.0),
+    ("command_publish", 1.0),
+]
+
+
+@pytest.mark.parametrize("values", ODD_COMMANDS, ids=repr)
+def test_commands_with_odd_argument_types(
+    values: tuple[object, ...], log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.command(*values))
+    assert not failures(log_events)
+    if values[0] == "publish":
+        assert h.dropped  # an empty name is refused, with a status
+    else:
+        assert not h.dropped
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(amf0.encode(None, 1.0), id="no name"),
+        pytest.param(b"", id="empty"),
+        pytest.param(amf0.encode(1.0, "connect"), id="number for a name"),
+    ],
+)
+def test_nameless_commands_close_with_a_reason(data: bytes, log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.message(chunks.COMMAND_AMF0, data, csid=CSID_SYSTEM, stream_id=0))
+    assert h.dropped
+    assert drop_reasons(log_events) == ["ProtocolViolation: command message without a name"]
+
+
+@pytest.mark.parametrize(
+    ("type_id", "payload", "reason"),
+    [
+        (chunks.USER_CONTROL, b"\x00", "ChunkError: truncated user control message of 1 bytes"),
+        (chunks.WINDOW_ACK_SIZE, b"\x00\x01", "ChunkError: expected a 4-byte value, got 2 bytes"),
+        (chunks.ABORT, b"", "ChunkError: expected a 4-byte value, got 0 bytes"),
+    ],
+)
+def test_malformed_control_messages_close_with_a_reason(
+    type_id: int, payload: bytes, reason: str, log_events: list[LogEvent]
+) -> None:
+    h = Harness()
+    h.handshake()
+    h.feed(h.client.message(type_id, payload, csid=CSID_NETWORK, stream_id=0))
+    assert h.dropped
+    assert drop_reasons(log_events) == [reason]
+    assert not failures(log_events)
+
+
+def test_harmless_control_messages_are_accepted() -> None:
+    h = Harness()
+    h.publish()
+    for type_id, payload in [
+        (chunks.USER_CONTROL, b"\x00\x03\x00\x00\x00\x01\x00\x00\x0b\xb8"),  # buffer length
+        (chunks.USER_CONTROL, b"\x00\x06"),  # ping without a timestamp
+        (chunks.ACKNOWLEDGEMENT, b"\x00"),
+        (chunks.SET_PEER_BANDWIDTH, b""),
+        (chunks.SHARED_OBJECT_AMF0, b"\xff"),
+        (0, b"x"),
+        (chunks.WINDOW_ACK_SIZE, b"\x00\x00\x00\x00"),
+    ]:
+        h.feed(h.client.message(type_id, payload, csid=CSID_NETWORK, stream_id=0))
+    assert not h.dropped
+
+
+# -- #18: terminated publishes, and what an ended connection keeps alive ------------------------
+
+
+def test_terminate_says_why(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    stream.terminate()
+    assert h.dropped
+    assert drop_reasons(log_events) == ["publish terminated: stopped by server"]
+
+
+def test_terminate_by_the_idle_watchdog_says_why(log_events: list[LogEvent]) -> None:
+    h = Harness()
+    h.publish()
+    stream = h.registry.get("cam1")
+    assert stream is not None
+    # The watchdog records its reason on the stream before it terminates it.
+    stream.end_reason = "no media for 10000 ms"
+    stream.terminate()
+    assert drop_reasons(log_events) == ["publish terminated: no media for 10000 ms"]
+
+
+def test_an_ended_connection_is_freed_by_reference_counting() -> None:
+    registry = StreamRegistry()
+    factory = RTMPServerFactory(registry, clock=Clock())
+    gc.disable()
+    try:
+        proto = factory.buildProtocol(ADDR)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        client = Client()
+        m = media()
+        data = client.handshake() + client.publish_prelude() + client.metadata()
+        data += client.video(0, sequence_header(m))
+        for dts, cts, key, nals in m.frames:
+            data += client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals))))
+        data += partial_message(client, 9, 1000)  # a partial message held at the end
+        proto.dataReceived(data)
+        stream = registry.get("cam1")
+        assert stream is not None and stream.gop is not None
+        proto.connectionLost(Failure(ConnectionDone()))
+        refs = weakref.ref(proto), weakref.ref(stream)
+        del proto, stream, transport
+        assert [r() for r in refs] == [None, None]
+        assert factory.buffer_budget.used == 0
+    finally:
+        gc.enable()

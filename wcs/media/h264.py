@@ -104,14 +104,22 @@ def with_parameter_sets(annexb: bytes, extradata: bytes) -> bytes:
     return extradata + annexb
 
 
-def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
-    """Split length-prefixed (AVCC / MP4 / FLV) NAL units; empty ones are dropped."""
+def split_avcc(data: bytes, length_size: int = 4, *, max_nals: int | None = None) -> list[bytes]:
+    """Split length-prefixed (AVCC / MP4 / FLV) NAL units; empty ones are dropped.
+
+    More than ``max_nals`` length prefixes (empty NAL units included: each costs a loop turn, and
+    a frame of zero bytes is one per byte) is an H264Error.
+    """
     if length_size not in (1, 2, 4):
         raise H264Error(f"NAL length size must be 1, 2 or 4 bytes, not {length_size}")
     nals: list[bytes] = []
     pos = 0
     total = len(data)
+    count = 0
     while pos < total:
+        count += 1
+        if max_nals is not None and count > max_nals:
+            raise H264Error(f"more than {max_nals} NAL units in one access unit")
         if total - pos < length_size:
             raise H264Error(
                 f"truncated NAL length at offset {pos}: need {length_size} bytes, "

@@ -14,6 +14,13 @@ Timestamp rules of the decoder (RTMP spec 5.3.1.2, as FFmpeg's rtmppkt.c and SRS
   repeat those 4 bytes (FFmpeg and OBS do, some encoders don't): the 4 bytes after the fmt 3
   header are taken as the extended timestamp only when they equal the stored value. To decide,
   the decoder waits until 4 bytes follow the header.
+
+Limits of the decoder (what a peer can make it hold or do): chunk sizes below 128 bytes are
+refused (a 1-byte chunk costs a header per payload byte; SRS issue 541 refuses them too); the
+bytes held between feeds (partial messages on every chunk stream plus an incomplete chunk) are
+counted as they arrive, never from a declared length, against a per-decoder cap and optionally a
+:class:`BufferBudget` shared by many decoders; one feed may be told how many messages it may
+produce at most.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = [
     "COMMAND_AMF3",
     "DATA_AMF0",
     "DATA_AMF3",
+    "MIN_CHUNK_SIZE",
     "PING_REQUEST",
     "PING_RESPONSE",
     "SET_BUFFER_LENGTH",
@@ -45,10 +53,12 @@ __all__ = [
     "USER_CONTROL",
     "VIDEO",
     "WINDOW_ACK_SIZE",
+    "BufferBudget",
     "ChunkDecoder",
     "ChunkEncoder",
     "ChunkError",
     "Message",
+    "TooManyMessages",
     "acknowledgement_message",
     "parse_uint32",
     "parse_user_control",
@@ -86,6 +96,7 @@ PING_RESPONSE: Final = 7
 
 PROTOCOL_CSID: Final = 2
 DEFAULT_CHUNK_SIZE: Final = 128
+MIN_CHUNK_SIZE: Final = 128
 MAX_CSID: Final = 65599
 _EXTENDED: Final = 0xFFFFFF
 _MASK32: Final = 0xFFFFFFFF
@@ -96,6 +107,33 @@ _U32 = struct.Struct(">I")
 
 class ChunkError(ValueError):
     """The peer broke the chunk stream protocol or a limit; the connection should be closed."""
+
+
+class TooManyMessages(ChunkError):
+    """A feed produced more messages than its ``max_messages`` allowed."""
+
+
+class BufferBudget:
+    """Bytes that many decoders (all connections of a server) may hold together.
+
+    Decoders claim bytes as they buffer them and release them when a message completes, is
+    aborted, or the decoder is closed; a claim that does not fit fails and changes nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"buffer budget must not be negative, got {limit}")
+        self.limit = limit
+        self.used = 0
+
+    def claim(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.used -= n
 
 
 @dataclass(frozen=True)
@@ -157,8 +195,10 @@ class ChunkDecoder:
 
     Set Chunk Size and Abort take effect inside the decoder (whatever their chunk stream) and are
     returned too. After a :class:`ChunkError` the decoder's state is undefined: close the
-    connection. Memory is bounded by one chunk plus up to ``max_chunk_streams`` partial messages
-    of at most ``max_message_size`` bytes.
+    connection, and :meth:`close` the decoder to give its bytes back to the shared budget.
+    Memory held between feeds is ``buffered`` bytes (partial messages on all chunk streams and
+    an incomplete chunk), at most ``max_buffered``; no single message exceeds
+    ``max_message_size``.
     """
 
     def __init__(
@@ -167,18 +207,34 @@ class ChunkDecoder:
         max_message_size: int = 16 * 1024 * 1024,
         max_chunk_streams: int = 64,
         max_chunk_size: int = 16 * 1024 * 1024,
+        min_chunk_size: int = MIN_CHUNK_SIZE,
+        max_buffered: int | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         if max_message_size < 0 or max_chunk_streams < 1 or max_chunk_size < 1:
             raise ValueError("decoder limits must be positive")
+        if not 1 <= min_chunk_size <= max_chunk_size:
+            raise ValueError(f"minimum chunk size {min_chunk_size} out of range")
         self.max_message_size = max_message_size
         self.max_chunk_streams = max_chunk_streams
         self.max_chunk_size = max_chunk_size
+        self.min_chunk_size = min_chunk_size
+        # Without a cap of its own, a decoder may hold one partial message per chunk stream.
+        self.max_buffered = (
+            max_buffered if max_buffered is not None else max_message_size * max_chunk_streams
+        )
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.bytes_received = 0
+        # Bytes held between feeds, as claimed from the budget: partials + unparsed input.
+        self.buffered = 0
+        self._partial_bytes = 0
+        self._budget = budget
         self._buf = bytearray()
         self._streams: dict[int, _ChunkStream] = {}
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes, *, max_messages: int | None = None) -> list[Message]:
+        """Parse ``data``; raise :class:`TooManyMessages` once it completes more than
+        ``max_messages`` messages (each costs the caller work, however few bytes it has)."""
         self.bytes_received += len(data)
         self._buf += data
         messages: list[Message] = []
@@ -189,9 +245,41 @@ class ChunkDecoder:
                 if end < 0:
                     break
                 pos = end
+                if max_messages is not None and len(messages) > max_messages:
+                    raise TooManyMessages(f"more than {max_messages} messages in one read")
         finally:
             del self._buf[:pos]
+        # What stays until the next feed: partial messages and the start of the next chunk.
+        self._hold(self._partial_bytes + len(self._buf))
         return messages
+
+    def close(self) -> None:
+        """Forget all buffered data and give its bytes back to the shared budget."""
+        self._buf = bytearray()
+        self._streams.clear()
+        self._partial_bytes = 0
+        if self._budget is not None:
+            self._budget.release(self.buffered)
+        self.buffered = 0
+
+    def _hold(self, total: int) -> None:
+        """Account for ``total`` bytes held from now on, within this decoder's cap and the
+        shared budget; on failure nothing is claimed (the caller closes the connection)."""
+        delta = total - self.buffered
+        if delta > 0:
+            if total > self.max_buffered:
+                raise ChunkError(
+                    f"{total} bytes of partial messages exceed the limit of {self.max_buffered} "
+                    "per connection"
+                )
+            if self._budget is not None and not self._budget.claim(delta):
+                raise ChunkError(
+                    f"server-wide buffer for partial messages ({self._budget.limit} bytes) is "
+                    "used up"
+                )
+        elif delta < 0 and self._budget is not None:
+            self._budget.release(-delta)
+        self.buffered = total
 
     def _chunk(self, pos: int, messages: list[Message]) -> int:
         """Consume one whole chunk at ``pos``; return the offset after it, or -1 if incomplete.
@@ -273,7 +361,14 @@ class ChunkDecoder:
         if size < end:
             return -1
 
-        # The whole chunk is here: commit.
+        # The whole chunk is here: account for it (real bytes, not the declared length), commit.
+        before = len(cs.partial) if cs is not None and cs.partial is not None else 0
+        if take == remaining:  # the message completes and its partial is released
+            partial_bytes = self._partial_bytes - before
+        else:
+            partial_bytes = self._partial_bytes + take
+        if partial_bytes > self.buffered:
+            self._hold(partial_bytes)
         if cs is None:
             cs = self._streams[csid] = _ChunkStream()
         if not continuing:
@@ -294,6 +389,7 @@ class ChunkDecoder:
         partial = cs.partial
         assert partial is not None
         partial += buf[p:end]
+        self._partial_bytes = partial_bytes
         if len(partial) == cs.length:
             cs.partial = None
             message = Message(csid, cs.type_id, cs.stream_id, cs.timestamp, bytes(partial))
@@ -307,10 +403,15 @@ class ChunkDecoder:
             # The top bit is reserved and must be zero; a "negative" size is an attack or a bug.
             if value & 0x80000000 or not 1 <= value <= self.max_chunk_size:
                 raise ChunkError(f"invalid chunk size {value}")
+            if value < self.min_chunk_size:
+                raise ChunkError(
+                    f"invalid chunk size {value}: below the minimum of {self.min_chunk_size}"
+                )
             self.chunk_size = value
         elif message.type_id == ABORT:
             cs = self._streams.get(parse_uint32(message.payload))
-            if cs is not None:
+            if cs is not None and cs.partial is not None:
+                self._partial_bytes -= len(cs.partial)
                 cs.partial = None
 
 

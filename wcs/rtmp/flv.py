@@ -254,12 +254,17 @@ def audio_codec_name(tag: AudioTag) -> str:
     return _AUDIO_CODECS.get(tag.sound_format, f"unknown({tag.sound_format})")
 
 
-def split_aggregate(payload: bytes) -> list[tuple[int, int, bytes]]:
-    """Split an aggregate message (type 22) into (type id, timestamp as in the tag, data)."""
+def split_aggregate(payload: bytes, *, max_tags: int | None = None) -> list[tuple[int, int, bytes]]:
+    """Split an aggregate message (type 22) into (type id, timestamp as in the tag, data).
+
+    More than ``max_tags`` tags is an FLVError (each costs its caller a dispatch).
+    """
     tags: list[tuple[int, int, bytes]] = []
     pos = 0
     size = len(payload)
     while pos < size:
+        if max_tags is not None and len(tags) >= max_tags:
+            raise FLVError(f"aggregate message of more than {max_tags} tags")
         if size - pos < 11:
             raise FLVError(f"truncated FLV tag header at offset {pos}")
         # The top three bits of the type byte are reserved/filter flags.

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from wcs.guard import guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtmp import amf0, chunks, flv
-from wcs.rtmp.chunks import ChunkDecoder, ChunkEncoder, Message
+from wcs.rtmp.chunks import BufferBudget, ChunkDecoder, ChunkEncoder, Message
 from wcs.rtmp.handshake import HandshakeError, ServerHandshake
 from wcs.streams import PROVIDER_RTMP, Stream, StreamError, StreamRegistry
 
@@ -21,20 +23,74 @@ log = Logger(namespace="wcs.rtmp")
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
+# After our last words (a refused publish), the peer gets this long to read them before we abort.
+CLOSE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 1000
-# A 4K keyframe is a few MB; OBS and ffmpeg use fewer than 10 chunk streams. Together these bound
-# what one connection can make us buffer to 16 x 8 MiB, and only with bytes it actually sent.
-MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+# A 4K keyframe from x264 at a streaming bitrate is 1-3 MB; 6 MiB leaves room for high-quality
+# ones. One connection may hold that plus interleaved audio/data partials in 8 MiB; ffmpeg and
+# OBS use fewer than 10 chunk streams.
+MAX_MESSAGE_SIZE = 6 * 1024 * 1024
+MAX_CONNECTION_BUFFER = 8 * 1024 * 1024
 MAX_CHUNK_STREAMS = 16
+# All RTMP connections together: 16 connections at their cap, or hundreds of publishers each in
+# the middle of an ordinary frame; a flood of connections cannot take more than this.
+MAX_SERVER_BUFFER = 128 * 1024 * 1024
+# Every message costs a dispatch however small it is (4 MB of empty messages took 21 s of CPU):
+# a token bucket of messages per connection. Encoders send ~100/s (60 fps video + audio); the
+# burst covers a backlog of tens of seconds after a stall.
+MESSAGE_RATE = 1000.0
+MESSAGE_BURST = 5000
+# AMF0 decoding costs up to ~0.6 us per byte (a dispatch ~5 us): a command or data message
+# also costs one token per this many bytes, so a 40 KB onMetaData with a keyframe index fits
+# the burst while megabytes of AMF0 a second do not.
+AMF0_BYTES_PER_TOKEN = 32
+MAX_AGGREGATE_TAGS = 1000
+# 8K with one slice per macroblock row is ~300 NAL units; zero-length ones count too (each is a
+# 1-4 byte prefix the splitter loops over).
+MAX_NALS_PER_FRAME = 1024
+# A broken frame or sequence header is dropped and the publish goes on; this many malformed
+# media messages in a row (10 s of 30 fps video, longer than any keyframe interval a broken
+# GOP could last) means the encoder is broken, and the connection is closed.
+MAX_BAD_MEDIA_RUN = 300
 OUT_CHUNK_SIZE = 4096
 WINDOW_ACK_SIZE = 2_500_000
 STREAM_ID = 1
 CSID_COMMAND = 3
 CSID_STATUS = 5
+# What an aggregate message may carry: FLV tags are audio, video or script data.
+_AGGREGATABLE = frozenset({chunks.AUDIO, chunks.VIDEO, chunks.DATA_AMF0, chunks.DATA_AMF3})
+_START_CODE_PREFIX = b"\x00\x00\x01"
 
 
-class ProtocolViolation(Exception):
-    """The peer broke the protocol; the connection is dropped with this reason."""
+class ProtocolViolation(ValueError):
+    """The peer broke the protocol or a limit; the connection is dropped with this reason."""
+
+
+class _MessageRate:
+    """Token bucket of messages for one connection (`rate` per second, `burst` saved up)."""
+
+    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._now = now
+        self._last = now()
+        self.tokens = float(burst)
+
+    def available(self) -> int:
+        now = self._now()
+        self.tokens = min(float(self.burst), self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        return int(self.tokens)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+        if self.tokens < 0:
+            raise self.exceeded()
+
+    def exceeded(self) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"more than {self.rate:.0f} messages per second (burst {self.burst})"
+        )
 
 
 def stream_key(name: str) -> str:
@@ -71,16 +127,37 @@ class _Timeline:
 
 
 class RTMPServerProtocol(Protocol, TimeoutMixin):
-    """One RTMP connection (an encoder publishing one stream)."""
+    """One RTMP connection (an encoder publishing one stream).
+
+    Whatever the peer's bytes make this class raise closes this connection with a logged reason
+    (:func:`wcs.guard.guarded` on ``dataReceived``); a malformed media message is dropped and
+    counted on the stream instead, until MAX_BAD_MEDIA_RUN of them come in a row.
+    """
 
     factory: RTMPServerFactory
 
-    def __init__(self, registry: StreamRegistry) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        *,
+        clock: IReactorTime | None = None,
+        buffer_budget: BufferBudget | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
         self.registry = registry
+        self.callLater = clock.callLater  # type: ignore[assignment]
         self._handshake: ServerHandshake | None = ServerHandshake()
         self._decoder = ChunkDecoder(
-            max_message_size=MAX_MESSAGE_SIZE, max_chunk_streams=MAX_CHUNK_STREAMS
+            max_message_size=MAX_MESSAGE_SIZE,
+            max_chunk_streams=MAX_CHUNK_STREAMS,
+            max_buffered=MAX_CONNECTION_BUFFER,
+            budget=buffer_budget,
         )
+        self._rate = _MessageRate(MESSAGE_RATE, MESSAGE_BURST, clock.seconds)
         self._encoder = ChunkEncoder()
         self._peer = "?"
         self._app = ""
@@ -88,8 +165,12 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._last_ack = 0
         self.stream: Stream | None = None
         self._length_size = 4
+        # True once a valid AVC sequence header set the decoder parameters frames need.
+        self._avc_ready = False
+        self._bad_media_run = 0
         self._timeline = _Timeline()
         self._dropping = False
+        self._close_call: IDelayedCall | None = None
         self._metadata_logged = False
 
     # -- connection -----------------------------------------------------------------------------
@@ -106,8 +187,12 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         stage = "handshake" if self._handshake is not None else "idle"
         self.drop(f"{stage} timeout")
 
-    def drop(self, reason: str) -> None:
-        """Close this connection (and only this one) with a logged reason."""
+    def drop(self, reason: str, *, flush: bool = False) -> None:
+        """Close this connection (and only this one) with a logged reason.
+
+        ``flush``: let the peer read what was written last (a refusal) before closing, but
+        abort if it has not within CLOSE_TIMEOUT. Input after this is ignored either way.
+        """
         if self._dropping:
             return
         self._dropping = True
@@ -118,13 +203,27 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             stream_name=self.stream.name if self.stream else None,
         )
         self.setTimeout(None)
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._decoder.close()
+        transport = self.transport
+        assert transport is not None
+        if flush:
+            transport.loseConnection()
+            self._close_call = self.callLater(CLOSE_TIMEOUT, transport.abortConnection)  # type: ignore[attr-defined]
+        else:
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections -= 1
         self.setTimeout(None)
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()
+        self._close_call = None
+        self._decoder.close()
+        # Drops the protocol -> stream reference too, so nothing of an ended connection needs
+        # the cycle collector (the stream holds our on_terminate callback).
         self._end_publish("Stopped by publisher stop")
 
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self._dropping:
             return
@@ -144,18 +243,16 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             self.setTimeout(IDLE_TIMEOUT)
             if not data:
                 return
+        allowance = self._rate.available()
         try:
-            messages = self._decoder.feed(data)
-            for message in messages:
-                self._dispatch(message)
-                if self._dropping:
-                    return
-        except (chunks.ChunkError, amf0.AMF0Error, flv.FLVError, h264.H264Error) as err:
-            self.drop(f"{type(err).__name__}: {err}")
-            return
-        except ProtocolViolation as err:
-            self.drop(str(err))
-            return
+            messages = self._decoder.feed(data, max_messages=allowance)
+        except chunks.TooManyMessages:
+            raise self._rate.exceeded() from None
+        self._rate.spend(len(messages))
+        for message in messages:
+            self._dispatch(message)
+            if self._dropping:
+                return
         self._maybe_ack()
 
     def _maybe_ack(self) -> None:
@@ -177,29 +274,57 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
     # -- dispatch -------------------------------------------------------------------------------
     def _dispatch(self, m: Message) -> None:
+        if m.type_id == chunks.AGGREGATE:
+            self._aggregate(m)
+        else:
+            self._dispatch_one(m)
+
+    def _dispatch_one(self, m: Message) -> None:
         t = m.type_id
         if t == chunks.VIDEO:
             self._video(m.timestamp, m.payload)
         elif t == chunks.AUDIO:
             self._audio(m.timestamp, m.payload)
         elif t in (chunks.COMMAND_AMF0, chunks.COMMAND_AMF3):
-            self._command(amf0.decode(_amf0_body(m)))
+            self._command(self._amf0(m))
         elif t in (chunks.DATA_AMF0, chunks.DATA_AMF3):
-            self._data(amf0.decode(_amf0_body(m)))
+            self._data(self._amf0(m))
         elif t == chunks.USER_CONTROL:
             event, args = chunks.parse_user_control(m.payload)
             if event == chunks.PING_REQUEST and args:
                 self._send(chunks.user_control_message(chunks.PING_RESPONSE, args[0]))
         elif t == chunks.WINDOW_ACK_SIZE:
             self._peer_window = chunks.parse_uint32(m.payload)
-        elif t == chunks.AGGREGATE:
-            base: int | None = None
-            for type_id, ts, data in flv.split_aggregate(m.payload):
-                # Tag timestamps in an aggregate are relative to its first tag: rebase them.
-                base = ts if base is None else base
-                ts = m.timestamp + ts - base
-                self._dispatch(Message(m.csid, type_id, m.stream_id, ts, data))
         # Set Chunk Size and Abort are applied by the decoder; acks and bandwidth need nothing.
+
+    def _amf0(self, m: Message) -> list[object]:
+        body = _amf0_body(m)
+        # Decoding costs far more per byte than anything else a peer can send.
+        self._rate.spend(len(body) // AMF0_BYTES_PER_TOKEN)
+        return amf0.decode(body)
+
+    def _aggregate(self, m: Message) -> None:
+        """Dispatch the FLV tags of an aggregate message, flat: an aggregate inside one is
+        refused (no muxer writes one; it is how a 3000-deep recursion was built)."""
+        try:
+            tags = flv.split_aggregate(m.payload, max_tags=MAX_AGGREGATE_TAGS)
+        except flv.FLVError as err:
+            self._bad_media(f"aggregate message: {err}")
+            return
+        self._rate.spend(len(tags))
+        base: int | None = None
+        for type_id, ts, data in tags:
+            if type_id not in _AGGREGATABLE:
+                raise ProtocolViolation(
+                    f"aggregate message holds a message of type {type_id} "
+                    "(only audio, video and data messages may be aggregated)"
+                )
+            # Tag timestamps in an aggregate are relative to its first tag: rebase them.
+            base = ts if base is None else base
+            ts = (m.timestamp + ts - base) & 0xFFFFFFFF
+            self._dispatch_one(Message(m.csid, type_id, m.stream_id, ts, data))
+            if self._dropping:
+                return
 
     # -- commands -------------------------------------------------------------------------------
     def _command(self, values: list[object]) -> None:
@@ -210,7 +335,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         args = values[2:]
         handler = getattr(self, f"command_{name}", None)
         if handler is None:
-            log.debug("RTMP {peer}: ignoring command {name}", peer=self._peer, name=name)
+            log.debug("RTMP {peer}: ignoring command {name!r}", peer=self._peer, name=name[:100])
             return
         handler(txn, args)
 
@@ -259,9 +384,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         if self.stream is not None:
             raise ProtocolViolation("second publish on one connection")
         try:
-            self.stream = self.registry.publish(
-                name, PROVIDER_RTMP, on_terminate=lambda: self.drop("terminated")
-            )
+            self.stream = self.registry.publish(name, PROVIDER_RTMP, on_terminate=self._terminated)
         except StreamError as err:
             log.warn(
                 "RTMP {peer}: publish of {stream_name!r} refused: {info}",
@@ -270,8 +393,12 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                 info=err.info,
             )
             self._status("error", "NetStream.Publish.BadName", err.info, details=name)
-            self.drop(f"publish refused: {err.info}")
+            # The encoder must read the refusal (ffmpeg prints its description), so the
+            # connection closes after the write instead of being reset under it.
+            self.drop(f"publish refused: {err.info}", flush=True)
             return
+        self._avc_ready = False
+        self._bad_media_run = 0
         log.info(
             "RTMP {peer}: publishing {stream_name} (app {app})",
             peer=self._peer,
@@ -286,6 +413,13 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             details=name,
             clientid="wcs",
         )
+
+    def _terminated(self, reason: str | None = None) -> None:
+        """The hub ends this publish (REST terminate, shutdown, the publish idle watchdog):
+        close the connection, saying why (``reason``, else the stream's end reason)."""
+        stream = self.stream
+        why = reason or (stream.end_reason if stream is not None else "") or "stopped by server"
+        self.drop(f"publish terminated: {why}")
 
     def _end_publish(self, reason: str) -> None:
         stream, self.stream = self.stream, None
@@ -333,26 +467,57 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                 metadata=values[1],
             )
 
+    def _bad_media(self, reason: str) -> None:
+        """Drop one malformed media message (counted on the stream); close the connection only
+        after MAX_BAD_MEDIA_RUN of them in a row."""
+        stream = self.stream
+        if stream is None:
+            return  # media before publish is ignored, malformed or not
+        stream.reject_unit(reason)
+        self._bad_media_run += 1
+        if self._bad_media_run >= MAX_BAD_MEDIA_RUN:
+            raise ProtocolViolation(
+                f"{self._bad_media_run} malformed media messages in a row, the last: {reason}"
+            )
+
+    def _push(self, stream: Stream, unit: MediaUnit) -> None:
+        self._bad_media_run = 0
+        stream.push(unit)
+
     def _video(self, timestamp: int, payload: bytes) -> None:
         stream = self.stream
         if stream is None or not payload:
             return
-        tag = flv.parse_video(payload)
+        try:
+            tag = flv.parse_video(payload)
+        except flv.FLVError as err:
+            self._bad_media(f"video message: {err}")
+            return
         codec = flv.video_codec_name(tag)
         if codec != "H264":
+            self._avc_ready = False
             if stream.video is None or stream.video.codec != codec:
                 stream.set_video_params(VideoParams(codec=codec))
             return  # decoding other codecs is not supported: the stream reports its codec
-        if tag.avc_packet_type == 0:
+        if tag.avc_packet_type == flv.AVC_SEQUENCE_HEADER:
             self._sequence_header(stream, tag.data)
             return
-        if tag.avc_packet_type != 1 or stream.video is None or not stream.video.extradata:
+        if tag.avc_packet_type != flv.AVC_NALU or not self._avc_ready:
             return
-        nals = h264.split_avcc(tag.data, self._length_size)
+        try:
+            nals = h264.split_avcc(tag.data, self._length_size, max_nals=MAX_NALS_PER_FRAME)
+            for nal in nals:
+                if _START_CODE_PREFIX in nal:
+                    # Would split the Annex B access unit every consumer gets (7.4.1 forbids it).
+                    raise h264.H264Error("NAL unit contains an unescaped start code 00 00 01")
+        except h264.H264Error as err:
+            self._bad_media(f"H.264 frame: {err}")
+            return
         if not nals:
             return
         dts = self._timeline.unwrap(timestamp)
-        stream.push(
+        self._push(
+            stream,
             MediaUnit(
                 kind="video",
                 codec="H264",
@@ -360,15 +525,27 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                 dts=dts,
                 keyframe=tag.is_keyframe,
                 data=h264.to_annexb(nals),
-            )
+            ),
         )
 
     def _sequence_header(self, stream: Stream, data: bytes) -> None:
-        config = h264.parse_avcc(data)
-        if not config.sps or not config.pps:
-            raise ProtocolViolation("AVC sequence header without SPS or PPS")
-        sps = h264.parse_sps(config.sps[0])
+        try:
+            config = h264.parse_avcc(data)
+            if not config.sps or not config.pps:
+                raise h264.H264Error("AVC sequence header without SPS or PPS")
+            sps = h264.parse_sps(config.sps[0], max_pixels=stream.max_picture_pixels)
+        except h264.H264Error as err:
+            # Frames need the parameters this header should have set: the stream's video is
+            # refused until a valid header comes (audio goes on), and no picture from before
+            # it is served as if it were current.
+            if self._avc_ready:
+                stream.clear_video()
+            self._avc_ready = False
+            self._bad_media(f"AVC sequence header refused, video dropped until a valid one: {err}")
+            return
+        self._avc_ready = True
         self._length_size = config.length_size
+        self._bad_media_run = 0
         params = VideoParams(
             codec="H264",
             width=sps.width,
@@ -391,29 +568,41 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         stream = self.stream
         if stream is None or not payload:
             return
-        tag = flv.parse_audio(payload)
+        try:
+            tag = flv.parse_audio(payload)
+        except flv.FLVError as err:
+            self._bad_media(f"audio message: {err}")
+            return
         codec = flv.audio_codec_name(tag)
         if stream.audio_codec != codec:
             stream.set_audio_codec(codec)
-        if tag.aac_packet_type == 0:
+        if tag.aac_packet_type == flv.AAC_SEQUENCE_HEADER:
             return
         dts = self._timeline.unwrap(timestamp)
-        stream.push(MediaUnit("audio", codec, dts, dts, True, tag.data))
+        self._push(stream, MediaUnit("audio", codec, dts, dts, True, tag.data))
 
 
 class RTMPServerFactory(Factory):
-    """Makes one RTMPServerProtocol per connection; counts them against MAX_CONNECTIONS."""
+    """Makes one RTMPServerProtocol per connection; counts them against MAX_CONNECTIONS and
+    owns the budget of bytes all of them together may buffer in partial messages."""
 
     noisy = False
 
-    def __init__(self, registry: StreamRegistry, clock: IReactorTime | Any = None) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        clock: IReactorTime | Any = None,
+        *,
+        max_buffer: int = MAX_SERVER_BUFFER,
+    ) -> None:
         self.registry = registry
         self.clock = clock
         self.connections = 0
+        self.buffer_budget = BufferBudget(max_buffer)
 
     def buildProtocol(self, addr: Any) -> RTMPServerProtocol:  # type: ignore[override]
-        proto = RTMPServerProtocol(self.registry)
+        proto = RTMPServerProtocol(
+            self.registry, clock=self.clock, buffer_budget=self.buffer_budget
+        )
         proto.factory = self
-        if self.clock is not None:
-            proto.callLater = self.clock.callLater  # type: ignore[assignment]
         return proto
