@@ -265,6 +265,7 @@ class Stream:
         publish idle watchdog), and end the stream with `reason`."""
         on_terminate = self._on_terminate
         if on_terminate is not None and not self.ended:
+            self.end_reason = reason  # the front-end logs why it closes its connection
             on_terminate()
         self.end(reason)
 

@@ -17,6 +17,7 @@ from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample
+from wcs import streams
 from wcs.media import h264
 from wcs.media.units import MediaUnit
 from wcs.rtmp import amf0, chunks, flv
@@ -1389,7 +1390,7 @@ def test_terminate_says_why(log_events: list[LogEvent]) -> None:
     assert stream is not None
     stream.terminate()
     assert h.dropped
-    assert drop_reasons(log_events) == ["publish terminated: stopped by server"]
+    assert drop_reasons(log_events) == ["publish terminated: Stopped by server"]
 
 
 def test_terminate_by_the_idle_watchdog_says_why(log_events: list[LogEvent]) -> None:
@@ -1397,10 +1398,8 @@ def test_terminate_by_the_idle_watchdog_says_why(log_events: list[LogEvent]) -> 
     h.publish()
     stream = h.registry.get("cam1")
     assert stream is not None
-    # The watchdog records its reason on the stream before it terminates it.
-    stream.end_reason = "no media for 10000 ms"
-    stream.terminate()
-    assert drop_reasons(log_events) == ["publish terminated: no media for 10000 ms"]
+    stream.terminate(streams.END_IDLE)  # what PublishIdleWatchdog does
+    assert drop_reasons(log_events) == [f"publish terminated: {streams.END_IDLE}"]
 
 
 def test_an_ended_connection_is_freed_by_reference_counting() -> None:
