@@ -15,6 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wcs.hooks import Hooks, NoHooks, Refused
+from wcs.streams import Stream
 
 __all__ = ["FAILURE_DELAY", "INFO_BAD_PASSWORD", "Access", "Client", "Refused"]
 
@@ -117,6 +118,20 @@ class Access:
         self.hooks.tell(
             "unPublishStream", self._body(client, name=name, mediaSessionId=media_session_id)
         )
+
+    def track(self, client: Client, stream: Stream) -> None:
+        """An accepted publish: the app is told it is publishing now, and told again (status
+        and unPublishStream) when it ends, whoever ends it."""
+        if isinstance(self.hooks, NoHooks):
+            return
+        name, msid = stream.name, stream.media_session_id
+        self.stream_status(client, name, msid, "PUBLISHING")
+
+        def ended(ended_stream: Stream) -> None:
+            self.stream_status(client, name, msid, "UNPUBLISHED", ended_stream.end_reason)
+            self.unpublished(client, name, msid)
+
+        stream.on_end(ended)
 
     # -- the publish password -------------------------------------------------------------------
     def password_matches(self, presented: str | None) -> bool:

@@ -18,7 +18,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from wcs.access import Access
 from wcs.config import Settings
+from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
@@ -117,6 +119,18 @@ class WCSService(MultiService):
             # ~8 % of a core per hot 720p30 stream: about a third of the machine at most.
             max_hot=4 * (os.cpu_count() or 2),
         )
+        # Who may connect, publish and play: the publish password and the REST hooks.
+        hooks = (
+            RestHooks(
+                reactor,
+                settings.rest_hook_url,
+                settings.rest_hook_timeout_ms / 1000.0,
+                settings.rest_hook_fail_open,
+            )
+            if settings.rest_hook_url
+            else NoHooks()
+        )
+        self.access = Access(reactor, hooks=hooks, publish_password=settings.publish_password)
         # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
         self.pulls = PullManager(self.registry, reactor)
         self.auto: AutoSnapshotter | None = None
@@ -164,7 +178,11 @@ class WCSService(MultiService):
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
             ("http", s.http_port, lambda: site),
             ("https", s.https_port, lambda: self._tls_wrap(site, "https")),
-            ("rtmp", s.rtmp_port, lambda: RTMPServerFactory(self.registry, self.reactor)),
+            (
+                "rtmp",
+                s.rtmp_port,
+                lambda: RTMPServerFactory(self.registry, self.reactor, access=self.access),
+            ),
             (
                 "rtsp",
                 s.rtsp_port,

@@ -106,3 +106,19 @@ def test_session_id_is_wcs_shaped() -> None:
             self.host, self.port = host, port
 
     assert Client.session_id_of(Addr("1.2.3.4", 5), Addr("6.7.8.9", 10)) == "/1.2.3.4:5/6.7.8.9:10"
+
+
+def test_a_tracked_publish_tells_the_app_when_it_starts_and_ends() -> None:
+    from wcs.streams import StreamRegistry
+
+    hooks = RecordingHooks()
+    access = Access(Clock(), hooks=hooks, node_id="node-1")
+    stream = StreamRegistry().publish("cam", "Flash", media_session_id="m1")
+    access.track(CLIENT, stream)
+    stream.end("Stopped by publisher stop")
+    assert [(m, b.get("status"), b.get("info")) for m, b in hooks.told] == [
+        ("StreamStatusEvent", "PUBLISHING", ""),
+        ("StreamStatusEvent", "UNPUBLISHED", "Stopped by publisher stop"),
+        ("unPublishStream", None, None),
+    ]
+    assert {b["mediaSessionId"] for _, b in hooks.told} == {"m1"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,6 +19,7 @@ from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample
 from wcs import streams
+from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access, Refused
 from wcs.media import h264
 from wcs.media.units import MediaUnit
 from wcs.rtmp import amf0, chunks, flv
@@ -33,6 +35,7 @@ from wcs.rtmp.protocol import (
     MAX_CHUNK_STREAMS,
     MAX_CONNECTION_BUFFER,
     MAX_CONNECTIONS,
+    MAX_HELD_MESSAGES,
     MAX_MESSAGE_SIZE,
     MESSAGE_BURST,
     MESSAGE_RATE,
@@ -1427,3 +1430,137 @@ def test_an_ended_connection_is_freed_by_reference_counting() -> None:
         assert factory.buffer_budget.used == 0
     finally:
         gc.enable()
+
+
+# -- access: publish password and REST hooks ---------------------------------------------------
+
+
+class PendingHooks:
+    """Hooks whose answers the test gives by hand."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, dict[str, object], Deferred[dict[str, object]]]] = []
+        self.told: list[tuple[str, dict[str, object]]] = []
+
+    def ask(self, method: str, body: dict[str, object]) -> Deferred[dict[str, object]]:
+        d: Deferred[dict[str, object]] = Deferred()
+        self.asked.append((method, body, d))
+        return d
+
+    def tell(self, method: str, body: dict[str, object]) -> None:
+        self.told.append((method, body))
+
+    def answer(self, method: str, refuse: str | None = None) -> dict[str, object]:
+        for asked_method, body, d in self.asked:
+            if asked_method == method and not d.called:
+                if refuse is None:
+                    d.callback({})
+                else:
+                    d.errback(Refused(refuse))
+                return body
+        raise AssertionError(f"{method} was not asked")
+
+
+def access_harness(**access_kw: object) -> Harness:
+    clock = Clock()
+    registry = StreamRegistry()
+    access = Access(clock, **access_kw)  # type: ignore[arg-type]
+    return Harness(registry, RTMPServerFactory(registry, clock=clock, access=access))
+
+
+def test_right_publish_password_publishes() -> None:
+    h = access_harness(publish_password="s3cret")
+    messages = h.publish("cam1?password=s3cret")
+    assert [s["code"] for s in statuses(messages)] == ["NetStream.Publish.Start"]
+    assert h.registry.get("cam1") is not None
+
+
+@pytest.mark.parametrize("name", ["cam1?password=wrong", "cam1", "cam1?password=s3cret%C2%B2"])
+def test_wrong_or_missing_publish_password_is_refused_after_a_delay(name: str) -> None:
+    h = access_harness(publish_password="s3cret")
+    assert statuses(h.publish(name)) == []
+    assert not h.dropped
+    h.clock.advance(FAILURE_DELAY)
+    [status] = statuses(h.received())
+    assert (status["code"], status["description"]) == (
+        "NetStream.Publish.Unauthorized",
+        INFO_BAD_PASSWORD,
+    )
+    assert h.dropped
+    assert h.registry.get("cam1") is None
+
+
+def test_hooks_decide_connect_and_publish_and_messages_wait_for_them() -> None:
+    hooks = PendingHooks()
+    h = access_harness(hooks=hooks, publish_password="s3cret")
+    h.handshake()
+    h.feed(h.client.publish_prelude("cam1?password=s3cret&key=k1"))
+    assert commands(h.received()) == []  # nothing answered before the app allows the connect
+    connect = hooks.answer("connect")
+    assert connect["custom"] == {}
+    assert connect["appKey"] == "live"
+    assert connect["sessionId"] == "/192.168.1.1:54321/10.0.0.1:12345"  # StringTransport's
+    replies = [c[0] for c in commands(h.received())]
+    assert replies[:2] == ["_result", "_result"]  # connect, releaseStream: held, then handled
+    publish = hooks.answer("publishStream")
+    assert publish["custom"] == {"key": "k1"}  # the password is checked, never passed on
+    assert publish["name"] == "cam1"
+    assert [s["code"] for s in statuses(h.received())] == ["NetStream.Publish.Start"]
+    stream = h.registry.get("cam1")
+    assert stream is not None and stream.media_session_id == publish["mediaSessionId"]
+    assert [(m, b.get("status")) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
+    h.lose()
+    assert [m for m, _ in hooks.told][1:] == ["StreamStatusEvent", "unPublishStream"]
+
+
+def test_a_refused_connect_is_answered_with_an_error_and_closed() -> None:
+    hooks = PendingHooks()
+    h = access_harness(hooks=hooks)
+    h.handshake()
+    h.feed(h.client.publish_prelude("cam1"))
+    hooks.answer("connect", refuse="Unknown key")
+    [reply] = commands(h.received())
+    assert reply[0] == "_error"
+    assert reply[3] == {
+        "level": "error",
+        "code": "NetConnection.Connect.Rejected",
+        "description": "Unknown key",
+    }
+    assert h.dropped
+    assert not [m for m, _, _ in hooks.asked if m == "publishStream"]
+
+
+def test_a_publish_refused_by_the_hook_carries_its_reason() -> None:
+    hooks = PendingHooks()
+    h = access_harness(hooks=hooks)
+    h.handshake()
+    h.feed(h.client.publish_prelude("cam1"))
+    hooks.answer("connect")
+    hooks.answer("publishStream", refuse="Stream not allowed")
+    [status] = statuses(h.received())
+    assert (status["code"], status["description"]) == (
+        "NetStream.Publish.Unauthorized",
+        "Stream not allowed",
+    )
+    assert h.dropped and h.registry.get("cam1") is None
+
+
+def test_a_publisher_gone_before_the_answer_publishes_nothing() -> None:
+    hooks = PendingHooks()
+    h = access_harness(hooks=hooks)
+    h.handshake()
+    h.feed(h.client.publish_prelude("cam1"))
+    hooks.answer("connect")
+    h.lose()
+    hooks.answer("publishStream")
+    assert h.registry.get("cam1") is None
+
+
+def test_a_client_that_does_not_wait_for_answers_is_closed() -> None:
+    hooks = PendingHooks()
+    h = access_harness(hooks=hooks)
+    h.handshake()
+    h.feed(h.client.publish_prelude("cam1"))
+    for i in range(MAX_HELD_MESSAGES):
+        h.feed(h.client.command("releaseStream", float(10 + i), None, "cam1"))
+    assert h.dropped

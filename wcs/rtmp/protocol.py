@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from wcs.access import Access, Client, Refused
 from wcs.guard import guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtmp import amf0, chunks, flv
 from wcs.rtmp.chunks import BufferBudget, ChunkDecoder, ChunkEncoder, Message
 from wcs.rtmp.handshake import HandshakeError, ServerHandshake
-from wcs.streams import PROVIDER_RTMP, Stream, StreamError, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, Stream, StreamError, StreamRegistry, check_stream_name
 
 log = Logger(namespace="wcs.rtmp")
 
@@ -57,6 +61,10 @@ WINDOW_ACK_SIZE = 2_500_000
 STREAM_ID = 1
 CSID_COMMAND = 3
 CSID_STATUS = 5
+# Messages a client may send while the server waits for the hook app (connect, publish): more
+# means it does not wait for answers, which no encoder does.
+MAX_HELD_MESSAGES = 256
+MAX_QUERY_FIELDS = 32
 # What an aggregate message may carry: FLV tags are audio, video or script data.
 _AGGREGATABLE = frozenset({chunks.AUDIO, chunks.VIDEO, chunks.DATA_AMF0, chunks.DATA_AMF3})
 _START_CODE_PREFIX = b"\x00\x00\x01"
@@ -96,6 +104,15 @@ class _MessageRate:
 def stream_key(name: str) -> str:
     """The stream name of an RTMP publish name: the key without its `?query`."""
     return name.split("?", 1)[0]
+
+
+def query_params(text: str) -> dict[str, str]:
+    """The `?a=1&b=2` parameters of an RTMP app or publish name (the first of repeated keys)."""
+    query = text.split("?", 1)[1] if "?" in text else ""
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS):
+        params.setdefault(key, value)
+    return params
 
 
 def _amf0_body(m: Message) -> bytes:
@@ -172,6 +189,14 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._dropping = False
         self._close_call: IDelayedCall | None = None
         self._metadata_logged = False
+        # Access (publish password, REST hooks): the client as the hook app sees it, and the
+        # messages held back while an answer is pending.
+        self._client: Client | None = None
+        self._connected = False
+        self._publish_asked = False
+        self._waiting = False
+        self._held: list[Message] = []
+        self._lost = False
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -213,6 +238,8 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._held = []
         self.factory.connections -= 1
         self.setTimeout(None)
         if self._close_call is not None and self._close_call.active():
@@ -249,11 +276,54 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         except chunks.TooManyMessages:
             raise self._rate.exceeded() from None
         self._rate.spend(len(messages))
-        for message in messages:
-            self._dispatch(message)
+        self._dispatch_all(messages)
+        self._maybe_ack()
+
+    def _dispatch_all(self, messages: list[Message]) -> None:
+        for i, message in enumerate(messages):
             if self._dropping:
                 return
-        self._maybe_ack()
+            if self._waiting:
+                self._hold(messages[i:])
+                return
+            self._dispatch(message)
+
+    def _hold(self, messages: list[Message]) -> None:
+        """Keep messages until the pending access decision; stop reading meanwhile."""
+        if not self._held:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._held.extend(messages)
+        if len(self._held) > MAX_HELD_MESSAGES:
+            raise ProtocolViolation(
+                f"more than {MAX_HELD_MESSAGES} messages sent while authorization was pending"
+            )
+
+    def _await(
+        self, decision: Deferred[Any], accepted: Callable[[], None], refused: Callable[[str], None]
+    ) -> None:
+        """Go on with `accepted()` or `refused(info)` once `decision` fires; messages that
+        arrive meanwhile are held and handled after, in order."""
+        self._waiting = True
+
+        def decided(result: object) -> None:
+            self._waiting = False
+            if self._dropping or self._lost:
+                return
+            if isinstance(result, Failure):
+                result.trap(Refused)
+                refused(result.value.info)  # type: ignore[union-attr]
+            else:
+                accepted()
+            self._release_held()
+
+        decision.addBoth(decided)
+
+    @guarded
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._dropping:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._dispatch_all(held)
 
     def _maybe_ack(self) -> None:
         received = self._decoder.bytes_received
@@ -340,9 +410,46 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         handler(txn, args)
 
     def command_connect(self, txn: float, args: list[object]) -> None:
+        if self._client is not None:
+            raise ProtocolViolation("second connect on one connection")
         obj = args[0] if args and isinstance(args[0], dict) else {}
         app = obj.get("app", "")
-        self._app = app if isinstance(app, str) else ""
+        app = app if isinstance(app, str) else ""
+        tc_url = obj.get("tcUrl", "")
+        # Keys may ride on the app (rtmp://host/live?key=k/name) or on the tcUrl.
+        custom = query_params(tc_url if isinstance(tc_url, str) else "")
+        custom.update(query_params(app))
+        custom.pop("password", None)  # a publish password is checked, never passed on
+        self._app = stream_key(app)
+        transport = self.transport
+        assert transport is not None
+        peer = transport.getPeer()
+        self._client = Client(
+            session_id=Client.session_id_of(peer, transport.getHost()),
+            provider=PROVIDER_RTMP,
+            address=str(getattr(peer, "host", "?")),
+            app_key=self._app,
+            custom=custom,
+        )
+        self._await(
+            self.factory.access.connect(self._client),
+            lambda: self._connect_accepted(txn),
+            lambda info: self._connect_refused(txn, info),
+        )
+
+    def _connect_refused(self, txn: float, info: str) -> None:
+        self._send_command(
+            CSID_COMMAND,
+            0,
+            "_error",
+            txn,
+            None,
+            {"level": "error", "code": "NetConnection.Connect.Rejected", "description": info},
+        )
+        self.drop(f"connect refused: {info}", flush=True)
+
+    def _connect_accepted(self, txn: float) -> None:
+        self._connected = True
         self._send(chunks.window_ack_size_message(WINDOW_ACK_SIZE))
         self._send(chunks.set_peer_bandwidth_message(WINDOW_ACK_SIZE, 2))
         self._send(chunks.set_chunk_size_message(OUT_CHUNK_SIZE))
@@ -381,22 +488,55 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def command_publish(self, txn: float, args: list[object]) -> None:
         raw = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
         name = stream_key(raw)
-        if self.stream is not None:
+        if self.stream is not None or self._publish_asked:
             raise ProtocolViolation("second publish on one connection")
+        if self._client is None or not self._connected:
+            raise ProtocolViolation("publish before the connection was accepted")
+        self._publish_asked = True
         try:
-            self.stream = self.registry.publish(name, PROVIDER_RTMP, on_terminate=self._terminated)
+            check_stream_name(name)
         except StreamError as err:
-            log.warn(
-                "RTMP {peer}: publish of {stream_name!r} refused: {info}",
-                peer=self._peer,
-                stream_name=name,
-                info=err.info,
-            )
-            self._status("error", "NetStream.Publish.BadName", err.info, details=name)
-            # The encoder must read the refusal (ffmpeg prints its description), so the
-            # connection closes after the write instead of being reset under it.
-            self.drop(f"publish refused: {err.info}", flush=True)
+            self._refuse_publish(name, "NetStream.Publish.BadName", err.info)
             return
+        params = query_params(raw)
+        password = params.pop("password", None)
+        client = self._client
+        if params:
+            client = Client(
+                client.session_id,
+                client.provider,
+                client.address,
+                client.app_key,
+                {**client.custom, **params},
+            )
+        msid = str(uuid.uuid4())
+        self._await(
+            self.factory.access.publish(client, name, msid, password),
+            lambda: self._start_publish(client, name, msid),
+            lambda info: self._refuse_publish(name, "NetStream.Publish.Unauthorized", info),
+        )
+
+    def _refuse_publish(self, name: str, code: str, info: str) -> None:
+        log.warn(
+            "RTMP {peer}: publish of {stream_name!r} refused: {info}",
+            peer=self._peer,
+            stream_name=name,
+            info=info,
+        )
+        self._status("error", code, info, details=name)
+        # The encoder must read the refusal (ffmpeg prints its description), so the
+        # connection closes after the write instead of being reset under it.
+        self.drop(f"publish refused: {info}", flush=True)
+
+    def _start_publish(self, client: Client, name: str, msid: str) -> None:
+        try:
+            self.stream = self.registry.publish(
+                name, PROVIDER_RTMP, media_session_id=msid, on_terminate=self._terminated
+            )
+        except StreamError as err:
+            self._refuse_publish(name, "NetStream.Publish.BadName", err.info)
+            return
+        self.factory.access.track(client, self.stream)
         self._avc_ready = False
         self._bad_media_run = 0
         log.info(
@@ -594,11 +734,17 @@ class RTMPServerFactory(Factory):
         clock: IReactorTime | Any = None,
         *,
         max_buffer: int = MAX_SERVER_BUFFER,
+        access: Access | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.connections = 0
         self.buffer_budget = BufferBudget(max_buffer)
+        if access is None:
+            from twisted.internet import reactor
+
+            access = Access(clock if clock is not None else reactor)
+        self.access = access
 
     def buildProtocol(self, addr: Any) -> RTMPServerProtocol:  # type: ignore[override]
         proto = RTMPServerProtocol(
