@@ -629,7 +629,7 @@ def test_setup_461_says_tcp_is_missing() -> None:
     ("headers", "body", "message"),
     [
         ([("Content-Type", "text/html")], b"<html>", "not SDP"),
-        ([], b"m=video x RTP/AVP 96\r\n", "bad SDP"),
+        ([], b"m=video x RTP/AVP 96\r\n", "unusable SDP"),
         ([], b"v=0\r\nm=application 0 RTP/AVP 107\r\n", "no audio or video"),
     ],
 )
@@ -656,6 +656,57 @@ def test_bad_setup_answers(setup_headers: list[tuple[str, str]], message: str) -
     cam.answer(cam.request("SETUP"), headers=setup_headers)
     err = closed_with(cam, sink)
     assert err.kind == PROTOCOL and message in err.reason
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"m=video 0 RTP/AVP 96", "m=video \u00b2 RTP/AVP 96".encode()),
+        (b"m=video 0 RTP/AVP 96", "m=video 0 RTP/AVP \u00b2".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:96 H264/\u00b2".encode()),
+        (b"a=rtpmap:97 MPEG4-GENERIC/16000/1", "a=rtpmap:97 MPEG4-GENERIC/16000/\u00b2".encode()),
+        (b"a=control:trackID=0", b"a=control:track 0"),
+    ],
+)
+def test_unusable_describe_sdp_fails_the_pull_with_its_reason(
+    env: Env, old: bytes, new: bytes
+) -> None:
+    """Finding 6: a "\u00b2" in the camera's SDP raised ValueError at the reactor, reported as
+    "the camera closed the connection" on every reconnect; now the pull says why."""
+    sdp = camera_sdp().replace(old, new, 1)
+    assert sdp != camera_sdp()
+    pull = env.manager.startup(URL, "door")
+    _, cam = env.connector.accept()
+    cam.answer(cam.request("OPTIONS"))
+    cam.answer(cam.request("DESCRIBE"), headers=[("Content-Type", "application/sdp")], body=sdp)
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info.startswith("the camera sent an unusable SDP: "), pull.info
+    assert "closed the connection" not in pull.info
+    assert pull.to_json()["info"] == pull.info
+
+
+def test_other_protocols_formats_are_not_payload_types() -> None:
+    """A "\u00b2" format of a non-RTP m= line raised ValueError in describe_tracks; such a
+    track is just not one we receive."""
+    sdp = camera_sdp().replace(
+        b"m=application 0 RTP/AVP 107", "m=application 0 udp \u00b2".encode()
+    )
+    _client, cam, sink, _ = connect()
+    cam.answer(cam.request("OPTIONS"))
+    cam.answer(cam.request("DESCRIBE"), headers=[("Content-Base", BASE)], body=sdp)
+    assert cam.request("SETUP").uri == BASE + "trackID=0"
+    assert sink.closed == []
+
+
+@pytest.mark.parametrize("cseq", ["\u00b2", "\u0662", "1_0"])
+def test_response_with_a_non_ascii_cseq_is_not_a_crash(cseq: str) -> None:
+    _client, cam, sink, _ = connect()
+    cam.request("OPTIONS")
+    cam.send(f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n".encode())
+    cam.request("DESCRIBE")  # taken as the answer to the oldest request, like a missing CSeq
+    assert sink.closed == [] and not cam.tr.disconnecting
 
 
 def test_camera_reusing_channels_is_refused() -> None:
@@ -1022,3 +1073,25 @@ def test_connector_raising_is_a_failed_attempt() -> None:
     pull = PullManager(registry, clock, connector=broken).startup(URL, "door")
     assert pull.status == RECONNECTING and "bad host name" in pull.info
     assert len(clock.getDelayedCalls()) == 1
+
+
+def test_anything_raising_on_camera_input_fails_the_session_with_a_reason(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer guard: an exception from the camera's bytes closes this connection, the pull
+    reports why and reconnects by its policy; nothing reaches the reactor."""
+    pull = env.manager.startup(URL, "door")
+    _client, cam = env.connector.accept()
+    cam.handshake(sdp=camera_sdp(audio=False))
+
+    def broken(index: int, packet: RtpPacket) -> None:
+        raise IndexError("ingest bug")
+
+    monkeypatch.setattr(pull, "rtp", broken)
+    cam.rtp(0, video_rtp()[:1])  # does not raise
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info == "unusable data from the camera: IndexError: ingest bug"
+    env.clock.advance(1)
+    assert len(env.connector.attempts) == 2

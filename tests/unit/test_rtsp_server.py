@@ -439,6 +439,57 @@ def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
     assert conn.announce().status == 200  # the connection is still usable
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"m=video 0 RTP/AVP 96", "m=video \u00b2 RTP/AVP 96".encode()),
+        (b"m=video 0 RTP/AVP 96", "m=video 0 RTP/AVP \u00b2".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:\u00b2 H264/90000".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:96 H264/\u00b2".encode()),
+        (b"a=rtpmap:97 MPEG4-GENERIC/44100/2", "a=rtpmap:97 MPEG4-GENERIC/44100/\u00b2".encode()),
+        (b"a=fmtp:96 ", "a=fmtp:\u00b2 ".encode()),
+        (b"m=audio 0 RTP/AVP 97", "m=audio 0 udp \u00b2".encode()),
+        (b"a=control:streamid=0", b"a=control:/track"),
+    ],
+)
+def test_announce_with_unusable_numbers_is_400_with_a_logged_reason(
+    conn: Conn,
+    registry: StreamRegistry,
+    log_events: list[LogEvent],
+    old: bytes,
+    new: bytes,
+) -> None:
+    """Finding 6: a superscript digit in the SDP raised ValueError at the reactor (no answer);
+    now the publisher gets 400 with the reason, and the connection stays usable."""
+    sdp = announce_sdp().replace(old, new, 1)
+    assert sdp != announce_sdp()
+    uri = "rtsp://[::1/live/cam" if new == b"a=control:/track" else BASE
+    r = conn.request("ANNOUNCE", uri, [("Content-Type", "application/sdp")], sdp)
+    assert r.status == 400, r
+    assert len(registry) == 0 and not conn.transport.disconnecting
+    logged = messages(log_events)
+    assert any("ANNOUNCE" in m and "refused" in m for m in logged), logged
+    assert conn.announce().status == 200
+
+
+@pytest.mark.parametrize("cseq", ["\u00b2", "\u0663", "1_0", "+1"])
+def test_cseq_must_be_ascii_digits(conn: Conn, cseq: str) -> None:
+    conn.send(build_request("OPTIONS", "*", [("CSeq", cseq)]))
+    r = conn.response()
+    assert r.status == 400 and r.reason == "Missing or bad CSeq"
+    assert not conn.transport.disconnecting
+
+
+@pytest.mark.parametrize("uri", ["rtsp://[::1/live/cam", "rtsp://h\uff03x/live/cam"])
+@pytest.mark.parametrize("method", ["ANNOUNCE", "DESCRIBE", "SETUP"])
+def test_urls_urlsplit_refuses_are_answered(conn: Conn, uri: str, method: str) -> None:
+    headers = [("Content-Type", "application/sdp"), ("Transport", TCP)]
+    body = announce_sdp() if method == "ANNOUNCE" else b""
+    r = conn.request(method, uri, headers, body)
+    assert 400 <= r.status < 500
+    assert not conn.transport.disconnecting
+
+
 # -- wrong states and bad requests -------------------------------------------------------------
 
 
@@ -995,3 +1046,64 @@ def test_player_connection_close_detaches(
     conn.close()
     assert player is not None and player not in stream._sinks
     assert not stream.ended
+
+
+# -- the input guard: nothing a peer sends reaches the reactor -------------------------------------
+
+
+def test_a_request_handler_raising_is_answered_and_closes(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], monkeypatch: Any
+) -> None:
+    def broken(req: object) -> None:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(conn.proto, "rtsp_DESCRIBE", broken)
+    r = conn.request("DESCRIBE")  # no exception escapes dataReceived
+    assert r.status == 500 and r.headers["Connection"] == "close"
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: DESCRIBE" in m and "RuntimeError: handler bug" in m
+        for m in messages(log_events)
+    )
+
+
+def test_media_path_raising_closes_only_that_connection(
+    factory: RTSPServerFactory,
+    reactor: FakeReactor,
+    registry: StreamRegistry,
+    log_events: list[LogEvent],
+    monkeypatch: Any,
+) -> None:
+    other = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
+    other.publish_tcp(BASE.replace("cam", "other"))
+    tcp = Conn(factory)
+    tcp.publish_tcp()
+    assert tcp.proto.ingest is not None
+
+    def broken(index: int, data: bytes) -> None:
+        raise KeyError("ingest bug")
+
+    monkeypatch.setattr(tcp.proto.ingest, "rtp", broken)
+    tcp.send(build_interleaved(0, rtp_packets(1)[0]))  # does not raise
+    assert tcp.transport.disconnecting
+    assert any("closing connection: KeyError: 'ingest bug'" in m for m in messages(log_events))
+    tcp.close()
+    assert registry.get("cam") is None
+
+    udp = Conn(factory, IPv4Address("TCP", "10.0.0.9", 50002))
+    assert udp.announce(BASE.replace("cam", "udp")).status == 200
+    r = udp.setup(
+        "RTP/AVP/UDP;unicast;client_port=5000-5001;mode=record",
+        BASE.replace("cam", "udp") + "/streamid=0",
+    )
+    (spec,) = parse_transport(r.headers["Transport"])
+    assert spec.server_port is not None
+    assert udp.request("RECORD", BASE.replace("cam", "udp")).status == 200
+    assert udp.proto.ingest is not None
+    monkeypatch.setattr(udp.proto.ingest, "rtcp", broken)
+    reactor.udp[spec.server_port[1]].deliver(b"\x80\xc9\x00\x01\x00\x00\x00\x01", "10.0.0.9")
+    assert udp.transport.disconnecting
+    # The healthy publisher never noticed.
+    assert not other.transport.disconnecting
+    other.send(build_interleaved(0, rtp_packets(1)[0]))
+    assert registry.get("other") is not None

@@ -246,7 +246,10 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     User and password are percent-decoded (UTF-8); both are None when the URL has no userinfo,
     and the password is "" when only a user is given.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:  # "Invalid IPv6 URL", NFKC-normalised separators in the host
+        raise AuthError(f"not a usable URL: {err}") from None
     if parts.scheme.lower() not in ("rtsp", "rtsps") or not parts.netloc:
         raise AuthError(f"not an rtsp:// URL: {url[:80]!r}")
     userinfo, at, hostport = parts.netloc.rpartition("@")

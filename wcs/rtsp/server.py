@@ -12,15 +12,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wcs.guard import describe, guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit
 from wcs.rtsp.h264rtp import CLOCK_RATE, H264Packetizer
@@ -38,6 +39,7 @@ from wcs.rtsp.message import (
     parse_session,
     parse_transport,
 )
+from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import Bye
 from wcs.rtsp.sdp import (
     MediaDescription,
@@ -222,8 +224,7 @@ def stream_name_from_url(url: str) -> tuple[str, str]:
     The name is the last non-empty path segment, percent-decoded, without the query (as RTMP's
     stream key); raises InvalidName when there is none or it is not a valid stream name.
     """
-    parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
+    segments = [unquote(s) for s in _split_url(url).path.split("/") if s]
     if not segments:
         raise InvalidName("the URL has no stream name")
     name = segments[-1]
@@ -231,9 +232,20 @@ def stream_name_from_url(url: str) -> tuple[str, str]:
     return "/".join(segments[:-1]), name
 
 
+def _split_url(url: str) -> SplitResult:
+    """urlsplit, with its ValueError (e.g. "Invalid IPv6 URL") as InvalidName."""
+    try:
+        return urlsplit(url)
+    except ValueError as err:
+        raise InvalidName(f"unusable URL: {err}") from None
+
+
 def _url_key(url: str) -> str:
     """A URL without scheme and authority, trailing slash dropped: clients spell hosts freely."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # matches no announced URL
     key = parts.path.rstrip("/")
     if parts.query:
         key += "?" + parts.query.rstrip("/")
@@ -420,6 +432,7 @@ class RTSPServerProtocol(Protocol):
             self.drop(f"idle timeout: no request for {timeout} s")
 
     # -- bytes in -------------------------------------------------------------------------------
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
@@ -466,6 +479,7 @@ class RTSPServerProtocol(Protocol):
         else:
             self.ingest.rtp(index, frame.payload)
 
+    @guarded
     def _udp_rtp(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
         transport = self.transports.get(index)
         if transport is None or self.ingest is None or self._closing:
@@ -486,6 +500,7 @@ class RTSPServerProtocol(Protocol):
         self._touch()
         self.ingest.rtp(index, data)
 
+    @guarded
     def _udp_rtcp(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
         if self.ingest is None or self._closing or addr[0] != self.peer_host:
             return
@@ -496,15 +511,32 @@ class RTSPServerProtocol(Protocol):
     def _request(self, req: RtspRequest) -> None:
         log.debug("RTSP {peer}: {method} {uri}", peer=self.peer, method=req.method, uri=req.uri)
         cseq = req.headers.get("CSeq")
-        if cseq is None or not cseq.strip().isdigit():
+        if cseq is None or ascii_uint(cseq.strip(), 0xFFFFFFFF) is None:
             self._send(req, _Reply(400, "Missing or bad CSeq"), None)
             return
-        reply = self._check_request(req)
-        if reply is None:
-            handler: Callable[[RtspRequest], _Reply] | None = getattr(
-                self, f"rtsp_{req.method}", None
+        try:
+            reply = self._check_request(req)
+            if reply is None:
+                handler: Callable[[RtspRequest], _Reply] | None = getattr(
+                    self, f"rtsp_{req.method}", None
+                )
+                reply = handler(req) if handler is not None else _Reply(501)
+        except Exception as err:
+            # The guard's policy (log the reason once, close), but the request gets its answer.
+            if not isinstance(err, ValueError):
+                log.failure(
+                    "RTSP {peer}: {method} failed",
+                    peer=self.peer,
+                    method=req.method,
+                    level=LogLevel.debug,
+                )
+            status = 400 if isinstance(err, ValueError) else 500
+            headers = [("CSeq", cseq.strip()), ("Server", SERVER_NAME), ("Connection", "close")]
+            self.drop(
+                f"{req.method} {req.uri[:200]} failed: {describe(err)}",
+                build_response(status, headers=headers),
             )
-            reply = handler(req) if handler is not None else _Reply(501)
+            return
         if reply.status >= 400:
             log.info(
                 "RTSP {peer}: {method} {uri} -> {status} {reason}",
@@ -600,7 +632,7 @@ class RTSPServerProtocol(Protocol):
     def _setup_play(self, req: RtspRequest, specs: list[TransportSpec]) -> _Reply:
         if any(spec.mode == "RECORD" for spec in specs):
             return _Reply(455, "SETUP before ANNOUNCE")
-        path = urlsplit(req.uri).path.rstrip("/")
+        path = _url_key(req.uri).partition("?")[0]
         if not path.endswith("/" + PLAY_CONTROL):
             return (
                 _Reply(459, "SETUP needs the track URL")
@@ -693,22 +725,17 @@ class RTSPServerProtocol(Protocol):
             return _Reply(415, headers=[("Accept", "application/sdp")])
         try:
             sdp = parse_sdp(req.body)
+            aggregate = resolve_control(req.uri, sdp.control)
+            tracks = [t for t in describe_tracks(sdp) if t.media.proto.upper() in RTP_PROFILES]
+            track_urls = [resolve_control(aggregate, t.media.control) for t in tracks]
         except SdpError as err:
-            return _Reply(400, f"Bad SDP: {err}")
-        tracks = [t for t in describe_tracks(sdp) if t.media.proto.upper() in RTP_PROFILES]
+            return self._refuse_announce(req, _Reply(400, f"Bad SDP: {err}"))
         if not tracks or len(tracks) != len(sdp.media):
-            return _Reply(400, "SDP without RTP/AVP media")
+            return self._refuse_announce(req, _Reply(400, "SDP without RTP/AVP media"))
         try:
             app, name = stream_name_from_url(req.uri)
         except InvalidName as err:
-            log.warn(
-                "RTSP {peer}: ANNOUNCE of {uri} refused: {info}: {detail}",
-                peer=self.peer,
-                uri=req.uri,
-                info=err.info,
-                detail=str(err),
-            )
-            return _Reply(400, err.info)
+            return self._refuse_announce(req, _Reply(400, err.info), str(err))
         try:
             stream = self.registry.publish(
                 name, PROVIDER_RTSP, on_terminate=lambda: self.drop("terminated by the server")
@@ -724,9 +751,8 @@ class RTSPServerProtocol(Protocol):
         self.stream = stream
         self.app = app
         self.tracks = tracks
-        aggregate = resolve_control(req.uri, sdp.control)
         self.aggregate_key = _url_key(aggregate)
-        self.track_keys = [_url_key(resolve_control(aggregate, t.media.control)) for t in tracks]
+        self.track_keys = [_url_key(url) for url in track_urls]
         self.state = ANNOUNCED
         log.info(
             "RTSP {peer}: announced {stream_name} (app {app}): {tracks}",
@@ -737,6 +763,16 @@ class RTSPServerProtocol(Protocol):
             user_agent=req.headers.get("User-Agent"),
         )
         return _Reply(200)
+
+    def _refuse_announce(self, req: RtspRequest, reply: _Reply, detail: str = "") -> _Reply:
+        log.warn(
+            "RTSP {peer}: ANNOUNCE of {uri} refused: {reason}{detail}",
+            peer=self.peer,
+            uri=req.uri[:200],
+            reason=reply.reason,
+            detail=f": {detail}" if detail else "",
+        )
+        return reply
 
     def _track_of(self, uri: str) -> int | None:
         key = _url_key(uri)
