@@ -661,3 +661,18 @@ def test_ascii_hex() -> None:
     assert ascii_hex("00000001", 8) == 1 and ascii_hex("fF", 2) == 255
     for bad in ("", "123456789", "g", "\u0663", "0x1", " 1"):
         assert ascii_hex(bad, 8) is None
+
+
+def test_in_message_tracks_requests_not_frames() -> None:
+    parser = RtspParser()
+    assert not parser.in_message
+    assert parser.feed(b"\r\n") == [] and not parser.in_message
+    assert parser.feed(b"$\x00\x00\x04ab") == []  # half an interleaved frame
+    assert not parser.in_message
+    assert parser.feed(b"cdOPT") == [InterleavedFrame(0, b"abcd")]
+    assert parser.in_message
+    parser.feed(b"IONS * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 2\r\n\r\n")
+    assert parser.in_message  # the head is complete, the body is not
+    (request,) = parser.feed(b"hi")
+    assert isinstance(request, RtspRequest) and request.body == b"hi"
+    assert not parser.in_message

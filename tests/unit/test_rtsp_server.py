@@ -35,6 +35,7 @@ from wcs.rtsp.rtp import Bye, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import RtpMap, h264_sprop, parse_sdp, resolve_control
 from wcs.rtsp.server import (
     MAX_CONNECTIONS,
+    REQUEST_DEADLINE,
     SESSION_TIMEOUT,
     RTSPServerFactory,
     RTSPServerProtocol,
@@ -649,6 +650,67 @@ def test_idle_connection_times_out(
     assert any(
         "closing connection: idle timeout: no request for 60 s" in m for m in messages(log_events)
     )
+
+
+def test_trickled_request_is_closed_at_the_deadline(
+    conn: Conn, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    """Finding 13: a byte per second completes a request every ~40 s, each counting as activity,
+    so the connection lived forever; a request must now be whole 10 s after its first byte."""
+    request = build_request("OPTIONS", "*", [("CSeq", "1"), ("User-Agent", "x" * 20)])
+    assert len(request) > REQUEST_DEADLINE + 1
+    for i in range(int(REQUEST_DEADLINE)):
+        conn.send(request[i : i + 1])
+        reactor.advance(1)
+        if i < REQUEST_DEADLINE - 1:
+            assert not conn.transport.disconnecting
+    assert conn.transport.disconnecting
+    r = conn.response()
+    assert r.status == 408 and r.headers["Connection"] == "close"
+    assert any(
+        "closing connection: request not complete 10 s after its first byte" in m
+        for m in messages(log_events)
+    )
+    conn.close()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_request_deadline_starts_at_each_request(conn: Conn, reactor: FakeReactor) -> None:
+    one = build_request("OPTIONS", "*", [("CSeq", "1")])
+    two = build_request("OPTIONS", "*", [("CSeq", "2")])
+    conn.send(b"\r\n")  # a keep-alive CRLF between messages starts nothing
+    reactor.advance(30)
+    conn.send(one[:5])
+    reactor.advance(9.5)
+    conn.send(one[5:] + two[:5])  # the first completes, the second begins now
+    assert conn.response().headers["CSeq"] == "1"
+    reactor.advance(9.5)
+    assert not conn.transport.disconnecting
+    conn.send(two[5:])
+    assert conn.response().headers["CSeq"] == "2"
+    reactor.advance(REQUEST_DEADLINE * 3)
+    assert not conn.transport.disconnecting  # between requests only the idle timeout runs
+    # A body counts too: Content-Length promised and never sent.
+    conn.send(build_request("SET_PARAMETER", "*", [("CSeq", "3")], b"12345")[:-5])
+    reactor.advance(REQUEST_DEADLINE)
+    assert conn.transport.disconnecting and conn.response().status == 408
+
+
+def test_interleaved_frames_never_run_against_the_request_deadline(
+    conn: Conn, reactor: FakeReactor, registry: StreamRegistry
+) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    # A recording publisher's frames arrive in pieces over a long time, between keepalives.
+    data = b"".join(build_interleaved(0, p) for p in rtp_packets(20))
+    for i in range(0, len(data), 97):
+        conn.send(data[i : i + 97])
+        reactor.advance(0.5)
+    assert reactor.seconds() > 3 * REQUEST_DEADLINE
+    assert conn.request("GET_PARAMETER").status == 200
+    reactor.advance(REQUEST_DEADLINE * 2)
+    assert not conn.transport.disconnecting and stream.video_units >= 19
 
 
 def test_session_kept_alive_by_rtp_and_keepalives(

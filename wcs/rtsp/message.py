@@ -204,6 +204,13 @@ class RtspParser:
         self._body_len = 0
         self._error: RtspParseError | None = None
 
+    @property
+    def in_message(self) -> bool:
+        """True while a request or response has begun to arrive and is not complete (its head
+        or its body); False between messages and inside interleaved frames."""
+        # After feed() the buffer never starts with the CR/LF skipped between messages.
+        return self._head is not None or (bool(self._buf) and self._buf[0] != _INTERLEAVED_MAGIC)
+
     def feed(self, data: bytes) -> list[RtspEvent]:
         if self._error is not None:
             raise RtspParseError(

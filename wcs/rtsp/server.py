@@ -29,6 +29,7 @@ from wcs.rtsp.ingest import RtpIngest, Track, describe_tracks
 from wcs.rtsp.message import (
     STATUS_REASONS,
     InterleavedFrame,
+    RtspEvent,
     RtspParseError,
     RtspParser,
     RtspRequest,
@@ -63,6 +64,7 @@ from wcs.streams import (
 __all__ = [
     "MAX_CONNECTIONS",
     "MAX_UDP_PAIRS",
+    "REQUEST_DEADLINE",
     "SESSION_TIMEOUT",
     "RTSPServerFactory",
     "RTSPServerProtocol",
@@ -78,6 +80,10 @@ MAX_CONNECTIONS: Final = 1000
 # Seconds without an RTSP request or any RTP/RTCP before a session (or an idle connection) ends;
 # announced to clients in the Session header so they send keepalives in time.
 SESSION_TIMEOUT: Final = 60
+# Seconds from the first byte of a request to its last (head and body): a client trickling a
+# byte at a time would otherwise hold a connection forever, each complete request counting as
+# activity. Interleaved RTP/RTCP frames are not requests and never run against it.
+REQUEST_DEADLINE: Final = 10.0
 # Pairs of UDP ports (RTP + RTCP) the whole server may hold for UDP tracks at once.
 MAX_UDP_PAIRS: Final = 256
 # With ephemeral ports, how often to retry when the port after the one the kernel gave is taken.
@@ -375,6 +381,7 @@ class RTSPServerProtocol(Protocol):
         self._closing = False
         self._last_activity = 0.0
         self._timer: IDelayedCall | None = None
+        self._request_timer: IDelayedCall | None = None
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -390,9 +397,10 @@ class RTSPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections -= 1
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._request_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._request_timer = None
         self._end_session("Stopped by publisher stop")
 
     def drop(self, reason: str, reply: bytes = b"") -> None:
@@ -441,6 +449,7 @@ class RTSPServerProtocol(Protocol):
         except RtspParseError as err:
             self._parse_error(err)
             return
+        self._watch_request(events)
         for event in events:
             if self._closing:
                 return
@@ -451,6 +460,25 @@ class RTSPServerProtocol(Protocol):
                 self._request(event)
             else:
                 self._response(event)
+
+    def _watch_request(self, events: list[RtspEvent]) -> None:
+        """Start the request deadline at a request's first bytes; stop it when it completes."""
+        timer = self._request_timer
+        completed = any(not isinstance(e, InterleavedFrame) for e in events)
+        if timer is not None and (completed or not self.parser.in_message):
+            if timer.active():
+                timer.cancel()
+            self._request_timer = timer = None
+        if timer is None and self.parser.in_message:
+            self._request_timer = self.reactor.callLater(
+                self.factory.request_deadline, self._request_too_slow
+            )
+
+    def _request_too_slow(self) -> None:
+        self._request_timer = None
+        deadline = self.factory.request_deadline
+        reply = build_response(408, headers=[("Server", SERVER_NAME), ("Connection", "close")])
+        self.drop(f"request not complete {deadline:g} s after its first byte", reply)
 
     def _parse_error(self, err: RtspParseError) -> None:
         reply = build_response(
@@ -964,6 +992,7 @@ class RTSPServerFactory(Factory):
         ip: str = "0.0.0.0",
         max_connections: int = MAX_CONNECTIONS,
         session_timeout: int = SESSION_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
         udp_port_range: tuple[int, int] | None = None,
         max_udp_pairs: int = MAX_UDP_PAIRS,
     ) -> None:
@@ -971,6 +1000,7 @@ class RTSPServerFactory(Factory):
         self.reactor = reactor
         self.max_connections = max_connections
         self.session_timeout = session_timeout
+        self.request_deadline = request_deadline
         self.connections = 0
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
