@@ -366,6 +366,14 @@ def test_interleaved_channels_taken_are_reassigned(conn: Conn) -> None:
     assert parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
 
 
+@pytest.mark.parametrize("channels", ["0-0", "3-2", "4-9"])
+def test_interleaved_channels_that_are_no_pair_are_reassigned(conn: Conn, channels: str) -> None:
+    assert conn.announce().status == 200
+    r = conn.setup(f"RTP/AVP/TCP;interleaved={channels};mode=record")
+    assert r.status == 200 and parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
+    assert conn.proto.channels == {0: (0, False), 1: (0, True)}
+
+
 # -- names ----------------------------------------------------------------------------------------
 
 
@@ -865,6 +873,62 @@ def test_udp_pool_exhaustion_falls_back_or_461(
     b = Conn(factory)
     assert b.announce().status == 200
     assert udp_setup(b, 0).status == 200
+
+
+@pytest.mark.parametrize("ports", ["0-0", "0", "0-1", "5001-5000", "5000-5007", "5000-4999"])
+def test_bad_client_ports_are_461(conn: Conn, reactor: FakeReactor, ports: str) -> None:
+    """Finding 21: client_port=0-0 was accepted and took a pair from the pool."""
+    assert conn.announce().status == 200
+    r = udp_setup(conn, 0, ports)
+    assert r.status == 461 and r.reason.startswith("Bad client_port"), r
+    assert reactor.udp == {} and conn.factory.udp_pool.in_use == 0
+    # Offered with TCP as the second choice, TCP is used.
+    r = conn.setup(
+        f"RTP/AVP/UDP;unicast;client_port={ports};mode=record,"
+        "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+    )
+    assert r.status == 200 and parse_transport(r.headers["Transport"])[0].lower == "TCP"
+
+
+@pytest.mark.parametrize("ports", ["5000-5001", "5000", "41234-41235", "5000-5000", "5001-5002"])
+def test_client_ports_real_clients_send_are_accepted(conn: Conn, ports: str) -> None:
+    assert conn.announce().status == 200
+    assert udp_setup(conn, 0, ports).status == 200
+
+
+def test_a_session_holds_at_most_four_udp_pairs(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Finding 21: 16 connections of 16 UDP tracks each emptied the server-wide pool."""
+    factory = RTSPServerFactory(registry, reactor, max_udp_pairs=16)
+    tracks = 6
+    sdp = announce_sdp(audio=False)
+    video = sdp[sdp.index(b"m=video") :]
+    sdp += b"".join(
+        video.replace(b"streamid=0", f"streamid={i}".encode()) for i in range(1, tracks)
+    )
+    conns = [Conn(factory, IPv4Address("TCP", "10.0.0.7", 50000 + i)) for i in range(4)]
+    for n, conn in enumerate(conns):
+        uri = BASE.replace("cam", f"cam{n}")
+        assert conn.announce(uri, sdp).status == 200
+        got = [
+            conn.setup(
+                f"RTP/AVP/UDP;unicast;client_port={5000 + 2 * i}-{5001 + 2 * i};mode=record",
+                f"{uri}/streamid={i}",
+            )
+            for i in range(tracks)
+        ]
+        assert [r.status for r in got] == [200] * 4 + [461] * 2
+        assert got[4].reason == "At most 4 UDP tracks per session, use TCP"
+        # TCP stays open to the tracks past the cap.
+        r = conn.setup(
+            "RTP/AVP/UDP;unicast;client_port=6000-6001;mode=record,RTP/AVP/TCP;unicast;mode=record",
+            f"{uri}/streamid=4",
+        )
+        assert r.status == 200 and parse_transport(r.headers["Transport"])[0].lower == "TCP"
+    assert factory.udp_pool.in_use == 16
+    conns[0].close()
+    assert factory.udp_pool.in_use == 12
 
 
 def test_udp_pool_ephemeral_pairs_are_consecutive(reactor: FakeReactor) -> None:

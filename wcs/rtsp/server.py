@@ -63,6 +63,7 @@ from wcs.streams import (
 
 __all__ = [
     "MAX_CONNECTIONS",
+    "MAX_SESSION_UDP_PAIRS",
     "MAX_UDP_PAIRS",
     "REQUEST_DEADLINE",
     "SESSION_TIMEOUT",
@@ -86,6 +87,8 @@ SESSION_TIMEOUT: Final = 60
 REQUEST_DEADLINE: Final = 10.0
 # Pairs of UDP ports (RTP + RTCP) the whole server may hold for UDP tracks at once.
 MAX_UDP_PAIRS: Final = 256
+# UDP pairs one publish session may hold: a video and an audio track, and a spare.
+MAX_SESSION_UDP_PAIRS: Final = 4
 # With ephemeral ports, how often to retry when the port after the one the kernel gave is taken.
 UDP_BIND_ATTEMPTS: Final = 16
 # An ANNOUNCE SDP is a few hundred bytes; the parser's body limit also bounds SET_PARAMETER.
@@ -833,6 +836,7 @@ class RTSPServerProtocol(Protocol):
             return specs
         chosen: _TrackTransport | None = None
         exhausted = False
+        refusal: str | None = None
         for spec in specs:
             if spec.protocol not in RTP_PROFILES or spec.multicast:
                 continue
@@ -840,7 +844,13 @@ class RTSPServerProtocol(Protocol):
                 continue
             if spec.lower == "TCP":
                 chosen = self._setup_tcp(index, spec)
+                if chosen is None:
+                    refusal = "No free interleaved channels"
+                    continue
             else:
+                refusal = self._udp_refusal(spec)
+                if refusal is not None:
+                    continue
                 try:
                     chosen = self._setup_udp(index, spec)
                 except UdpPoolExhausted as err:
@@ -854,7 +864,7 @@ class RTSPServerProtocol(Protocol):
                     continue
             break
         if chosen is None:
-            reason = "UDP port pool exhausted, use TCP" if exhausted else None
+            reason = "UDP port pool exhausted, use TCP" if exhausted else refusal
             return _Reply(461, reason)
         self.transports[index] = chosen
         if self.session_id is None:
@@ -871,13 +881,38 @@ class RTSPServerProtocol(Protocol):
         except RtspParseError as err:
             return _Reply(err.status, err.reason)
 
-    def _setup_tcp(self, index: int, spec: TransportSpec) -> _TrackTransport:
+    def _udp_refusal(self, spec: TransportSpec) -> str | None:
+        """Why this UDP alternative cannot be set up (None: it can)."""
+        ports = spec.client_port
+        # ffmpeg, GStreamer and live555 send an RTP port and the next one for RTCP (or one
+        # port for both); 0 or a reversed range is not a port to send from.
+        if ports is not None and (ports[0] < 1 or ports[1] not in (ports[0], ports[0] + 1)):
+            return f"Bad client_port {ports[0]}-{ports[1]}"
+        held = sum(1 for t in self.transports.values() if t.udp is not None)
+        if held >= self.factory.max_session_udp_pairs:
+            return f"At most {self.factory.max_session_udp_pairs} UDP tracks per session, use TCP"
+        return None
+
+    def _setup_tcp(self, index: int, spec: TransportSpec) -> _TrackTransport | None:
         pair = spec.interleaved
-        if pair is None or pair[0] in self.channels or pair[1] in self.channels:
-            # Absent or already taken: pick the lowest free pair (the answer tells the client).
+        if (
+            pair is None
+            or pair[1] != pair[0] + 1
+            or pair[0] in self.channels
+            or pair[1] in self.channels
+        ):
+            # Absent, not an RTP/RTCP pair, or taken: pick the lowest free pair (the answer
+            # tells the client).
             first = next(
-                c for c in range(0, 256, 2) if c not in self.channels and c + 1 not in self.channels
+                (
+                    c
+                    for c in range(0, 256, 2)
+                    if c not in self.channels and c + 1 not in self.channels
+                ),
+                None,
             )
+            if first is None:
+                return None
             pair = (first, first + 1)
         self.channels[pair[0]] = (index, False)
         self.channels[pair[1]] = (index, True)
@@ -995,6 +1030,7 @@ class RTSPServerFactory(Factory):
         request_deadline: float = REQUEST_DEADLINE,
         udp_port_range: tuple[int, int] | None = None,
         max_udp_pairs: int = MAX_UDP_PAIRS,
+        max_session_udp_pairs: int = MAX_SESSION_UDP_PAIRS,
     ) -> None:
         self.registry = registry
         self.reactor = reactor
@@ -1002,6 +1038,7 @@ class RTSPServerFactory(Factory):
         self.session_timeout = session_timeout
         self.request_deadline = request_deadline
         self.connections = 0
+        self.max_session_udp_pairs = max_session_udp_pairs
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
     def buildProtocol(self, addr: Any) -> RTSPServerProtocol:  # type: ignore[override]
