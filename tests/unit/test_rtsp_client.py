@@ -35,7 +35,7 @@ from wcs.rtsp.client import (
     RTSPClientProtocol,
 )
 from wcs.rtsp.h264rtp import H264Packetizer
-from wcs.rtsp.ingest import Track
+from wcs.rtsp.ingest import MAX_BAD_RUN, Track
 from wcs.rtsp.message import (
     InterleavedFrame,
     RtspParser,
@@ -1095,3 +1095,35 @@ def test_anything_raising_on_camera_input_fails_the_session_with_a_reason(
     assert pull.info == "unusable data from the camera: IndexError: ingest bug"
     env.clock.advance(1)
     assert len(env.connector.attempts) == 2
+
+
+def test_camera_malformed_units_are_counted_and_a_long_run_reconnects() -> None:
+    """Finding 17 on the pull side: bad units are dropped and counted, the pull keeps going;
+    only a long run of them closes the session (the pull reconnects with the reason)."""
+    registry = StreamRegistry(max_picture_pixels=1000)  # the camera's 160x120 is too large
+    clock = Clock()
+    connector = FakeConnector()
+    pull = PullManager(registry, clock, connector=connector).startup(URL, "door")
+    _, cam = connector.accept()
+    cam.handshake(sdp=camera_sdp(audio=False))
+    stream = pull.stream
+    assert stream.rejected_units == 1 and stream.video is not None and stream.video.width == 0
+    video = video_rtp()
+    cam.rtp(0, video)
+    assert stream.video_units == 0 and not cam.tr.disconnecting  # video refused, session stays
+    seq = RtpPacket.parse(video[-1]).seq + 1
+    garbage = [
+        RtpPacket(96, (seq + i) & 0xFFFF, 900_000 + 3000 * i, SSRC, b"\x7c", True).serialize()
+        for i in range(MAX_BAD_RUN)
+    ]
+    cam.rtp(0, garbage[:-1])
+    assert not cam.tr.disconnecting
+    cam.rtp(0, garbage[-1:])
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info.startswith(
+        f"unusable data from the camera: MediaRejected: {MAX_BAD_RUN} malformed video access units"
+    )
+    clock.advance(1)
+    assert len(connector.attempts) == 2

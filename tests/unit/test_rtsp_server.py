@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
 from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
+from wcs.rtsp.ingest import MAX_BAD_RUN
 from wcs.rtsp.message import (
     InterleavedFrame,
     RtspParser,
@@ -1233,3 +1235,103 @@ def test_media_path_raising_closes_only_that_connection(
     assert not other.transport.disconnecting
     other.send(build_interleaved(0, rtp_packets(1)[0]))
     assert registry.get("other") is not None
+
+
+# -- malformed media: dropped and counted, the publish goes on -------------------------------------
+
+
+def malformed_aus(first_seq: int, count: int, ssrc: int = 0x1234) -> list[bytes]:
+    """`count` access units of one FU-A fragment with a bad header each (RFC 6184 malformed)."""
+    return [
+        RtpPacket(96, (first_seq + i) & 0xFFFF, 900_000 + 3000 * i, ssrc, b"\x7c", True).serialize()
+        for i in range(count)
+    ]
+
+
+def test_malformed_units_are_dropped_and_only_a_long_run_closes(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    """Finding 17: one bad NAL unit must not end the publish; a long run of them does."""
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    good = rtp_packets(3)
+    for p in good:
+        conn.send(build_interleaved(0, p))
+    units = stream.video_units
+    seq = RtpPacket.parse(good[-1]).seq + 1
+    for p in malformed_aus(seq, MAX_BAD_RUN - 1):
+        conn.send(build_interleaved(0, p))
+    assert not conn.transport.disconnecting
+    assert stream.rejected_units == MAX_BAD_RUN - 1 and not stream.ended
+    assert (
+        sum("dropping malformed media: FU-A with a bad header" in m for m in messages(log_events))
+        == 1
+    )
+    assert conn.request("GET_PARAMETER").status == 200
+    # One more in the run: the publisher is dropped with the reason.
+    conn.send(build_interleaved(0, malformed_aus(seq + MAX_BAD_RUN - 1, 1)[0]))
+    assert conn.transport.disconnecting
+    assert any(
+        f"closing connection: MediaRejected: {MAX_BAD_RUN} malformed video access units in a "
+        "row (last: FU-A with a bad header)" in m
+        for m in messages(log_events)
+    )
+    assert stream.video_units == units
+    conn.close()
+    assert stream.ended
+
+
+def test_a_good_unit_ends_the_run(conn: Conn, registry: StreamRegistry) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    _, _, units = media()
+    pack = H264Packetizer(96, 0x1234, initial_seq=1000, timestamp_offset=5000)
+    for round_ in range(3):
+        # A keyframe, then most of a run of garbage.
+        for packet in pack.packetize(units[0].data, round_ * 900_000):
+            conn.send(build_interleaved(0, packet.serialize()))
+        seq = pack.seq
+        for garbage in malformed_aus(seq, MAX_BAD_RUN - 10):
+            conn.send(build_interleaved(0, garbage))
+        pack.seq = (seq + MAX_BAD_RUN - 10) & 0xFFFF
+    assert not conn.transport.disconnecting
+    assert stream.rejected_units == 3 * (MAX_BAD_RUN - 10) and stream.video_units >= 2
+
+
+def test_picture_over_max_picture_pixels_refuses_the_video_not_the_session(
+    reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    registry = StreamRegistry(max_picture_pixels=1000)
+    conn = Conn(RTSPServerFactory(registry, reactor))
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    assert stream.video == VideoParams("H264") and stream.rejected_units == 1
+    assert any(
+        "SPS picture size 320x240 is larger than the limit of 1000 pixels" in m
+        for m in messages(log_events)
+    )
+    for p in rtp_packets(30):
+        conn.send(build_interleaved(0, p))
+    audio = RtpPacket(97, 1, 0, 0x55, b"\x00\x10\x01").serialize()
+    conn.send(build_interleaved(2, audio))
+    assert stream.video_units == 0 and stream.gop is None and stream.audio_units == 1
+    assert not conn.transport.disconnecting and not stream.ended
+    assert conn.request("GET_PARAMETER").status == 200
+
+
+def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: StreamRegistry) -> None:
+    sdp = re.sub(
+        rb"sprop-parameter-sets=[^;\r]+", b"sprop-parameter-sets=!!notbase64", announce_sdp()
+    )
+    assert conn.announce(BASE, sdp).status == 200
+    tcp = "RTP/AVP/TCP;unicast;interleaved={};mode=record"
+    assert conn.setup(tcp.format("0-1"), BASE + "/streamid=0").status == 200
+    assert conn.request("RECORD").status == 200
+    stream = registry.get("cam")
+    assert stream is not None and stream.rejected_units == 1
+    for p in rtp_packets(5):  # ffmpeg's keyframes carry SPS/PPS in-band
+        conn.send(build_interleaved(0, p))
+    assert stream.video_units == 5
