@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -1127,3 +1129,40 @@ def test_camera_malformed_units_are_counted_and_a_long_run_reconnects() -> None:
     )
     clock.advance(1)
     assert len(connector.attempts) == 2
+
+
+def test_an_ended_pull_is_freed_without_the_garbage_collector(env: Env) -> None:
+    """A terminated pull, its stream, client, ingest and depacketizer are freed by reference
+    counting alone (the stream's on_terminate and the closing client used to keep a cycle)."""
+    gc.collect()
+    gc.disable()
+    try:
+        pull = env.manager.startup(URL, "door")
+        cam = play_session(env)
+        client = pull.client
+        assert client is not None and pull._ingest is not None
+        refs = [
+            weakref.ref(o)
+            for o in (
+                pull,
+                pull.stream,
+                client,
+                pull._ingest,
+                pull._ingest.tracks[0].depacketizer,
+            )
+        ]
+        env.manager.terminate("door")
+        cam.answer(cam.request("TEARDOWN"))
+        cam.drop()
+        del pull, client, cam
+        env.connector.attempts.clear()
+        assert env.clock.getDelayedCalls() == [] and env.manager.find_all() == []
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+
+
+def test_camera_pulls_are_exempt_from_the_publish_idle_timeout(env: Env) -> None:
+    """Finding 18: a pull reconnects by its own policy; the idle watchdog must leave it be."""
+    pull = env.manager.startup(URL, "door")
+    assert pull.stream.watch_idle is False

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import re
+import weakref
 from typing import Any
 
 import pytest
@@ -783,14 +785,54 @@ def test_connection_limit(
     assert MAX_CONNECTIONS == 1000
 
 
-def test_terminate_drops_the_publisher(conn: Conn, registry: StreamRegistry) -> None:
+def test_terminate_drops_the_publisher(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
     conn.publish_tcp()
     stream = registry.get("cam")
     assert stream is not None
     stream.terminate()
     assert conn.transport.disconnecting
     assert stream.ended and stream.end_reason == "Stopped by server"
+    assert any(
+        "closing connection: the server ended cam: Stopped by server" in m
+        for m in messages(log_events)
+    )
     conn.close()
+
+
+@pytest.mark.parametrize("recording", [True, False])
+def test_a_stream_ended_by_the_server_closes_the_publisher_with_the_reason(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], recording: bool
+) -> None:
+    """Finding 18: the publish idle watchdog ends a stream with no media (one that did ANNOUNCE
+    and never RECORD too); the publisher's connection must close, with that reason."""
+    if recording:
+        conn.publish_tcp()
+    else:
+        assert conn.announce().status == 200
+    stream = registry.get("cam")
+    assert stream is not None and stream.watch_idle
+    stream.end("Failed by RTP activity")  # what Stream.terminate(reason) ends with
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: the server ended cam: Failed by RTP activity" in m
+        for m in messages(log_events)
+    )
+    conn.close()
+    assert registry.get("cam") is None
+    # The name is free for the encoder's reconnect.
+    again = Conn(conn.factory)
+    assert again.announce().status == 200
+
+
+def test_teardown_and_close_end_the_stream_without_closing_twice(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    conn.publish_tcp()
+    assert conn.request("TEARDOWN").status == 200
+    assert not conn.transport.disconnecting  # our own end does not close the connection
+    assert not any("closing connection" in m for m in messages(log_events))
 
 
 # -- UDP ------------------------------------------------------------------------------------------
@@ -1335,3 +1377,58 @@ def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: Stre
     for p in rtp_packets(5):  # ffmpeg's keyframes carry SPS/PPS in-band
         conn.send(build_interleaved(0, p))
     assert stream.video_units == 5
+
+
+# -- memory: an ended session is freed by reference counting alone ------------------------------
+
+
+def test_ended_sessions_are_freed_without_the_garbage_collector(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Publishers (TCP and UDP) and a player: once their connections are gone, nothing of
+    theirs (protocol, stream, ingest, depacketizer, UDP ports, player) waits for a full GC."""
+    factory = RTSPServerFactory(registry, reactor)
+    gc.collect()
+    gc.disable()
+    try:
+        tcp = Conn(factory)
+        tcp.publish_tcp()
+        for p in rtp_packets(10):
+            tcp.send(build_interleaved(0, p))
+        udp = Conn(factory, IPv4Address("TCP", "10.0.0.7", 50001))
+        assert udp.announce(BASE.replace("cam", "udp")).status == 200
+        assert (
+            udp.setup(
+                "RTP/AVP/UDP;unicast;client_port=5000-5001;mode=record",
+                BASE.replace("cam", "udp") + "/streamid=0",
+            ).status
+            == 200
+        )
+        assert udp.request("RECORD", BASE.replace("cam", "udp")).status == 200
+        (port,) = [p for p in reactor.udp.values() if p.port % 2 == 0]
+        for p in rtp_packets(5):
+            port.deliver(p)
+        player = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50002))
+        assert play_setup(player).status == 200
+        assert player.request("PLAY").status == 200
+        reactor.advance(0)
+        assert player.proto.player is not None
+        objects = []
+        for conn in (tcp, udp):
+            assert conn.proto.ingest is not None and conn.proto.stream is not None
+            objects += [conn.proto, conn.proto.stream, conn.proto.ingest]
+            objects += [t.depacketizer for t in conn.proto.ingest.tracks if t.depacketizer]
+        objects += [
+            player.proto,
+            player.proto.player,
+            *(t.udp for t in udp.proto.transports.values()),
+        ]
+        refs = [weakref.ref(o) for o in objects]
+        del objects, port
+        for conn in (player, udp, tcp):
+            conn.close()
+        del tcp, udp, player, conn
+        assert reactor.getDelayedCalls() == [] and reactor.udp == {}
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()

@@ -301,7 +301,15 @@ class Pull:
         if client is None:
             return succeed(None)
         self._closing_client = client
-        return client.stop()
+        d = client.stop()
+        d.addBoth(self._closed, client)
+        return d
+
+    def _closed(self, result: object, client: RTSPClientProtocol) -> object:
+        # The last reference from the pull to its client (whose sink is the pull).
+        if self._closing_client is client:
+            self._closing_client = None
+        return result
 
     def when_playing(self, *, fail_fast: bool = False) -> Deferred[Pull]:
         """Fires with this pull once media flows (at once if it does); errbacks if stopped,
@@ -490,14 +498,17 @@ class PullManager:
         if len(self._pulls) >= self.max_pulls:
             raise PullUriError(f"at most {self.max_pulls} camera pulls at once")
         holder: list[Pull] = []
-        # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect).
-        stream = self.registry.publish(name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder))
+        # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect). A pull has
+        # its own reconnect policy: the publish idle watchdog leaves it alone.
+        stream = self.registry.publish(
+            name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder), watch_idle=False
+        )
         stream.status = PENDING
         pull = Pull(self, clean, url, stream, self.reactor, self.connector, self.config)
         holder.append(pull)
         self._pulls[name] = pull
         # However the stream ends (terminate, registry shutdown), the pull ends with it.
-        stream.on_end(lambda s: self._ended(pull))
+        stream.on_end(lambda s: self._ended(pull, holder))
         log.info("RTSP pull {stream_name}: started for {uri}", stream_name=name, uri=clean)
         pull.start()
         return pull
@@ -572,9 +583,11 @@ class PullManager:
         d: Deferred[Any] = DeferredList([p.stop() for p in pulls], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
-    def _ended(self, pull: Pull) -> None:
+    def _ended(self, pull: Pull, holder: list[Pull]) -> None:
         if self._pulls.get(pull.name) is pull:
             del self._pulls[pull.name]
+        # The stream's on_terminate must not keep the ended pull (and its stream) alive.
+        holder.clear()
         pull.stop()
 
     def __len__(self) -> int:

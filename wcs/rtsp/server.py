@@ -768,9 +768,7 @@ class RTSPServerProtocol(Protocol):
         except InvalidName as err:
             return self._refuse_announce(req, _Reply(400, err.info), str(err))
         try:
-            stream = self.registry.publish(
-                name, PROVIDER_RTSP, on_terminate=lambda: self.drop("terminated by the server")
-            )
+            stream = self.registry.publish(name, PROVIDER_RTSP)
         except StreamError as err:
             log.warn(
                 "RTSP {peer}: publish of {stream_name!r} refused: {info}",
@@ -780,6 +778,9 @@ class RTSPServerProtocol(Protocol):
             )
             return _Reply(400 if isinstance(err, InvalidName) else 403, err.info)
         self.stream = stream
+        # Whatever ends the stream from the server's side (/stream/terminate, shutdown, the
+        # publish idle watchdog, with or without RECORD) closes this connection with its reason.
+        stream.on_end(self._stream_ended)
         self.app = app
         self.tracks = tracks
         self.aggregate_key = _url_key(aggregate)
@@ -794,6 +795,10 @@ class RTSPServerProtocol(Protocol):
             user_agent=req.headers.get("User-Agent"),
         )
         return _Reply(200)
+
+    def _stream_ended(self, stream: Stream) -> None:
+        if stream is self.stream:  # not our own _end_session, which lets go of it first
+            self.drop(f"the server ended {stream.name}: {stream.end_reason}")
 
     def _refuse_announce(self, req: RtspRequest, reply: _Reply, detail: str = "") -> _Reply:
         log.warn(
