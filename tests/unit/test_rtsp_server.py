@@ -24,6 +24,12 @@ from tests.unit.test_rtmp_protocol import RecordingSink as Sink
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
+from wcs.rtsp.auth import (
+    RtspAuthenticator,
+    authorization_header,
+    choose_challenge,
+    parse_challenges,
+)
 from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
 from wcs.rtsp.ingest import MAX_BAD_RUN
 from wcs.rtsp.message import (
@@ -38,6 +44,8 @@ from wcs.rtsp.message import (
 from wcs.rtsp.rtp import Bye, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import RtpMap, h264_sprop, parse_sdp, resolve_control
 from wcs.rtsp.server import (
+    AUTH_FAILURE_DELAY,
+    MAX_AUTH_FAILURES,
     MAX_CONNECTIONS,
     REQUEST_DEADLINE,
     SESSION_TIMEOUT,
@@ -1432,3 +1440,128 @@ def test_ended_sessions_are_freed_without_the_garbage_collector(
         assert [r() for r in refs] == [None] * len(refs)
     finally:
         gc.enable()
+
+
+# -- playback credentials (REST auth on) --------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_factory(registry: StreamRegistry, reactor: FakeReactor) -> RTSPServerFactory:
+    auth = RtspAuthenticator("admin", "s3cret", reactor, realm="wcs")
+    return RTSPServerFactory(registry, reactor, play_auth=auth)
+
+
+def login(conn: Conn, response: RtspResponse, method: str, uri: str, password: str) -> str:
+    challenge = choose_challenge(parse_challenges(response.headers.get_all("WWW-Authenticate")))
+    assert challenge is not None
+    return authorization_header(challenge, method, uri, "admin", password)
+
+
+def test_playback_needs_the_credentials_when_set(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Finding 9: with REST auth on, DESCRIBE/SETUP/PLAY needed nothing."""
+    stream = live_stream(registry)
+    for u in video_units()[:3]:
+        stream.push(u)
+    conn = Conn(guarded_factory)
+    assert conn.request("OPTIONS").status == 200  # not guarded
+    r = conn.request("DESCRIBE")
+    assert r.status == 401 and r.body == b""
+    challenges = parse_challenges(r.headers.get_all("WWW-Authenticate"))
+    assert [(c.scheme, c.params.get("algorithm")) for c in challenges] == [
+        ("digest", "SHA-256"),
+        ("digest", "MD5"),
+        ("basic", None),
+    ]
+    r = conn.request(
+        "DESCRIBE", headers=[("Authorization", login(conn, r, "DESCRIBE", BASE, "s3cret"))]
+    )
+    assert r.status == 200 and b"m=video" in r.body
+    control = BASE + "/trackID=0"
+    tcp = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")]
+    assert conn.request("SETUP", control, tcp).status == 401
+    challenge = conn.request("SETUP", control, tcp)
+    auth = [("Authorization", login(conn, challenge, "SETUP", control, "s3cret"))]
+    r = conn.request("SETUP", control, tcp + auth)
+    assert r.status == 200
+    conn.session = parse_session(r.headers["Session"])[0]
+    assert conn.request("PLAY").status == 401
+    auth = [("Authorization", login(conn, challenge, "PLAY", BASE, "s3cret"))]
+    assert conn.request("PLAY", headers=auth).status == 200
+    reactor.advance(0)
+    assert conn.proto.player is not None
+    # Basic works as well (what a camera-style client sends up front).
+    other = Conn(guarded_factory)
+    basic = "Basic " + base64.b64encode(b"admin:s3cret").decode()
+    assert other.request("DESCRIBE", headers=[("Authorization", basic)]).status == 200
+
+
+def test_a_wrong_password_is_answered_after_a_delay_and_input_waits(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    live_stream(registry)
+    conn = Conn(guarded_factory)
+    first = conn.request("DESCRIBE")
+    wrong = login(conn, first, "DESCRIBE", BASE, "guess")
+    conn.cseq += 1
+    conn.send(
+        build_request("DESCRIBE", BASE, [("CSeq", str(conn.cseq)), ("Authorization", wrong)])
+        + build_request("OPTIONS", "*", [("CSeq", str(conn.cseq + 1))])
+    )
+    assert conn.transport.value() == b""  # held: the reactor is free, this connection waits
+    assert conn.transport.producerState == "paused"
+    reactor.advance(0.99)
+    assert conn.transport.value() == b""
+    reactor.advance(0.01)
+    answers = RtspParser().feed(conn.transport.value())
+    conn.transport.clear()
+    assert [(a.status, a.headers["CSeq"]) for a in answers] == [  # type: ignore[union-attr]
+        (401, str(conn.cseq)),
+        (200, str(conn.cseq + 1)),  # the pipelined request, in order, after the delay
+    ]
+    assert conn.transport.producerState == "producing"
+    conn.cseq += 1
+    # The right password still works on the same connection.
+    good = login(conn, first, "DESCRIBE", BASE, "s3cret")
+    assert conn.request("DESCRIBE", headers=[("Authorization", good)]).status == 200
+
+
+def test_repeated_wrong_logins_close_the_connection(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    live_stream(registry)
+    conn = Conn(guarded_factory)
+    basic = [("Authorization", "Basic " + base64.b64encode(b"admin:guess").decode())]
+    for attempt in range(1, MAX_AUTH_FAILURES + 1):
+        conn.cseq += 1
+        conn.send(build_request("DESCRIBE", BASE, [("CSeq", str(conn.cseq)), *basic]))
+        reactor.advance(AUTH_FAILURE_DELAY)
+        r = conn.response()
+        assert r.status == 401
+        assert conn.transport.disconnecting == (attempt == MAX_AUTH_FAILURES)
+    assert r.headers["Connection"] == "close"
+
+
+def test_stale_nonce_is_answered_at_once_with_stale(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    auth = RtspAuthenticator("admin", "s3cret", reactor, nonce_lifetime=30)
+    live_stream(registry)
+    conn = Conn(RTSPServerFactory(registry, reactor, play_auth=auth))
+    first = conn.request("DESCRIBE")
+    reactor.advance(31)
+    late = login(conn, first, "DESCRIBE", BASE, "s3cret")
+    r = conn.request("DESCRIBE", headers=[("Authorization", late)])
+    assert r.status == 401
+    assert all(c.stale for c in parse_challenges(r.headers.get_all("WWW-Authenticate"))[:2])
+    fresh = login(conn, r, "DESCRIBE", BASE, "s3cret")
+    assert conn.request("DESCRIBE", headers=[("Authorization", fresh)]).status == 200
+
+
+def test_publishing_stays_open_with_playback_credentials(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry
+) -> None:
+    conn = Conn(guarded_factory)
+    conn.publish_tcp()  # ANNOUNCE, SETUP, RECORD without Authorization
+    assert registry.get("cam") is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -24,6 +25,7 @@ from zope.interface import implementer
 from wcs.guard import describe, guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit
+from wcs.rtsp.auth import AuthOutcome, RtspAuthenticator
 from wcs.rtsp.h264rtp import CLOCK_RATE, H264Packetizer
 from wcs.rtsp.ingest import RtpIngest, Track, describe_tracks
 from wcs.rtsp.message import (
@@ -87,6 +89,12 @@ SESSION_TIMEOUT: Final = 60
 REQUEST_DEADLINE: Final = 10.0
 # Pairs of UDP ports (RTP + RTCP) the whole server may hold for UDP tracks at once.
 MAX_UDP_PAIRS: Final = 256
+# A wrong login is answered after this many seconds (without blocking the reactor: the
+# connection's further input waits); after MAX_AUTH_FAILURES the connection is closed.
+AUTH_FAILURE_DELAY: Final = 1.0
+MAX_AUTH_FAILURES: Final = 5
+# Messages a client may have pipelined behind a held 401 before it is dropped.
+MAX_HELD_EVENTS: Final = 64
 # UDP pairs one publish session may hold: a video and an audio track, and a spare.
 MAX_SESSION_UDP_PAIRS: Final = 4
 # With ephemeral ports, how often to retry when the port after the one the kernel gave is taken.
@@ -385,6 +393,10 @@ class RTSPServerProtocol(Protocol):
         self._last_activity = 0.0
         self._timer: IDelayedCall | None = None
         self._request_timer: IDelayedCall | None = None
+        # Parsed input not handled yet: it waits while a failed login's answer is held back.
+        self._queue: deque[RtspEvent] = deque()
+        self._held: IDelayedCall | None = None
+        self.auth_failures = 0
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -400,10 +412,11 @@ class RTSPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections -= 1
-        for timer in (self._timer, self._request_timer):
+        for timer in (self._timer, self._request_timer, self._held):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._request_timer = None
+        self._timer = self._request_timer = self._held = None
+        self._queue.clear()
         self._end_session("Stopped by publisher stop")
 
     def drop(self, reason: str, reply: bytes = b"") -> None:
@@ -453,9 +466,16 @@ class RTSPServerProtocol(Protocol):
             self._parse_error(err)
             return
         self._watch_request(events)
-        for event in events:
-            if self._closing:
-                return
+        self._queue.extend(events)
+        if self._held is not None and len(self._queue) > MAX_HELD_EVENTS:
+            self.drop(f"more than {MAX_HELD_EVENTS} messages pipelined behind a failed login")
+            return
+        self._handle_queue()
+
+    def _handle_queue(self) -> None:
+        queue = self._queue
+        while queue and self._held is None and not self._closing:
+            event = queue.popleft()
             if isinstance(event, InterleavedFrame):
                 self._frame(event)
             elif isinstance(event, RtspRequest):
@@ -546,6 +566,14 @@ class RTSPServerProtocol(Protocol):
             self._send(req, _Reply(400, "Missing or bad CSeq"), None)
             return
         try:
+            auth = self._authenticator(req)
+            if auth is not None:
+                outcome = auth.check(
+                    req.method, req.uri, req.headers.get("Authorization"), self.peer
+                )
+                if not outcome.ok:
+                    self._unauthorized(req, cseq.strip(), auth, outcome)
+                    return
             reply = self._check_request(req)
             if reply is None:
                 handler: Callable[[RtspRequest], _Reply] | None = getattr(
@@ -579,6 +607,44 @@ class RTSPServerProtocol(Protocol):
             )
         self._send(req, reply, cseq.strip())
 
+    def _authenticator(self, req: RtspRequest) -> RtspAuthenticator | None:
+        """The credentials this request needs, if any: playback (DESCRIBE, a player's SETUP,
+        PLAY) is guarded by the factory's play_auth. Publishing is open for now."""
+        if req.method in ("DESCRIBE", "PLAY") or (req.method == "SETUP" and self.state == INIT):
+            return self.factory.play_auth
+        return None
+
+    def _unauthorized(
+        self, req: RtspRequest, cseq: str, auth: RtspAuthenticator, outcome: AuthOutcome
+    ) -> None:
+        """401 with the challenges. A wrong guess is answered only after a delay (the reactor
+        goes on; this connection's further input waits), and a few of them close it."""
+        reply = _Reply(401, headers=auth.challenges(stale=outcome.stale))
+        if not outcome.failed:
+            self._send(req, reply, cseq)  # the first round of every login, or a stale nonce
+            return
+        self.auth_failures += 1
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._held = self.reactor.callLater(
+            self.factory.auth_failure_delay, self._release, req, reply, cseq
+        )
+
+    @guarded
+    def _release(self, req: RtspRequest, reply: _Reply, cseq: str) -> None:
+        self._held = None
+        if self._closing:
+            return
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            reply.headers = [*(reply.headers or []), ("Connection", "close")]
+            self.drop(
+                f"{self.auth_failures} failed logins on this connection",
+                self._response_bytes(reply, cseq),
+            )
+            return
+        self._send(req, reply, cseq)
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._handle_queue()
+
     def _check_request(self, req: RtspRequest) -> _Reply | None:
         """Checks common to every method: unsupported Require options, the Session header."""
         require = req.headers.get("Require")
@@ -595,6 +661,9 @@ class RTSPServerProtocol(Protocol):
         return None
 
     def _send(self, req: RtspRequest, reply: _Reply, cseq: str | None) -> None:
+        self.transport.write(self._response_bytes(reply, cseq))  # type: ignore[union-attr]
+
+    def _response_bytes(self, reply: _Reply, cseq: str | None) -> bytes:
         headers: list[tuple[str, str]] = []
         if cseq is not None:
             headers.append(("CSeq", cseq))
@@ -602,9 +671,7 @@ class RTSPServerProtocol(Protocol):
         if self.session_id is not None and not any(k == "Session" for k, _ in reply.headers or ()):
             headers.append(("Session", self._session_header()))
         headers.extend(reply.headers or ())
-        self.transport.write(  # type: ignore[union-attr]
-            build_response(reply.status, reply.reason, headers, reply.body)
-        )
+        return build_response(reply.status, reply.reason, headers, reply.body)
 
     def _session_header(self) -> str:
         return f"{self.session_id};timeout={self.factory.session_timeout}"
@@ -1036,6 +1103,8 @@ class RTSPServerFactory(Factory):
         udp_port_range: tuple[int, int] | None = None,
         max_udp_pairs: int = MAX_UDP_PAIRS,
         max_session_udp_pairs: int = MAX_SESSION_UDP_PAIRS,
+        play_auth: RtspAuthenticator | None = None,
+        auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.registry = registry
         self.reactor = reactor
@@ -1044,6 +1113,9 @@ class RTSPServerFactory(Factory):
         self.request_deadline = request_deadline
         self.connections = 0
         self.max_session_udp_pairs = max_session_udp_pairs
+        # Credentials for playback (the REST ones when REST auth is on); None: open.
+        self.play_auth = play_auth
+        self.auth_failure_delay = auth_failure_delay
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
     def buildProtocol(self, addr: Any) -> RTSPServerProtocol:  # type: ignore[override]
