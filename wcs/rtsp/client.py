@@ -206,6 +206,8 @@ class RTSPClientProtocol(TwistedProtocol):
         self.playing_since: float | None = None
         self.media_packets = 0
         self.ignored_frames = 0
+        # Whether the peer has said anything in RTSP yet: until then, it is not a camera.
+        self.answered = False
         self._error: RtspClientError | None = None
         self._stopping = False
         self._closed_waiters: list[Deferred[None]] = []
@@ -236,8 +238,10 @@ class RTSPClientProtocol(TwistedProtocol):
             if isinstance(event, InterleavedFrame):
                 self._frame(event)
             elif isinstance(event, RtspResponse):
+                self.answered = True
                 self._response(event)
             else:
+                self.answered = True
                 self._server_request(event)
 
     def connectionLost(self, reason: Failure | None = None) -> None:

@@ -7,19 +7,28 @@ terminated; the connection to the camera may come and go underneath.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wcs.rtsp.auth import AuthError, split_userinfo
 from wcs.rtsp.client import (
@@ -43,7 +52,9 @@ from wcs.streams import (
 )
 
 __all__ = [
+    "CONNECT_FAILED",
     "FAILED",
+    "NOT_ALLOWED",
     "PENDING",
     "PLAYER_WAIT",
     "PLAYING",
@@ -64,6 +75,12 @@ MAX_URI_CHARS: Final = 2048
 MAX_PULLS: Final = 256
 MAX_REDIRECTS: Final = 5
 PLAYER_WAIT: Final = 10.0  # seconds a WebSDK player waits for a camera's first media
+# What REST shows for every failure before the camera answered in RTSP (name not resolved,
+# refused, unreachable, timed out, reset, not an RTSP server): one text, so /rtsp/startup is
+# no port scanner. The server log keeps the detail for the operator.
+CONNECT_FAILED: Final = "Cannot connect to the camera"
+# A camera address outside rtsp_pull_allowed_networks (decided before any packet is sent).
+NOT_ALLOWED: Final = "Camera address not allowed"
 
 # Pull (and stream) status values, WCS-like: PENDING until the first media, PLAYING while media
 # flows, RECONNECTING after a drop or a failed attempt, FAILED while the camera refuses us
@@ -88,6 +105,8 @@ _PULL_STREAM_FIELDS: Final = (
 
 # connect(host, port, protocol) -> Deferred firing once connected (errback: could not connect).
 Connector = Callable[[str, int, RTSPClientProtocol], "Deferred[Any]"]
+# resolve(host) -> Deferred firing with the host's IP addresses (errback: it has none).
+Resolver = Callable[[str], "Deferred[list[str]]"]
 
 
 class PullUriError(ValueError):
@@ -178,6 +197,57 @@ def tcp_connector(reactor: Any, timeout: float) -> Connector:
     return connect
 
 
+def reactor_resolver(reactor: Any) -> Resolver:
+    """Resolve through the reactor's name resolver (getaddrinfo in a thread; IP literals as
+    they are)."""
+
+    def resolve(host: str) -> Deferred[list[str]]:
+        d: Deferred[list[str]] = Deferred()
+        reactor.nameResolver.resolveHostName(_Addresses(d), host)
+        return d
+
+    return resolve
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    def __init__(self, done: Deferred[list[str]]) -> None:
+        self.done = done
+        self.addresses: list[str] = []
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        if isinstance(address, IPv4Address | IPv6Address) and address.host not in self.addresses:
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if self.addresses:
+            self.done.callback(self.addresses)
+        else:
+            self.done.errback(OSError("the name resolves to no address"))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings (as Settings.rtsp_pull_allowed_networks holds them) to networks."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def address_allowed(address: str, networks: Sequence[Network]) -> bool:
+    """Whether an IP address is in one of `networks` (an IPv4-mapped IPv6 address counts as
+    its IPv4 address); anything that is not an IP address is not allowed."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return any(ip in net or (mapped is not None and mapped in net) for net in networks)
+
+
 class _QuietFactory(Factory):
     """Hands out one protocol, without a "Starting factory" log line per reconnect attempt."""
 
@@ -256,12 +326,7 @@ class Pull:
             host=host,
             port=port,
         )
-        try:
-            d = self.connector(host, port, client)
-        except Exception as err:  # e.g. a host name the resolver refuses outright
-            self.client = None
-            self._session_failed(RtspClientError(f"cannot connect: {err}", NETWORK))
-            return
+        d = self.manager.connect(host, port, client)
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(client,))
 
@@ -275,8 +340,11 @@ class Pull:
         self.client = None
         if not self.wanted:
             return
-        reason = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
-        self._session_failed(RtspClientError(f"cannot connect: {reason}", NETWORK))
+        if isinstance(failure.value, RtspClientError):  # the address is not allowed
+            self._session_failed(failure.value)
+            return
+        detail = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
+        self._session_failed(RtspClientError(CONNECT_FAILED, NETWORK), detail)
 
     def stop(self) -> Deferred[None]:
         """Stop for good: TEARDOWN, no more reconnects; fires when the connection is closed.
@@ -380,10 +448,17 @@ class Pull:
             played = self.clock.seconds() - client.playing_since
             if played >= self.config.stable_after:
                 self.attempts = 0
-        self._session_failed(error or RtspClientError("the camera closed the session", NETWORK))
+        error = error or RtspClientError("the camera closed the session", NETWORK)
+        if not client.answered:
+            # Nothing has answered in RTSP yet: whatever it was (closed, silent, some other
+            # protocol), REST says the same as for a refused connection.
+            self._session_failed(RtspClientError(CONNECT_FAILED, NETWORK), error.reason)
+            return
+        self._session_failed(error)
 
     # -- reconnecting ---------------------------------------------------------------------------
-    def _session_failed(self, error: RtspClientError) -> None:
+    def _session_failed(self, error: RtspClientError, detail: str = "") -> None:
+        """An attempt failed with `error` (what REST shows); `detail` is for the log only."""
         if not self.wanted:
             return
         if error.kind == REDIRECT and error.location and self.redirects < MAX_REDIRECTS:
@@ -405,9 +480,10 @@ class Pull:
         self._fail_attempt_waiters(error.reason)
         self.reconnects += 1
         log.warn(
-            "RTSP pull {stream_name}: {reason}; reconnecting in {delay:g} s",
+            "RTSP pull {stream_name}: {reason}{detail}; reconnecting in {delay:g} s",
             stream_name=self.name,
             reason=error.reason,
+            detail=f" ({detail})" if detail else "",
             delay=delay,
         )
         self._retry = self.clock.callLater(delay, self._connect)
@@ -477,13 +553,45 @@ class PullManager:
         connector: Connector | None = None,
         config: PullConfig = PullConfig(),
         max_pulls: int = MAX_PULLS,
+        allowed_networks: Iterable[str] = (),
+        resolver: Resolver | None = None,
     ) -> None:
         self.registry = registry
         self.reactor = reactor
         self.config = config
         self.connector = connector or tcp_connector(reactor, config.connect_timeout)
         self.max_pulls = max_pulls
+        # Where pulls may connect (Settings.rtsp_pull_allowed_networks); empty: anywhere.
+        self.allowed_networks = parse_networks(allowed_networks)
+        self._resolver = resolver
         self._pulls: dict[str, Pull] = {}
+
+    def connect(self, host: str, port: int, client: RTSPClientProtocol) -> Deferred[Any]:
+        """Connect `client` to the camera at host:port. With allowed networks, the name is
+        resolved first and only an allowed address is connected to (so a redirect or a DNS
+        answer cannot lead a pull elsewhere); errbacks with RtspClientError(NOT_ALLOWED) when
+        there is none, before any packet goes to the camera."""
+        try:
+            if not self.allowed_networks:
+                return self.connector(host, port, client)
+            resolver = self._resolver or reactor_resolver(self.reactor)
+            d = resolver(host)
+        except Exception as err:  # e.g. a host name the resolver refuses outright
+            return fail(err)
+        networks = self.allowed_networks
+
+        def resolved(addresses: list[str]) -> Deferred[Any]:
+            allowed = [a for a in addresses if address_allowed(a, networks)]
+            if not allowed:
+                log.info(
+                    "RTSP pull to {host} refused: {addresses} outside rtsp_pull_allowed_networks",
+                    host=host,
+                    addresses=", ".join(addresses),
+                )
+                return fail(RtspClientError(NOT_ALLOWED, REFUSED))
+            return self.connector(allowed[0], port, client)
+
+        return d.addCallback(resolved)
 
     def startup(self, uri: str, to_stream: str | None = None) -> Pull:
         """Pull `uri` as stream `to_stream` (default: :func:`default_stream_name`).
