@@ -1565,3 +1565,23 @@ def test_publishing_stays_open_with_playback_credentials(
     conn = Conn(guarded_factory)
     conn.publish_tcp()  # ANNOUNCE, SETUP, RECORD without Authorization
     assert registry.get("cam") is not None
+
+
+def test_teardown_right_after_play_before_the_player_started(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Found by the rtsp_server fuzz target: PLAY then TEARDOWN in one read unregistered a
+    producer that was never registered (StringTransport raises, as other transports may)."""
+    live_stream(registry)
+    play_setup(conn)
+    conn.cseq += 2
+    session = [("Session", conn.session or "")]
+    conn.send(
+        build_request("PLAY", BASE, [("CSeq", str(conn.cseq - 1)), *session])
+        + build_request("TEARDOWN", BASE, [("CSeq", str(conn.cseq)), *session])
+    )
+    answers = RtspParser().feed(conn.transport.value())
+    assert [a.status for a in answers] == [200, 200]  # type: ignore[union-attr]
+    assert not conn.transport.disconnecting
+    reactor.advance(0)  # the player's start, now moot
+    assert conn.proto.player is None and conn.transport.producer is None

@@ -307,6 +307,7 @@ class _Player:
         self.paused = False
         self.sent_units = 0
         self.dropped_units = 0
+        self.registered = False  # with the transport, as its producer
         self.first_pts: int | None = None
 
     def start(self) -> None:
@@ -794,6 +795,7 @@ class RTSPServerProtocol(Protocol):
             self.player_stream_ended(player)
             return
         self.transport.registerProducer(player, True)  # type: ignore[union-attr]
+        player.registered = True
         player.start()
 
     def player_stream_ended(self, player: _Player) -> None:
@@ -1053,7 +1055,8 @@ class RTSPServerProtocol(Protocol):
         self.play_stream = None
         if player is not None:
             player.stop()
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            if player.registered:  # not when TEARDOWN comes before the player started
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
             log.info(
                 "RTSP {peer}: stopped playing {stream_name} ({sent} units sent, {dropped} "
                 "dropped for a slow connection)",
