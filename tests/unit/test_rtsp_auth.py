@@ -418,6 +418,11 @@ def test_server_nonces_expire_with_stale_and_cannot_be_forged() -> None:
         "algorithm=MD5-sess",
         'Digest username="admin", realm="other", nonce="1.2", uri="x", response="y"',
         'Digest username="admin", realm="wcs", nonce="\u00b2.2", uri="x", response="y"',
+        # Found by the rtsp_auth fuzz target: compare_digest raised TypeError on non-ASCII str.
+        'Digest username="admin", realm="wcs", nonce="0.\u00e9", uri="x", response="y"',
+        'Digest username="\u00e9", realm="wcs", nonce="0.0", uri="x", response="'
+        + "\u00e9" * 32
+        + '"',
     ],
 )
 def test_server_refuses_malformed_credentials(header: str) -> None:

@@ -433,7 +433,12 @@ class RtspAuthenticator:
             return failed("Digest for another realm")
         issued, dot, mac = p["nonce"].partition(".")
         when = ascii_hex(issued, 12)
-        if not dot or when is None or not hmac.compare_digest(mac, self._mac(issued)):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError).
+        if (
+            not dot
+            or when is None
+            or not hmac.compare_digest(mac.encode(), self._mac(issued).encode())
+        ):
             return failed("a nonce this server did not issue")
         if not _same_resource(p["uri"], uri):
             return failed("Digest for another URI")
