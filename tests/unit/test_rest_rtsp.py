@@ -187,3 +187,10 @@ def test_refused_and_unreachable_cameras_look_the_same_over_rest(api: RtspApi) -
     ] * 3
     streams = api.call("POST", "/rest-api/stream/find_all").json()
     assert {s["status"] for s in streams} == {"RECONNECTING"}
+
+
+@pytest.mark.parametrize("uri", ["rtsp://[fd00::1/x", "rtsp://cam:\u0665\u0665\u0664/x"])
+def test_startup_with_a_url_urlsplit_refuses_is_400(api: RtspApi, uri: str) -> None:
+    response = api.call("POST", STARTUP, {"uri": uri})
+    assert_wcs_error(response, 400, response.json()["message"], STARTUP)
+    assert api.connector.attempts == []

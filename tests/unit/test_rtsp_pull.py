@@ -32,7 +32,10 @@ from wcs.rtsp.pull import (
     RECONNECTING,
     Pull,
     PullManager,
+    PullUriError,
     address_allowed,
+    host_port,
+    parse_camera_uri,
     parse_networks,
     reactor_resolver,
 )
@@ -274,3 +277,53 @@ def test_reactor_resolver_collects_the_addresses() -> None:
     errors: list[Failure] = []
     failure.addErrback(errors.append)
     assert errors and errors[0].check(OSError)
+
+
+# -- camera URLs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtsp://cam/x", ("cam", 554)),
+        ("rtsp://u:p@cam:8554/x", ("cam", 8554)),
+        ("rtsp://cam:/x", ("cam", 554)),
+        ("rtsp://[fd00::1]:8554/x", ("fd00::1", 8554)),
+        ("rtsp://[fd00::1]/x", ("fd00::1", 554)),
+        ("rtsp://cam:0/x", ("cam", None)),
+        ("rtsp://cam:65536/x", ("cam", None)),
+        ("rtsp://cam:\u00b2/x", ("cam", None)),
+        ("rtsp://cam:\u0665\u0665\u0664/x", ("cam", None)),  # int() would read 554
+        ("rtsp://cam:+554/x", ("cam", None)),
+        ("rtsp://[fd00::1]x/y", ("fd00::1", None)),
+        ("rtsp://[fd00::1/x", ("", None)),
+    ],
+)
+def test_host_port_reads_ascii_ports_only(url: str, expected: tuple[str, int | None]) -> None:
+    assert host_port(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("rtsp://[fd00::1/x", "not a usable URL"),
+        ("rtsp://cam:\u0665\u0665\u0664/x", "bad port"),
+        ("rtsp://cam:\u00b2/x", "bad port"),
+    ],
+)
+def test_camera_uris_urlsplit_or_int_would_get_wrong(uri: str, message: str) -> None:
+    """parse_camera_uri let urlsplit's ValueError out (a 500 from /rtsp/startup)."""
+    with pytest.raises(PullUriError, match=message):
+        parse_camera_uri(uri)
+
+
+def test_a_redirect_to_a_bad_port_fails_that_attempt() -> None:
+    pulls, connector, _, clock = manager()
+    pull = pulls.startup(URL, "door")
+    _, cam = connector.accept()
+    cam.answer(cam.request("OPTIONS"))
+    cam.answer(cam.request("DESCRIBE"), 302, headers=[("Location", "rtsp://cam:\u00b2/x")])
+    cam.drop()
+    clock.advance(0)
+    assert len(connector.attempts) == 1
+    assert pull.status == FAILED and "bad port" in pull.info

@@ -41,6 +41,7 @@ from wcs.rtsp.client import (
     RTSPClientProtocol,
 )
 from wcs.rtsp.ingest import RtpIngest, Track
+from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import RtpPacket
 from wcs.streams import (
     MAX_NAME_BYTES,
@@ -66,6 +67,7 @@ __all__ = [
     "PullManager",
     "PullUriError",
     "default_stream_name",
+    "host_port",
     "parse_camera_uri",
 ]
 
@@ -138,21 +140,44 @@ def parse_camera_uri(uri: object) -> tuple[str, str]:
         raise PullUriError("rtsps:// (RTSP over TLS) is not supported")
     if scheme != "rtsp" or not uri[5:].startswith("//"):
         raise PullUriError("uri must start with rtsp://")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as err:  # "Invalid IPv6 URL", NFKC-normalised separators in the host
+        raise PullUriError(f"uri is not a usable URL: {err}") from None
     userinfo, at, _ = parts.netloc.rpartition("@")
     if at and (not _USERINFO.fullmatch(userinfo) or not userinfo.partition(":")[0]):
         raise PullUriError("malformed credentials in uri (percent-encode ':', '@' and '/')")
-    try:
-        port = parts.port
-    except ValueError:
-        raise PullUriError("bad port in uri") from None
-    if not parts.hostname or port == 0:
-        raise PullUriError("uri has no host" if not parts.hostname else "bad port in uri")
+    host, port = host_port(uri)
+    if not host:
+        raise PullUriError("uri has no host")
+    if port is None:
+        raise PullUriError("bad port in uri")
     try:
         clean, _, _ = split_userinfo(uri)
     except AuthError as err:
         raise PullUriError(str(err)) from None
     return clean, uri
+
+
+def host_port(url: str) -> tuple[str, int | None]:
+    """(host, port) of an rtsp:// URL: port 554 when absent, None when it is not 1..65535 in
+    ASCII digits; the host is "" when the URL has none or cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "", None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        _, bracket, rest = hostport.partition("]")
+        text = rest[1:] if bracket and rest.startswith(":") else None if rest else ""
+    else:
+        _, colon, text = hostport.rpartition(":")
+        text = text if colon else ""
+    if text == "":
+        return host, 554
+    port = ascii_uint(text, 65535) if text is not None else None
+    return host, port if port else None
 
 
 def default_stream_name(clean_uri: str) -> str:
@@ -309,9 +334,12 @@ class Pull:
         self._retry = None
         if not self.wanted:
             return
+        host, port = host_port(self._current_url)
         try:
-            parts = urlsplit(self._current_url)
-            host, port = parts.hostname or "", parts.port or 554
+            if not host or port is None:
+                raise ValueError(
+                    f"no host or a bad port in {split_userinfo_safe(self._current_url)}"
+                )
             client = RTSPClientProtocol(
                 self._current_url, self, self.clock, self.config.client, label=self.uri
             )
