@@ -1585,3 +1585,37 @@ def test_teardown_right_after_play_before_the_player_started(
     assert not conn.transport.disconnecting
     reactor.advance(0)  # the player's start, now moot
     assert conn.proto.player is None and conn.transport.producer is None
+
+
+def test_a_failing_player_is_closed_and_the_publisher_goes_on(
+    factory: RTSPServerFactory,
+    registry: StreamRegistry,
+    reactor: FakeReactor,
+    log_events: list[LogEvent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A player's unit_received runs inside the publisher's dataReceived: a player's failure
+    must close the player only."""
+    publisher = Conn(factory)
+    publisher.publish_tcp()
+    packets = rtp_packets(40)
+    for p in packets[:10]:
+        publisher.send(build_interleaved(0, p))
+    player = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
+    play_setup(player)
+    assert player.request("PLAY").status == 200
+    reactor.advance(0)
+    assert player.proto.player is not None
+
+    def broken(data: bytes, pts: int) -> list[RtpPacket]:
+        raise OverflowError("packetizer bug")
+
+    monkeypatch.setattr(player.proto.player.packetizer, "packetize", broken)
+    for p in packets[10:]:
+        publisher.send(build_interleaved(0, p))  # does not raise
+    assert player.transport.disconnecting and not publisher.transport.disconnecting
+    assert any(
+        "playing cam failed: OverflowError: packetizer bug" in m for m in messages(log_events)
+    )
+    stream = registry.get("cam")
+    assert stream is not None and stream.video_units >= 35 and not stream.ended

@@ -320,9 +320,16 @@ class _Player:
     def stop(self) -> None:
         self.stream.remove_sink(self)
 
+    @guarded
     def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        # Runs inside the publisher's input handling: whatever goes wrong here closes this
+        # player, never the publisher.
         if unit.kind == "video":
             self._send(unit)
+
+    def drop(self, reason: str) -> None:
+        self.stop()
+        self.proto.drop(f"playing {self.stream.name} failed: {reason}")
 
     def stream_ended(self, stream: Stream) -> None:
         self.proto.player_stream_ended(self)
@@ -788,6 +795,7 @@ class RTSPServerProtocol(Protocol):
         self.reactor.callLater(0, self._start_player, player)
         return _Reply(200, headers=[("Range", "npt=0.000-"), ("RTP-Info", rtp_info)])
 
+    @guarded
     def _start_player(self, player: _Player) -> None:
         if self.player is not player or self._closing:
             return
