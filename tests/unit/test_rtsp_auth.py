@@ -430,6 +430,30 @@ def test_server_refuses_malformed_credentials(header: str) -> None:
     assert not outcome.ok and outcome.failed
 
 
+@pytest.mark.parametrize(
+    "nc", ["\u0660" * 7 + "\u0661", "0000000\u00b9", "+0000001", "000000001", ""]
+)
+def test_server_reads_the_nonce_count_in_ascii_hex_only(nc: str) -> None:
+    """A response computed correctly over a nonce count that is not 1-8 ASCII hex digits
+    (int(nc, 16) would read the Arabic-Indic one) is refused."""
+    auth = authenticator()
+    (md5,) = [c for c in offered(auth) if c.scheme == "digest" and c.algorithm == "MD5"]
+
+    def md5hex(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def header(count: str) -> str:
+        ha1, ha2 = md5hex('admin:wcs:s3:cr"et'), md5hex(f"PLAY:{URI}")
+        response = md5hex(f"{ha1}:{md5.nonce}:{count}:ab:auth:{ha2}")
+        return (
+            f'Digest username="admin", realm="wcs", nonce="{md5.nonce}", uri="{URI}", '
+            f'response="{response}", qop=auth, nc="{count}", cnonce="ab"'
+        )
+
+    assert auth.check("PLAY", URI, header("00000001")).ok
+    assert auth.check("PLAY", URI, header(nc)).failed
+
+
 def test_no_credentials_is_a_challenge_not_a_failure(log_events: list[LogEvent]) -> None:
     outcome = authenticator().check("DESCRIBE", URI, None)
     assert (outcome.ok, outcome.failed) == (False, False)
