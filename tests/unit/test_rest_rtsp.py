@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
+from twisted.internet.error import ConnectionRefusedError, NoRouteError, TCPTimedOutError
 
 from tests.unit.test_rest import CREATED_MS, Api, assert_wcs_error
 from tests.unit.test_rtsp_client import FakeConnector, camera_sdp, video_rtp
@@ -165,4 +166,31 @@ def test_no_rtsp_endpoints_without_a_pull_manager() -> None:
     api = RtspApi(with_pulls=False)
     response = api.call("POST", STARTUP, {"uri": CAMERA})
     assert_wcs_error(response, 404, "Not found", STARTUP)
+    assert api.connector.attempts == []
+
+
+def test_refused_and_unreachable_cameras_look_the_same_over_rest(api: RtspApi) -> None:
+    """Finding 12: /rtsp/startup and /rtsp/find_all must not tell a refused port from a
+    filtered or unreachable one (an internal port scanner)."""
+    answers = [
+        api.call("POST", STARTUP, {"uri": f"rtsp://10.0.0.{n}:{port}/x", "toStream": name}).json()
+        for n, port, name in ((5, 22, "closed"), (6, 8554, "filtered"), (7, 80, "unreachable"))
+    ]
+    assert {a["status"] for a in answers} == {"PENDING"} and {a["info"] for a in answers} == {""}
+    closed, filtered, unreachable = api.connector.attempts
+    closed.deferred.errback(ConnectionRefusedError())
+    filtered.deferred.errback(TCPTimedOutError())
+    unreachable.deferred.errback(NoRouteError())
+    pulls = api.call("POST", FIND_ALL).json()
+    assert [(p["status"], p["info"]) for p in pulls] == [
+        ("RECONNECTING", "Cannot connect to the camera")
+    ] * 3
+    streams = api.call("POST", "/rest-api/stream/find_all").json()
+    assert {s["status"] for s in streams} == {"RECONNECTING"}
+
+
+@pytest.mark.parametrize("uri", ["rtsp://[fd00::1/x", "rtsp://cam:\u0665\u0665\u0664/x"])
+def test_startup_with_a_url_urlsplit_refuses_is_400(api: RtspApi, uri: str) -> None:
+    response = api.call("POST", STARTUP, {"uri": uri})
+    assert_wcs_error(response, 400, response.json()["message"], STARTUP)
     assert api.connector.attempts == []

@@ -9,10 +9,14 @@ import hashlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, formatEvent
 
 from wcs.rtsp.auth import (
+    NONCE_LIFETIME,
     AuthError,
     Challenge,
+    RtspAuthenticator,
     authorization_header,
     check_basic,
     choose_challenge,
@@ -302,3 +306,171 @@ def test_arbitrary_challenges_only_raise_auth_errors(value: str) -> None:
     for challenge in challenges:
         with contextlib.suppress(AuthError):
             authorization_header(challenge, "OPTIONS", "*", "u", "p")
+
+
+# --- the server side: RtspAuthenticator ----------------------------------------------------------
+
+URI = "rtsp://127.0.0.1:8554/live/cam"
+
+
+def authenticator(clock: Clock | None = None) -> RtspAuthenticator:
+    return RtspAuthenticator("admin", 's3:cr"et', clock or Clock(), realm="wcs")
+
+
+def offered(auth: RtspAuthenticator, **kwargs: bool) -> list[Challenge]:
+    headers = auth.challenges(**kwargs)
+    assert {name for name, _ in headers} == {"WWW-Authenticate"}
+    return parse_challenges([value for _, value in headers])
+
+
+def test_server_offers_digest_sha256_then_md5_then_basic() -> None:
+    challenges = offered(authenticator())
+    assert [(c.scheme, c.algorithm if c.scheme == "digest" else "") for c in challenges] == [
+        ("digest", "SHA-256"),
+        ("digest", "MD5"),
+        ("basic", ""),
+    ]
+    assert all(c.realm == "wcs" for c in challenges)
+    assert challenges[0].qop == ("auth",) and not challenges[0].stale
+    assert choose_challenge(challenges) is challenges[0]
+    assert all(c.stale for c in offered(authenticator(), stale=True)[:2])
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_server_accepts_each_offered_scheme(index: int) -> None:
+    auth = authenticator()
+    challenge = offered(auth)[index]
+    for method in ("DESCRIBE", "SETUP", "PLAY"):
+        header = authorization_header(challenge, method, URI, "admin", 's3:cr"et', nc=3)
+        assert auth.check(method, URI, header).ok
+        # Another method, URI or password than the response was made for: refused.
+        if challenge.scheme == "digest":
+            assert auth.check("ANNOUNCE" if method != "ANNOUNCE" else "PLAY", URI, header).failed
+            assert auth.check(method, URI + "/other", header).failed
+        wrong = authorization_header(challenge, method, URI, "admin", "guess", nc=3)
+        outcome = auth.check(method, URI, wrong)
+        assert not outcome.ok and outcome.failed and not outcome.stale
+        wrong_user = authorization_header(challenge, method, URI, "root", 's3:cr"et', nc=3)
+        assert auth.check(method, URI, wrong_user).failed
+
+
+def test_server_checks_ffmpegs_digest_computed_independently() -> None:
+    """The header exactly as libavformat/httpauth.c writes it (MD5, qop quoted, nc bare),
+    with the response computed here with hashlib, not with the module's own code."""
+    auth = authenticator()
+    (md5,) = [c for c in offered(auth) if c.scheme == "digest" and c.algorithm == "MD5"]
+
+    def md5hex(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1 = md5hex('admin:wcs:s3:cr"et')
+    ha2 = md5hex(f"SETUP:{URI}/trackID=0")
+    response = md5hex(f"{ha1}:{md5.nonce}:00000001:0a1b2c3d4e5f6789:auth:{ha2}")
+    header = (
+        f'Digest username="admin",realm="wcs",nonce="{md5.nonce}",uri="{URI}/trackID=0",'
+        f'response="{response}",algorithm=MD5,qop="auth",cnonce="0a1b2c3d4e5f6789",nc=00000001'
+    )
+    assert auth.check("SETUP", URI + "/trackID=0", header).ok
+    # RFC 2069 form (no qop), as live555 (VLC) answers.
+    old = md5hex(f"{ha1}:{md5.nonce}:{ha2}")
+    header = (
+        f'Digest username="admin", realm="wcs", nonce="{md5.nonce}", '
+        f'uri="{URI}/trackID=0", response="{old}"'
+    )
+    assert auth.check("SETUP", URI + "/trackID=0", header).ok
+    # The host spelled otherwise in the request line: the same resource.
+    assert auth.check("SETUP", "rtsp://localhost/live/cam/trackID=0", header).ok
+
+
+def test_server_nonces_expire_with_stale_and_cannot_be_forged() -> None:
+    clock = Clock()
+    auth = authenticator(clock)
+    challenge = offered(auth)[0]
+    clock.advance(NONCE_LIFETIME + 1)
+    good = authorization_header(challenge, "PLAY", URI, "admin", 's3:cr"et')
+    outcome = auth.check("PLAY", URI, good)
+    assert (outcome.ok, outcome.failed, outcome.stale) == (False, False, True)
+    # An old nonce with a wrong password is a failed guess, not a stale one.
+    bad = authorization_header(challenge, "PLAY", URI, "admin", "guess")
+    assert auth.check("PLAY", URI, bad).failed
+    # A nonce from another server (or process) or edited by the client fails its HMAC.
+    other = offered(authenticator(clock))[0]
+    assert auth.check(
+        "PLAY", URI, authorization_header(other, "PLAY", URI, "admin", 's3:cr"et')
+    ).failed
+    issued, _, mac = offered(auth)[0].nonce.partition(".")
+    forged = Challenge("digest", {**challenge.params, "nonce": f"{int(issued, 16) + 1:x}.{mac}"})
+    assert auth.check(
+        "PLAY", URI, authorization_header(forged, "PLAY", URI, "admin", 's3:cr"et')
+    ).failed
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer abc",
+        "Digest",
+        "Digest garbage",
+        'Digest username="admin"',
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"admin").decode(),
+        'Digest username="admin", realm="wcs", nonce="1.2", uri="x", response="y", '
+        "algorithm=MD5-sess",
+        'Digest username="admin", realm="other", nonce="1.2", uri="x", response="y"',
+        'Digest username="admin", realm="wcs", nonce="\u00b2.2", uri="x", response="y"',
+        # Found by the rtsp_auth fuzz target: compare_digest raised TypeError on non-ASCII str.
+        'Digest username="admin", realm="wcs", nonce="0.\u00e9", uri="x", response="y"',
+        'Digest username="\u00e9", realm="wcs", nonce="0.0", uri="x", response="'
+        + "\u00e9" * 32
+        + '"',
+    ],
+)
+def test_server_refuses_malformed_credentials(header: str) -> None:
+    outcome = authenticator().check("DESCRIBE", URI, header)
+    assert not outcome.ok and outcome.failed
+
+
+@pytest.mark.parametrize(
+    "nc", ["\u0660" * 7 + "\u0661", "0000000\u00b9", "+0000001", "000000001", ""]
+)
+def test_server_reads_the_nonce_count_in_ascii_hex_only(nc: str) -> None:
+    """A response computed correctly over a nonce count that is not 1-8 ASCII hex digits
+    (int(nc, 16) would read the Arabic-Indic one) is refused."""
+    auth = authenticator()
+    (md5,) = [c for c in offered(auth) if c.scheme == "digest" and c.algorithm == "MD5"]
+
+    def md5hex(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def header(count: str) -> str:
+        ha1, ha2 = md5hex('admin:wcs:s3:cr"et'), md5hex(f"PLAY:{URI}")
+        response = md5hex(f"{ha1}:{md5.nonce}:{count}:ab:auth:{ha2}")
+        return (
+            f'Digest username="admin", realm="wcs", nonce="{md5.nonce}", uri="{URI}", '
+            f'response="{response}", qop=auth, nc="{count}", cnonce="ab"'
+        )
+
+    assert auth.check("PLAY", URI, header("00000001")).ok
+    assert auth.check("PLAY", URI, header(nc)).failed
+
+
+def test_no_credentials_is_a_challenge_not_a_failure(log_events: list[LogEvent]) -> None:
+    outcome = authenticator().check("DESCRIBE", URI, None)
+    assert (outcome.ok, outcome.failed) == (False, False)
+    assert log_events == []
+
+
+def test_failures_are_logged_rate_limited(log_events: list[LogEvent]) -> None:
+    clock = Clock()
+    auth = authenticator(clock)
+    basic = "Basic " + base64.b64encode(b"admin:guess").decode()
+    for _ in range(100):
+        assert auth.check("DESCRIBE", URI, basic, "10.0.0.9:4000").failed
+        clock.advance(0.1)
+    lines = [formatEvent(e) for e in log_events]
+    assert len(lines) == 1 and "failed 1 time(s)" in lines[0] and "10.0.0.9:4000" in lines[0]
+    clock.advance(60)
+    auth.check("DESCRIBE", URI, basic, "10.0.0.8:4000")
+    lines = [formatEvent(e) for e in log_events]
+    assert len(lines) == 2 and "failed 100 time(s)" in lines[1] and "10.0.0.8:4000" in lines[1]
+    assert "guess" not in " ".join(lines)

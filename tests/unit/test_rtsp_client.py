@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +37,7 @@ from wcs.rtsp.client import (
     RTSPClientProtocol,
 )
 from wcs.rtsp.h264rtp import H264Packetizer
-from wcs.rtsp.ingest import Track
+from wcs.rtsp.ingest import MAX_BAD_RUN, Track
 from wcs.rtsp.message import (
     InterleavedFrame,
     RtspParser,
@@ -46,6 +48,7 @@ from wcs.rtsp.message import (
     parse_transport,
 )
 from wcs.rtsp.pull import (
+    CONNECT_FAILED,
     FAILED,
     PENDING,
     PLAYING,
@@ -629,7 +632,7 @@ def test_setup_461_says_tcp_is_missing() -> None:
     ("headers", "body", "message"),
     [
         ([("Content-Type", "text/html")], b"<html>", "not SDP"),
-        ([], b"m=video x RTP/AVP 96\r\n", "bad SDP"),
+        ([], b"m=video x RTP/AVP 96\r\n", "unusable SDP"),
         ([], b"v=0\r\nm=application 0 RTP/AVP 107\r\n", "no audio or video"),
     ],
 )
@@ -656,6 +659,57 @@ def test_bad_setup_answers(setup_headers: list[tuple[str, str]], message: str) -
     cam.answer(cam.request("SETUP"), headers=setup_headers)
     err = closed_with(cam, sink)
     assert err.kind == PROTOCOL and message in err.reason
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"m=video 0 RTP/AVP 96", "m=video \u00b2 RTP/AVP 96".encode()),
+        (b"m=video 0 RTP/AVP 96", "m=video 0 RTP/AVP \u00b2".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:96 H264/\u00b2".encode()),
+        (b"a=rtpmap:97 MPEG4-GENERIC/16000/1", "a=rtpmap:97 MPEG4-GENERIC/16000/\u00b2".encode()),
+        (b"a=control:trackID=0", b"a=control:track 0"),
+    ],
+)
+def test_unusable_describe_sdp_fails_the_pull_with_its_reason(
+    env: Env, old: bytes, new: bytes
+) -> None:
+    """Finding 6: a "\u00b2" in the camera's SDP raised ValueError at the reactor, reported as
+    "the camera closed the connection" on every reconnect; now the pull says why."""
+    sdp = camera_sdp().replace(old, new, 1)
+    assert sdp != camera_sdp()
+    pull = env.manager.startup(URL, "door")
+    _, cam = env.connector.accept()
+    cam.answer(cam.request("OPTIONS"))
+    cam.answer(cam.request("DESCRIBE"), headers=[("Content-Type", "application/sdp")], body=sdp)
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info.startswith("the camera sent an unusable SDP: "), pull.info
+    assert "closed the connection" not in pull.info
+    assert pull.to_json()["info"] == pull.info
+
+
+def test_other_protocols_formats_are_not_payload_types() -> None:
+    """A "\u00b2" format of a non-RTP m= line raised ValueError in describe_tracks; such a
+    track is just not one we receive."""
+    sdp = camera_sdp().replace(
+        b"m=application 0 RTP/AVP 107", "m=application 0 udp \u00b2".encode()
+    )
+    _client, cam, sink, _ = connect()
+    cam.answer(cam.request("OPTIONS"))
+    cam.answer(cam.request("DESCRIBE"), headers=[("Content-Base", BASE)], body=sdp)
+    assert cam.request("SETUP").uri == BASE + "trackID=0"
+    assert sink.closed == []
+
+
+@pytest.mark.parametrize("cseq", ["\u00b2", "\u0662", "1_0"])
+def test_response_with_a_non_ascii_cseq_is_not_a_crash(cseq: str) -> None:
+    _client, cam, sink, _ = connect()
+    cam.request("OPTIONS")
+    cam.send(f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n".encode())
+    cam.request("DESCRIBE")  # taken as the answer to the oldest request, like a missing CSeq
+    assert sink.closed == [] and not cam.tr.disconnecting
 
 
 def test_camera_reusing_channels_is_refused() -> None:
@@ -807,7 +861,7 @@ def test_startup_refusals(env: Env) -> None:
 def test_reconnect_backoff_doubles_to_the_cap_and_resets_after_a_good_session(env: Env) -> None:
     pull = env.manager.startup(URL, "door")
     assert retry_delays(env, pull, 7) == [1, 2, 4, 8, 16, 30, 30]
-    assert pull.status == RECONNECTING and "cannot connect" in pull.info
+    assert pull.status == RECONNECTING and pull.info == CONNECT_FAILED
     assert pull.stream.status == RECONNECTING
 
     cam = play_session(env)
@@ -1020,5 +1074,96 @@ def test_connector_raising_is_a_failed_attempt() -> None:
         raise ValueError("bad host name")
 
     pull = PullManager(registry, clock, connector=broken).startup(URL, "door")
-    assert pull.status == RECONNECTING and "bad host name" in pull.info
+    assert pull.status == RECONNECTING and pull.info == CONNECT_FAILED
     assert len(clock.getDelayedCalls()) == 1
+
+
+def test_anything_raising_on_camera_input_fails_the_session_with_a_reason(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer guard: an exception from the camera's bytes closes this connection, the pull
+    reports why and reconnects by its policy; nothing reaches the reactor."""
+    pull = env.manager.startup(URL, "door")
+    _client, cam = env.connector.accept()
+    cam.handshake(sdp=camera_sdp(audio=False))
+
+    def broken(index: int, packet: RtpPacket) -> None:
+        raise IndexError("ingest bug")
+
+    monkeypatch.setattr(pull, "rtp", broken)
+    cam.rtp(0, video_rtp()[:1])  # does not raise
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info == "unusable data from the camera: IndexError: ingest bug"
+    env.clock.advance(1)
+    assert len(env.connector.attempts) == 2
+
+
+def test_camera_malformed_units_are_counted_and_a_long_run_reconnects() -> None:
+    """Finding 17 on the pull side: bad units are dropped and counted, the pull keeps going;
+    only a long run of them closes the session (the pull reconnects with the reason)."""
+    registry = StreamRegistry(max_picture_pixels=1000)  # the camera's 160x120 is too large
+    clock = Clock()
+    connector = FakeConnector()
+    pull = PullManager(registry, clock, connector=connector).startup(URL, "door")
+    _, cam = connector.accept()
+    cam.handshake(sdp=camera_sdp(audio=False))
+    stream = pull.stream
+    assert stream.rejected_units == 1 and stream.video is not None and stream.video.width == 0
+    video = video_rtp()
+    cam.rtp(0, video)
+    assert stream.video_units == 0 and not cam.tr.disconnecting  # video refused, session stays
+    seq = RtpPacket.parse(video[-1]).seq + 1
+    garbage = [
+        RtpPacket(96, (seq + i) & 0xFFFF, 900_000 + 3000 * i, SSRC, b"\x7c", True).serialize()
+        for i in range(MAX_BAD_RUN)
+    ]
+    cam.rtp(0, garbage[:-1])
+    assert not cam.tr.disconnecting
+    cam.rtp(0, garbage[-1:])
+    assert cam.tr.disconnecting
+    cam.drop()
+    assert pull.status == RECONNECTING
+    assert pull.info.startswith(
+        f"unusable data from the camera: MediaRejected: {MAX_BAD_RUN} malformed video access units"
+    )
+    clock.advance(1)
+    assert len(connector.attempts) == 2
+
+
+def test_an_ended_pull_is_freed_without_the_garbage_collector(env: Env) -> None:
+    """A terminated pull, its stream, client, ingest and depacketizer are freed by reference
+    counting alone (the stream's on_terminate and the closing client used to keep a cycle)."""
+    gc.collect()
+    gc.disable()
+    try:
+        pull = env.manager.startup(URL, "door")
+        cam = play_session(env)
+        client = pull.client
+        assert client is not None and pull._ingest is not None
+        refs = [
+            weakref.ref(o)
+            for o in (
+                pull,
+                pull.stream,
+                client,
+                pull._ingest,
+                pull._ingest.tracks[0].depacketizer,
+            )
+        ]
+        env.manager.terminate("door")
+        cam.answer(cam.request("TEARDOWN"))
+        cam.drop()
+        del pull, client, cam
+        env.connector.attempts.clear()
+        assert env.clock.getDelayedCalls() == [] and env.manager.find_all() == []
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+
+
+def test_camera_pulls_are_exempt_from_the_publish_idle_timeout(env: Env) -> None:
+    """Finding 18: a pull reconnects by its own policy; the idle watchdog must leave it be."""
+    pull = env.manager.startup(URL, "door")
+    assert pull.stream.watch_idle is False

@@ -126,6 +126,7 @@ def test_single_nal_units() -> None:
         sps=sps,
         pps=pps,
         params_changed=True,
+        sps_info=parse_sps(sps),
     )
     [p] = d.push(rtp(1, 4000, P, marker=True))
     assert (p.nals, p.annexb, p.keyframe, p.pts, p.params_changed) == (
@@ -162,6 +163,8 @@ def test_single_nal_units() -> None:
         "malformed": 0,
         "oversized": 0,
         "bad_sps": 0,
+        "bad_pps": 0,
+        "rejected": 0,
     }
 
 
@@ -413,6 +416,74 @@ def test_too_many_nal_units_is_dropped() -> None:
     assert nals_of(push_all(d, [rtp(1, 3000, stap_a(AUD, IDR[:100]), True)])) == [(AUD, IDR[:100])]
 
 
+@pytest.mark.parametrize(
+    ("packets", "reason"),
+    [
+        ([b"\xe5\x88" + IDR[2:200]], "NAL unit with its forbidden_zero_bit set"),
+        ([stap_a(SEI, b"\xc1\x9a" + P[2:])], "STAP-A holding a NAL unit of type 1"),
+        ([b"\x7c"], "FU-A with a bad header"),
+        ([fu_a(P, 3)[1], fu_a(P, 3)[2]], "FU-A without its start"),
+        ([fu_a(P, 3)[0], fu_a(P, 3)[0]], "FU-A without its end"),
+        ([fu_a(P, 3)[0], P], "FU-A without its end"),
+        ([fu_a(P, 3)[0]], "access unit ending inside an FU-A"),
+        ([b"\x79" + b"\x00" * 10], "unsupported RTP packet type 25"),
+    ],
+)
+def test_malformed_aus_are_rejected_and_counted_in_a_run(packets: list[bytes], reason: str) -> None:
+    """Finding 17: each malformed AU is dropped and counted with its reason; the run of them
+    ends at the next AU emitted."""
+    d = dep()
+    assert len(d.push(rtp(0, 0, IDR, marker=True))) == 1
+    seq = 1
+    for n in range(1, 4):
+        push_all(d, [rtp(seq + i, 3000 * n, pl) for i, pl in enumerate(packets)])
+        seq += len(packets)
+        assert d.push(rtp(seq, 3000 * n + 1, P, marker=False)) == []  # new timestamp: AU ends
+        seq += 1
+        assert (d.rejected, d.bad_run, d.last_rejection) == (n, n, reason)
+    # Back to a decodable stream: the next IDR is emitted and the run is over.
+    assert len(push_all(d, [rtp(seq, 99000, IDR, marker=True)])) == 1
+    assert d.bad_run == 0 and d.rejected == 3
+
+
+def test_a_loss_is_not_the_senders_fault() -> None:
+    d = dep(window=2)
+    assert len(d.push(rtp(0, 0, IDR, marker=True))) == 1
+    first, _middle, last = fu_a(P, 3)
+    push_all(d, [rtp(1, 3000, first), rtp(3, 3000, last, True), rtp(4, 6000, P), rtp(5, 9000, P)])
+    assert d.lost_packets == 1 and d.dropped_aus >= 1
+    assert (d.rejected, d.bad_run) == (0, 0)
+
+
+@pytest.mark.parametrize("pps", [b"\x68", b"\x68\x00\x00"])
+def test_unusable_pps_is_dropped_and_counted(pps: bytes) -> None:
+    sps, good_pps = params()
+    d = dep()
+    [au] = d.push(rtp(0, 0, stap_a(sps, pps, IDR[:100]), marker=True))
+    assert (d.bad_pps, d.rejected, d.bad_run) == (1, 1, 0)
+    assert d.last_rejection == f"unusable PPS of {len(pps)} bytes"
+    assert au.pps == good_pps and au.annexb == to_annexb([sps, good_pps, IDR[:100]])
+    # A bad PPS in sprop is not kept either.
+    d = H264Depacketizer(sprop_sps=sps, sprop_pps=pps, reorder_window=0)
+    assert d.params() is None and d.rejected == 1
+
+
+def test_picture_over_max_pixels_is_never_emitted() -> None:
+    """Finding 2 at the RTP ingest: the SPS of a picture larger than max_pixels (sprop or
+    in-band) is refused, so no AU of it reaches a decoder; smaller pictures still pass."""
+    sps, pps = params()  # 320x240
+    small_sps, small_pps = small_params()  # 160x120
+    d = H264Depacketizer(sprop_sps=sps, sprop_pps=pps, reorder_window=0, max_pixels=320 * 240 - 1)
+    assert d.params() is None and d.video_params() is None
+    assert d.rejected == 1 and "larger than the limit of 76799 pixels" in d.last_rejection
+    assert d.push(rtp(0, 0, stap_a(sps, pps, IDR[:100]), marker=True)) == []
+    assert d.push(rtp(1, 3000, P, marker=True)) == []
+    assert (d.rejected, d.bad_run, d.skipped_aus) == (2, 0, 2)
+    # The encoder drops to a size within the limit: pictures flow again.
+    [au] = d.push(rtp(2, 6000, stap_a(small_sps, small_pps, IDR[:100]), marker=True))
+    assert au.video_params().width == 160
+
+
 def test_constructor_limits() -> None:
     with pytest.raises(ValueError, match="reorder window"):
         H264Depacketizer(reorder_window=100)
@@ -521,14 +592,18 @@ def test_sprop_and_in_band_parameter_sets() -> None:
     assert not e.params_changed
 
 
-def test_unreadable_sps_is_ignored() -> None:
+def test_unreadable_sps_is_dropped_and_the_last_good_one_used() -> None:
     sps, pps = params()
     d = dep()
     [au] = d.push(rtp(0, 0, stap_a(b"\x67\x64", IDR[:100]), marker=True))
-    assert d.bad_sps == 1
+    assert (d.bad_sps, d.rejected, d.bad_run) == (1, 1, 0)
+    assert d.last_rejection.startswith("unusable SPS: ")
     assert au.sps == sps
-    assert au.nals == (b"\x67\x64", IDR[:100])
+    assert au.nals == (IDR[:100],)
     assert au.annexb == to_annexb([sps, pps, IDR[:100]])  # the readable ones replace it
+    # Repeated with every IDR: counted each time, parsed once.
+    [au] = d.push(rtp(1, 3000, stap_a(b"\x67\x64", IDR[:100]), marker=True))
+    assert (d.bad_sps, d.rejected) == (2, 2) and au.annexb == to_annexb([sps, pps, IDR[:100]])
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from wcs.rtsp.message import (
     parse_session,
     parse_transport,
 )
+from wcs.rtsp.numbers import ascii_hex, ascii_uint
 
 # What `ffmpeg -f rtsp -rtsp_transport tcp` (Lavf59.27.100) sent to a capturing socket server,
 # byte for byte (testsrc 320x240 libx264 + sine AAC).
@@ -305,7 +306,21 @@ MIN_REQUEST = b"OPTIONS * RTSP/1.0\r\n"
 
 @pytest.mark.parametrize(
     "value",
-    [b"-1", b"+5", b"5a", b"5 x", b"0x10", b"", b"5, 5", b"1e3", b"\xef\xbc\x95", b"1.0"],
+    [
+        b"-1",
+        b"+5",
+        b"5a",
+        b"5 x",
+        b"0x10",
+        b"",
+        b"5, 5",
+        b"1e3",
+        b"\xef\xbc\x95",
+        b"1.0",
+        b"1_0",
+        "²".encode(),
+        "\u0665".encode(),
+    ],
 )
 def test_bad_content_length_forms(value: bytes) -> None:
     error = error_both(MIN_REQUEST + b"Content-Length: " + value + b"\r\n\r\n12345")
@@ -336,6 +351,9 @@ def test_huge_content_length_digits() -> None:
         (b"RTSP/1.0 20 OK", "bad status line 'RTSP/1.0 20 OK'"),
         (b"RTSP/1.0 abc OK", "bad status line 'RTSP/1.0 abc OK'"),
         (b"RTSP/1.0 099 Low", "bad status line 'RTSP/1.0 099 Low'"),
+        # isdigit() says yes to "²" and int() says no: a ValueError that is not a parse error.
+        ("RTSP/1.0 ²00 OK".encode(), "bad status line 'RTSP/1.0 ²00 OK'"),
+        ("RTSP/1.0 2\u06600 OK".encode(), "bad status line 'RTSP/1.0 2\u06600 OK'"),
         (b"RTSP/x 200 OK", "not an RTSP version: 'RTSP/x'"),
         (b"OPTIONS * RTSP/1.0\rCSeq: 1", "bare CR inside a line"),
     ],
@@ -575,6 +593,14 @@ def test_transport_single_port_means_a_pair() -> None:
         ("RTP/AVP;client_port=70000-70001", "client_port '70000-70001' out of range"),
         ("RTP/AVP;client_port=a-b", "bad client_port 'a-b'"),
         ("RTP/AVP;client_port=-5", "bad client_port '-5'"),
+        ("RTP/AVP;client_port=²-³", "bad client_port '²-³'"),
+        (
+            "RTP/AVP;client_port=\u0665\u0660\u0660\u0660",
+            "bad client_port '\u0665\u0660\u0660\u0660'",
+        ),
+        ("RTP/AVP/TCP;interleaved=0-²", "bad interleaved '0-²'"),
+        ("RTP/AVP/TCP;interleaved=1_0", "bad interleaved '1_0'"),
+        ("RTP/AVP;ssrc=\u0661\u0662", "bad ssrc '\u0661\u0662'"),
         ("RTP/AVP;ssrc=123456789", "bad ssrc '123456789'"),
         ("RTP/AVP;mode=", "bad mode ''"),
         ("RTP/AVP;bad param=1", "bad transport parameter 'bad param=1'"),
@@ -603,5 +629,50 @@ def test_parse_session() -> None:
     assert bad_id.value.status == 454
     with pytest.raises(RtspParseError, match="bad session timeout"):
         parse_session("abc;timeout=-1")
+    for timeout in ("²", "\u06660", "6_0", "60.5"):
+        with pytest.raises(RtspParseError, match="bad session timeout"):
+            parse_session(f"abc;timeout={timeout}")
     with pytest.raises(RtspParseError, match="bad session id"):
         parse_session("a b")
+
+
+@pytest.mark.parametrize(
+    ("text", "maximum", "expected"),
+    [
+        ("0", 10, 0),
+        ("007", 10, 7),
+        ("10", 10, 10),
+        ("11", 10, None),
+        ("", 10, None),
+        (" 1", 10, None),
+        ("+1", 10, None),
+        ("1_0", 100, None),
+        ("²", 10, None),
+        ("\u0663", 10, None),
+        ("\uff11", 10, None),
+        ("9" * 33, 10**40, None),
+    ],
+)
+def test_ascii_uint(text: str, maximum: int, expected: int | None) -> None:
+    assert ascii_uint(text, maximum) == expected
+
+
+def test_ascii_hex() -> None:
+    assert ascii_hex("00000001", 8) == 1 and ascii_hex("fF", 2) == 255
+    for bad in ("", "123456789", "g", "\u0663", "0x1", " 1"):
+        assert ascii_hex(bad, 8) is None
+
+
+def test_in_message_tracks_requests_not_frames() -> None:
+    parser = RtspParser()
+    assert not parser.in_message
+    assert parser.feed(b"\r\n") == [] and not parser.in_message
+    assert parser.feed(b"$\x00\x00\x04ab") == []  # half an interleaved frame
+    assert not parser.in_message
+    assert parser.feed(b"cdOPT") == [InterleavedFrame(0, b"abcd")]
+    assert parser.in_message
+    parser.feed(b"IONS * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 2\r\n\r\n")
+    assert parser.in_message  # the head is complete, the body is not
+    (request,) = parser.feed(b"hi")
+    assert isinstance(request, RtspRequest) and request.body == b"hi"
+    assert not parser.in_message

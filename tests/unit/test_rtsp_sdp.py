@@ -315,6 +315,16 @@ def test_lenient_input() -> None:
         ("m=video 0 RTP/AVP 96\na=rtpmap:x H264/90000\n", "line 2: bad payload type 'x'"),
         ("m=video 0 RTP/AVP 96\na=fmtp:200 a=b\n", "line 2: bad payload type '200'"),
         ("a=bad name:1\n", "line 1: bad attribute name 'bad name'"),
+        # Finding 6: isdigit() accepts "²" and other scripts' digits, int() refuses or reads them.
+        ("m=video ² RTP/AVP 96\n", "line 1: bad port '²'"),
+        ("m=video 5\u0660\u0660\u0660 RTP/AVP 96\n", "line 1: bad port '5\u0660\u0660\u0660'"),
+        ("m=video 0/² RTP/AVP 96\n", "line 1: bad number of ports '²'"),
+        ("m=video 0 RTP/AVP ²\n", "line 1: bad RTP payload type '²'"),
+        ("m=video 0 RTP/AVP 9\u0666\n", "line 1: bad RTP payload type '9\u0666'"),
+        ("m=video 0 RTP/AVP 96\na=rtpmap:² H264/90000\n", "line 2: bad payload type '²'"),
+        ("m=video 0 RTP/AVP 96\na=rtpmap:96 H264/²\n", "line 2: bad rtpmap '96 H264/²'"),
+        ("m=video 0 RTP/AVP 96\na=rtpmap:96 L16/8000/²\n", "line 2: bad rtpmap '96 L16/8000/²'"),
+        ("m=video 0 RTP/AVP 96\na=fmtp:² a=b\n", "line 2: bad payload type '²'"),
     ],
 )
 def test_sdp_errors(text: str, message: str) -> None:
@@ -421,3 +431,16 @@ def test_arbitrary_text_only_raises_sdp_errors(text: str) -> None:
         for params in media.fmtp.values():
             with contextlib.suppress(SdpError):
                 h264_sprop(params)
+
+
+def test_non_rtp_formats_are_not_payload_types() -> None:
+    """An m= line of another protocol keeps its formats as text; none of them is a payload type
+    unless written in ASCII digits (a "²" format used to raise ValueError from int())."""
+    sdp = parse_sdp("m=application 0 udp ² wb 7 \u0663 200\n")
+    assert sdp.media[0].formats == ["²", "wb", "7", "\u0663", "200"]
+    assert sdp.media[0].payload_types == [7]
+
+
+def test_unresolvable_control_is_an_sdp_error() -> None:
+    with pytest.raises(SdpError, match="cannot resolve control"):
+        resolve_control("rtsp://[::1/live", "/track1")

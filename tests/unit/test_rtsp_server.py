@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
+import re
+import weakref
 from typing import Any
 
 import pytest
@@ -21,7 +24,14 @@ from tests.unit.test_rtmp_protocol import RecordingSink as Sink
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
+from wcs.rtsp.auth import (
+    RtspAuthenticator,
+    authorization_header,
+    choose_challenge,
+    parse_challenges,
+)
 from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
+from wcs.rtsp.ingest import MAX_BAD_RUN
 from wcs.rtsp.message import (
     InterleavedFrame,
     RtspParser,
@@ -34,7 +44,10 @@ from wcs.rtsp.message import (
 from wcs.rtsp.rtp import Bye, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import RtpMap, h264_sprop, parse_sdp, resolve_control
 from wcs.rtsp.server import (
+    AUTH_FAILURE_DELAY,
+    MAX_AUTH_FAILURES,
     MAX_CONNECTIONS,
+    REQUEST_DEADLINE,
     SESSION_TIMEOUT,
     RTSPServerFactory,
     RTSPServerProtocol,
@@ -365,6 +378,14 @@ def test_interleaved_channels_taken_are_reassigned(conn: Conn) -> None:
     assert parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
 
 
+@pytest.mark.parametrize("channels", ["0-0", "3-2", "4-9"])
+def test_interleaved_channels_that_are_no_pair_are_reassigned(conn: Conn, channels: str) -> None:
+    assert conn.announce().status == 200
+    r = conn.setup(f"RTP/AVP/TCP;interleaved={channels};mode=record")
+    assert r.status == 200 and parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
+    assert conn.proto.channels == {0: (0, False), 1: (0, True)}
+
+
 # -- names ----------------------------------------------------------------------------------------
 
 
@@ -437,6 +458,57 @@ def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
     assert r.status == 400
     assert len(registry) == 0
     assert conn.announce().status == 200  # the connection is still usable
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"m=video 0 RTP/AVP 96", "m=video \u00b2 RTP/AVP 96".encode()),
+        (b"m=video 0 RTP/AVP 96", "m=video 0 RTP/AVP \u00b2".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:\u00b2 H264/90000".encode()),
+        (b"a=rtpmap:96 H264/90000", "a=rtpmap:96 H264/\u00b2".encode()),
+        (b"a=rtpmap:97 MPEG4-GENERIC/44100/2", "a=rtpmap:97 MPEG4-GENERIC/44100/\u00b2".encode()),
+        (b"a=fmtp:96 ", "a=fmtp:\u00b2 ".encode()),
+        (b"m=audio 0 RTP/AVP 97", "m=audio 0 udp \u00b2".encode()),
+        (b"a=control:streamid=0", b"a=control:/track"),
+    ],
+)
+def test_announce_with_unusable_numbers_is_400_with_a_logged_reason(
+    conn: Conn,
+    registry: StreamRegistry,
+    log_events: list[LogEvent],
+    old: bytes,
+    new: bytes,
+) -> None:
+    """Finding 6: a superscript digit in the SDP raised ValueError at the reactor (no answer);
+    now the publisher gets 400 with the reason, and the connection stays usable."""
+    sdp = announce_sdp().replace(old, new, 1)
+    assert sdp != announce_sdp()
+    uri = "rtsp://[::1/live/cam" if new == b"a=control:/track" else BASE
+    r = conn.request("ANNOUNCE", uri, [("Content-Type", "application/sdp")], sdp)
+    assert r.status == 400, r
+    assert len(registry) == 0 and not conn.transport.disconnecting
+    logged = messages(log_events)
+    assert any("ANNOUNCE" in m and "refused" in m for m in logged), logged
+    assert conn.announce().status == 200
+
+
+@pytest.mark.parametrize("cseq", ["\u00b2", "\u0663", "1_0", "+1"])
+def test_cseq_must_be_ascii_digits(conn: Conn, cseq: str) -> None:
+    conn.send(build_request("OPTIONS", "*", [("CSeq", cseq)]))
+    r = conn.response()
+    assert r.status == 400 and r.reason == "Missing or bad CSeq"
+    assert not conn.transport.disconnecting
+
+
+@pytest.mark.parametrize("uri", ["rtsp://[::1/live/cam", "rtsp://h\uff03x/live/cam"])
+@pytest.mark.parametrize("method", ["ANNOUNCE", "DESCRIBE", "SETUP"])
+def test_urls_urlsplit_refuses_are_answered(conn: Conn, uri: str, method: str) -> None:
+    headers = [("Content-Type", "application/sdp"), ("Transport", TCP)]
+    body = announce_sdp() if method == "ANNOUNCE" else b""
+    r = conn.request(method, uri, headers, body)
+    assert 400 <= r.status < 500
+    assert not conn.transport.disconnecting
 
 
 # -- wrong states and bad requests -------------------------------------------------------------
@@ -600,6 +672,67 @@ def test_idle_connection_times_out(
     )
 
 
+def test_trickled_request_is_closed_at_the_deadline(
+    conn: Conn, reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    """Finding 13: a byte per second completes a request every ~40 s, each counting as activity,
+    so the connection lived forever; a request must now be whole 10 s after its first byte."""
+    request = build_request("OPTIONS", "*", [("CSeq", "1"), ("User-Agent", "x" * 20)])
+    assert len(request) > REQUEST_DEADLINE + 1
+    for i in range(int(REQUEST_DEADLINE)):
+        conn.send(request[i : i + 1])
+        reactor.advance(1)
+        if i < REQUEST_DEADLINE - 1:
+            assert not conn.transport.disconnecting
+    assert conn.transport.disconnecting
+    r = conn.response()
+    assert r.status == 408 and r.headers["Connection"] == "close"
+    assert any(
+        "closing connection: request not complete 10 s after its first byte" in m
+        for m in messages(log_events)
+    )
+    conn.close()
+    assert reactor.getDelayedCalls() == []
+
+
+def test_request_deadline_starts_at_each_request(conn: Conn, reactor: FakeReactor) -> None:
+    one = build_request("OPTIONS", "*", [("CSeq", "1")])
+    two = build_request("OPTIONS", "*", [("CSeq", "2")])
+    conn.send(b"\r\n")  # a keep-alive CRLF between messages starts nothing
+    reactor.advance(30)
+    conn.send(one[:5])
+    reactor.advance(9.5)
+    conn.send(one[5:] + two[:5])  # the first completes, the second begins now
+    assert conn.response().headers["CSeq"] == "1"
+    reactor.advance(9.5)
+    assert not conn.transport.disconnecting
+    conn.send(two[5:])
+    assert conn.response().headers["CSeq"] == "2"
+    reactor.advance(REQUEST_DEADLINE * 3)
+    assert not conn.transport.disconnecting  # between requests only the idle timeout runs
+    # A body counts too: Content-Length promised and never sent.
+    conn.send(build_request("SET_PARAMETER", "*", [("CSeq", "3")], b"12345")[:-5])
+    reactor.advance(REQUEST_DEADLINE)
+    assert conn.transport.disconnecting and conn.response().status == 408
+
+
+def test_interleaved_frames_never_run_against_the_request_deadline(
+    conn: Conn, reactor: FakeReactor, registry: StreamRegistry
+) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    # A recording publisher's frames arrive in pieces over a long time, between keepalives.
+    data = b"".join(build_interleaved(0, p) for p in rtp_packets(20))
+    for i in range(0, len(data), 97):
+        conn.send(data[i : i + 97])
+        reactor.advance(0.5)
+    assert reactor.seconds() > 3 * REQUEST_DEADLINE
+    assert conn.request("GET_PARAMETER").status == 200
+    reactor.advance(REQUEST_DEADLINE * 2)
+    assert not conn.transport.disconnecting and stream.video_units >= 19
+
+
 def test_session_kept_alive_by_rtp_and_keepalives(
     conn: Conn, reactor: FakeReactor, registry: StreamRegistry, log_events: list[LogEvent]
 ) -> None:
@@ -660,14 +793,54 @@ def test_connection_limit(
     assert MAX_CONNECTIONS == 1000
 
 
-def test_terminate_drops_the_publisher(conn: Conn, registry: StreamRegistry) -> None:
+def test_terminate_drops_the_publisher(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
     conn.publish_tcp()
     stream = registry.get("cam")
     assert stream is not None
     stream.terminate()
     assert conn.transport.disconnecting
     assert stream.ended and stream.end_reason == "Stopped by server"
+    assert any(
+        "closing connection: the server ended cam: Stopped by server" in m
+        for m in messages(log_events)
+    )
     conn.close()
+
+
+@pytest.mark.parametrize("recording", [True, False])
+def test_a_stream_ended_by_the_server_closes_the_publisher_with_the_reason(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], recording: bool
+) -> None:
+    """Finding 18: the publish idle watchdog ends a stream with no media (one that did ANNOUNCE
+    and never RECORD too); the publisher's connection must close, with that reason."""
+    if recording:
+        conn.publish_tcp()
+    else:
+        assert conn.announce().status == 200
+    stream = registry.get("cam")
+    assert stream is not None and stream.watch_idle
+    stream.end("Failed by RTP activity")  # what Stream.terminate(reason) ends with
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: the server ended cam: Failed by RTP activity" in m
+        for m in messages(log_events)
+    )
+    conn.close()
+    assert registry.get("cam") is None
+    # The name is free for the encoder's reconnect.
+    again = Conn(conn.factory)
+    assert again.announce().status == 200
+
+
+def test_teardown_and_close_end_the_stream_without_closing_twice(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    conn.publish_tcp()
+    assert conn.request("TEARDOWN").status == 200
+    assert not conn.transport.disconnecting  # our own end does not close the connection
+    assert not any("closing connection" in m for m in messages(log_events))
 
 
 # -- UDP ------------------------------------------------------------------------------------------
@@ -752,6 +925,62 @@ def test_udp_pool_exhaustion_falls_back_or_461(
     b = Conn(factory)
     assert b.announce().status == 200
     assert udp_setup(b, 0).status == 200
+
+
+@pytest.mark.parametrize("ports", ["0-0", "0", "0-1", "5001-5000", "5000-5007", "5000-4999"])
+def test_bad_client_ports_are_461(conn: Conn, reactor: FakeReactor, ports: str) -> None:
+    """Finding 21: client_port=0-0 was accepted and took a pair from the pool."""
+    assert conn.announce().status == 200
+    r = udp_setup(conn, 0, ports)
+    assert r.status == 461 and r.reason.startswith("Bad client_port"), r
+    assert reactor.udp == {} and conn.factory.udp_pool.in_use == 0
+    # Offered with TCP as the second choice, TCP is used.
+    r = conn.setup(
+        f"RTP/AVP/UDP;unicast;client_port={ports};mode=record,"
+        "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+    )
+    assert r.status == 200 and parse_transport(r.headers["Transport"])[0].lower == "TCP"
+
+
+@pytest.mark.parametrize("ports", ["5000-5001", "5000", "41234-41235", "5000-5000", "5001-5002"])
+def test_client_ports_real_clients_send_are_accepted(conn: Conn, ports: str) -> None:
+    assert conn.announce().status == 200
+    assert udp_setup(conn, 0, ports).status == 200
+
+
+def test_a_session_holds_at_most_four_udp_pairs(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Finding 21: 16 connections of 16 UDP tracks each emptied the server-wide pool."""
+    factory = RTSPServerFactory(registry, reactor, max_udp_pairs=16)
+    tracks = 6
+    sdp = announce_sdp(audio=False)
+    video = sdp[sdp.index(b"m=video") :]
+    sdp += b"".join(
+        video.replace(b"streamid=0", f"streamid={i}".encode()) for i in range(1, tracks)
+    )
+    conns = [Conn(factory, IPv4Address("TCP", "10.0.0.7", 50000 + i)) for i in range(4)]
+    for n, conn in enumerate(conns):
+        uri = BASE.replace("cam", f"cam{n}")
+        assert conn.announce(uri, sdp).status == 200
+        got = [
+            conn.setup(
+                f"RTP/AVP/UDP;unicast;client_port={5000 + 2 * i}-{5001 + 2 * i};mode=record",
+                f"{uri}/streamid={i}",
+            )
+            for i in range(tracks)
+        ]
+        assert [r.status for r in got] == [200] * 4 + [461] * 2
+        assert got[4].reason == "At most 4 UDP tracks per session, use TCP"
+        # TCP stays open to the tracks past the cap.
+        r = conn.setup(
+            "RTP/AVP/UDP;unicast;client_port=6000-6001;mode=record,RTP/AVP/TCP;unicast;mode=record",
+            f"{uri}/streamid=4",
+        )
+        assert r.status == 200 and parse_transport(r.headers["Transport"])[0].lower == "TCP"
+    assert factory.udp_pool.in_use == 16
+    conns[0].close()
+    assert factory.udp_pool.in_use == 12
 
 
 def test_udp_pool_ephemeral_pairs_are_consecutive(reactor: FakeReactor) -> None:
@@ -995,3 +1224,398 @@ def test_player_connection_close_detaches(
     conn.close()
     assert player is not None and player not in stream._sinks
     assert not stream.ended
+
+
+# -- the input guard: nothing a peer sends reaches the reactor -------------------------------------
+
+
+def test_a_request_handler_raising_is_answered_and_closes(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], monkeypatch: Any
+) -> None:
+    def broken(req: object) -> None:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(conn.proto, "rtsp_DESCRIBE", broken)
+    r = conn.request("DESCRIBE")  # no exception escapes dataReceived
+    assert r.status == 500 and r.headers["Connection"] == "close"
+    assert conn.transport.disconnecting
+    assert any(
+        "closing connection: DESCRIBE" in m and "RuntimeError: handler bug" in m
+        for m in messages(log_events)
+    )
+
+
+def test_media_path_raising_closes_only_that_connection(
+    factory: RTSPServerFactory,
+    reactor: FakeReactor,
+    registry: StreamRegistry,
+    log_events: list[LogEvent],
+    monkeypatch: Any,
+) -> None:
+    other = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
+    other.publish_tcp(BASE.replace("cam", "other"))
+    tcp = Conn(factory)
+    tcp.publish_tcp()
+    assert tcp.proto.ingest is not None
+
+    def broken(index: int, data: bytes) -> None:
+        raise KeyError("ingest bug")
+
+    monkeypatch.setattr(tcp.proto.ingest, "rtp", broken)
+    tcp.send(build_interleaved(0, rtp_packets(1)[0]))  # does not raise
+    assert tcp.transport.disconnecting
+    assert any("closing connection: KeyError: 'ingest bug'" in m for m in messages(log_events))
+    tcp.close()
+    assert registry.get("cam") is None
+
+    udp = Conn(factory, IPv4Address("TCP", "10.0.0.9", 50002))
+    assert udp.announce(BASE.replace("cam", "udp")).status == 200
+    r = udp.setup(
+        "RTP/AVP/UDP;unicast;client_port=5000-5001;mode=record",
+        BASE.replace("cam", "udp") + "/streamid=0",
+    )
+    (spec,) = parse_transport(r.headers["Transport"])
+    assert spec.server_port is not None
+    assert udp.request("RECORD", BASE.replace("cam", "udp")).status == 200
+    assert udp.proto.ingest is not None
+    monkeypatch.setattr(udp.proto.ingest, "rtcp", broken)
+    reactor.udp[spec.server_port[1]].deliver(b"\x80\xc9\x00\x01\x00\x00\x00\x01", "10.0.0.9")
+    assert udp.transport.disconnecting
+    # The healthy publisher never noticed.
+    assert not other.transport.disconnecting
+    other.send(build_interleaved(0, rtp_packets(1)[0]))
+    assert registry.get("other") is not None
+
+
+# -- malformed media: dropped and counted, the publish goes on -------------------------------------
+
+
+def malformed_aus(first_seq: int, count: int, ssrc: int = 0x1234) -> list[bytes]:
+    """`count` access units of one FU-A fragment with a bad header each (RFC 6184 malformed)."""
+    return [
+        RtpPacket(96, (first_seq + i) & 0xFFFF, 900_000 + 3000 * i, ssrc, b"\x7c", True).serialize()
+        for i in range(count)
+    ]
+
+
+def test_malformed_units_are_dropped_and_only_a_long_run_closes(
+    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+) -> None:
+    """Finding 17: one bad NAL unit must not end the publish; a long run of them does."""
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    good = rtp_packets(3)
+    for p in good:
+        conn.send(build_interleaved(0, p))
+    units = stream.video_units
+    seq = RtpPacket.parse(good[-1]).seq + 1
+    for p in malformed_aus(seq, MAX_BAD_RUN - 1):
+        conn.send(build_interleaved(0, p))
+    assert not conn.transport.disconnecting
+    assert stream.rejected_units == MAX_BAD_RUN - 1 and not stream.ended
+    assert (
+        sum("dropping malformed media: FU-A with a bad header" in m for m in messages(log_events))
+        == 1
+    )
+    assert conn.request("GET_PARAMETER").status == 200
+    # One more in the run: the publisher is dropped with the reason.
+    conn.send(build_interleaved(0, malformed_aus(seq + MAX_BAD_RUN - 1, 1)[0]))
+    assert conn.transport.disconnecting
+    assert any(
+        f"closing connection: MediaRejected: {MAX_BAD_RUN} malformed video access units in a "
+        "row (last: FU-A with a bad header)" in m
+        for m in messages(log_events)
+    )
+    assert stream.video_units == units
+    conn.close()
+    assert stream.ended
+
+
+def test_a_good_unit_ends_the_run(conn: Conn, registry: StreamRegistry) -> None:
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    _, _, units = media()
+    pack = H264Packetizer(96, 0x1234, initial_seq=1000, timestamp_offset=5000)
+    for round_ in range(3):
+        # A keyframe, then most of a run of garbage.
+        for packet in pack.packetize(units[0].data, round_ * 900_000):
+            conn.send(build_interleaved(0, packet.serialize()))
+        seq = pack.seq
+        for garbage in malformed_aus(seq, MAX_BAD_RUN - 10):
+            conn.send(build_interleaved(0, garbage))
+        pack.seq = (seq + MAX_BAD_RUN - 10) & 0xFFFF
+    assert not conn.transport.disconnecting
+    assert stream.rejected_units == 3 * (MAX_BAD_RUN - 10) and stream.video_units >= 2
+
+
+def test_picture_over_max_picture_pixels_refuses_the_video_not_the_session(
+    reactor: FakeReactor, log_events: list[LogEvent]
+) -> None:
+    registry = StreamRegistry(max_picture_pixels=1000)
+    conn = Conn(RTSPServerFactory(registry, reactor))
+    conn.publish_tcp()
+    stream = registry.get("cam")
+    assert stream is not None
+    assert stream.video == VideoParams("H264") and stream.rejected_units == 1
+    assert any(
+        "SPS picture size 320x240 is larger than the limit of 1000 pixels" in m
+        for m in messages(log_events)
+    )
+    for p in rtp_packets(30):
+        conn.send(build_interleaved(0, p))
+    audio = RtpPacket(97, 1, 0, 0x55, b"\x00\x10\x01").serialize()
+    conn.send(build_interleaved(2, audio))
+    assert stream.video_units == 0 and stream.gop is None and stream.audio_units == 1
+    assert not conn.transport.disconnecting and not stream.ended
+    assert conn.request("GET_PARAMETER").status == 200
+
+
+def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: StreamRegistry) -> None:
+    sdp = re.sub(
+        rb"sprop-parameter-sets=[^;\r]+", b"sprop-parameter-sets=!!notbase64", announce_sdp()
+    )
+    assert conn.announce(BASE, sdp).status == 200
+    tcp = "RTP/AVP/TCP;unicast;interleaved={};mode=record"
+    assert conn.setup(tcp.format("0-1"), BASE + "/streamid=0").status == 200
+    assert conn.request("RECORD").status == 200
+    stream = registry.get("cam")
+    assert stream is not None and stream.rejected_units == 1
+    for p in rtp_packets(5):  # ffmpeg's keyframes carry SPS/PPS in-band
+        conn.send(build_interleaved(0, p))
+    assert stream.video_units == 5
+
+
+# -- memory: an ended session is freed by reference counting alone ------------------------------
+
+
+def test_ended_sessions_are_freed_without_the_garbage_collector(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Publishers (TCP and UDP) and a player: once their connections are gone, nothing of
+    theirs (protocol, stream, ingest, depacketizer, UDP ports, player) waits for a full GC."""
+    factory = RTSPServerFactory(registry, reactor)
+    gc.collect()
+    gc.disable()
+    try:
+        tcp = Conn(factory)
+        tcp.publish_tcp()
+        for p in rtp_packets(10):
+            tcp.send(build_interleaved(0, p))
+        udp = Conn(factory, IPv4Address("TCP", "10.0.0.7", 50001))
+        assert udp.announce(BASE.replace("cam", "udp")).status == 200
+        assert (
+            udp.setup(
+                "RTP/AVP/UDP;unicast;client_port=5000-5001;mode=record",
+                BASE.replace("cam", "udp") + "/streamid=0",
+            ).status
+            == 200
+        )
+        assert udp.request("RECORD", BASE.replace("cam", "udp")).status == 200
+        (port,) = [p for p in reactor.udp.values() if p.port % 2 == 0]
+        for p in rtp_packets(5):
+            port.deliver(p)
+        player = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50002))
+        assert play_setup(player).status == 200
+        assert player.request("PLAY").status == 200
+        reactor.advance(0)
+        assert player.proto.player is not None
+        objects = []
+        for conn in (tcp, udp):
+            assert conn.proto.ingest is not None and conn.proto.stream is not None
+            objects += [conn.proto, conn.proto.stream, conn.proto.ingest]
+            objects += [t.depacketizer for t in conn.proto.ingest.tracks if t.depacketizer]
+        objects += [
+            player.proto,
+            player.proto.player,
+            *(t.udp for t in udp.proto.transports.values()),
+        ]
+        refs = [weakref.ref(o) for o in objects]
+        del objects, port
+        for conn in (player, udp, tcp):
+            conn.close()
+        del tcp, udp, player, conn
+        assert reactor.getDelayedCalls() == [] and reactor.udp == {}
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+
+
+# -- playback credentials (REST auth on) --------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_factory(registry: StreamRegistry, reactor: FakeReactor) -> RTSPServerFactory:
+    auth = RtspAuthenticator("admin", "s3cret", reactor, realm="wcs")
+    return RTSPServerFactory(registry, reactor, play_auth=auth)
+
+
+def login(conn: Conn, response: RtspResponse, method: str, uri: str, password: str) -> str:
+    challenge = choose_challenge(parse_challenges(response.headers.get_all("WWW-Authenticate")))
+    assert challenge is not None
+    return authorization_header(challenge, method, uri, "admin", password)
+
+
+def test_playback_needs_the_credentials_when_set(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Finding 9: with REST auth on, DESCRIBE/SETUP/PLAY needed nothing."""
+    stream = live_stream(registry)
+    for u in video_units()[:3]:
+        stream.push(u)
+    conn = Conn(guarded_factory)
+    assert conn.request("OPTIONS").status == 200  # not guarded
+    r = conn.request("DESCRIBE")
+    assert r.status == 401 and r.body == b""
+    challenges = parse_challenges(r.headers.get_all("WWW-Authenticate"))
+    assert [(c.scheme, c.params.get("algorithm")) for c in challenges] == [
+        ("digest", "SHA-256"),
+        ("digest", "MD5"),
+        ("basic", None),
+    ]
+    r = conn.request(
+        "DESCRIBE", headers=[("Authorization", login(conn, r, "DESCRIBE", BASE, "s3cret"))]
+    )
+    assert r.status == 200 and b"m=video" in r.body
+    control = BASE + "/trackID=0"
+    tcp = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")]
+    assert conn.request("SETUP", control, tcp).status == 401
+    challenge = conn.request("SETUP", control, tcp)
+    auth = [("Authorization", login(conn, challenge, "SETUP", control, "s3cret"))]
+    r = conn.request("SETUP", control, tcp + auth)
+    assert r.status == 200
+    conn.session = parse_session(r.headers["Session"])[0]
+    assert conn.request("PLAY").status == 401
+    auth = [("Authorization", login(conn, challenge, "PLAY", BASE, "s3cret"))]
+    assert conn.request("PLAY", headers=auth).status == 200
+    reactor.advance(0)
+    assert conn.proto.player is not None
+    # Basic works as well (what a camera-style client sends up front).
+    other = Conn(guarded_factory)
+    basic = "Basic " + base64.b64encode(b"admin:s3cret").decode()
+    assert other.request("DESCRIBE", headers=[("Authorization", basic)]).status == 200
+
+
+def test_a_wrong_password_is_answered_after_a_delay_and_input_waits(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    live_stream(registry)
+    conn = Conn(guarded_factory)
+    first = conn.request("DESCRIBE")
+    wrong = login(conn, first, "DESCRIBE", BASE, "guess")
+    conn.cseq += 1
+    conn.send(
+        build_request("DESCRIBE", BASE, [("CSeq", str(conn.cseq)), ("Authorization", wrong)])
+        + build_request("OPTIONS", "*", [("CSeq", str(conn.cseq + 1))])
+    )
+    assert conn.transport.value() == b""  # held: the reactor is free, this connection waits
+    assert conn.transport.producerState == "paused"
+    reactor.advance(0.99)
+    assert conn.transport.value() == b""
+    reactor.advance(0.01)
+    answers = RtspParser().feed(conn.transport.value())
+    conn.transport.clear()
+    assert [(a.status, a.headers["CSeq"]) for a in answers] == [  # type: ignore[union-attr]
+        (401, str(conn.cseq)),
+        (200, str(conn.cseq + 1)),  # the pipelined request, in order, after the delay
+    ]
+    assert conn.transport.producerState == "producing"
+    conn.cseq += 1
+    # The right password still works on the same connection.
+    good = login(conn, first, "DESCRIBE", BASE, "s3cret")
+    assert conn.request("DESCRIBE", headers=[("Authorization", good)]).status == 200
+
+
+def test_repeated_wrong_logins_close_the_connection(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    live_stream(registry)
+    conn = Conn(guarded_factory)
+    basic = [("Authorization", "Basic " + base64.b64encode(b"admin:guess").decode())]
+    for attempt in range(1, MAX_AUTH_FAILURES + 1):
+        conn.cseq += 1
+        conn.send(build_request("DESCRIBE", BASE, [("CSeq", str(conn.cseq)), *basic]))
+        reactor.advance(AUTH_FAILURE_DELAY)
+        r = conn.response()
+        assert r.status == 401
+        assert conn.transport.disconnecting == (attempt == MAX_AUTH_FAILURES)
+    assert r.headers["Connection"] == "close"
+
+
+def test_stale_nonce_is_answered_at_once_with_stale(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    auth = RtspAuthenticator("admin", "s3cret", reactor, nonce_lifetime=30)
+    live_stream(registry)
+    conn = Conn(RTSPServerFactory(registry, reactor, play_auth=auth))
+    first = conn.request("DESCRIBE")
+    reactor.advance(31)
+    late = login(conn, first, "DESCRIBE", BASE, "s3cret")
+    r = conn.request("DESCRIBE", headers=[("Authorization", late)])
+    assert r.status == 401
+    assert all(c.stale for c in parse_challenges(r.headers.get_all("WWW-Authenticate"))[:2])
+    fresh = login(conn, r, "DESCRIBE", BASE, "s3cret")
+    assert conn.request("DESCRIBE", headers=[("Authorization", fresh)]).status == 200
+
+
+def test_publishing_stays_open_with_playback_credentials(
+    guarded_factory: RTSPServerFactory, registry: StreamRegistry
+) -> None:
+    conn = Conn(guarded_factory)
+    conn.publish_tcp()  # ANNOUNCE, SETUP, RECORD without Authorization
+    assert registry.get("cam") is not None
+
+
+def test_teardown_right_after_play_before_the_player_started(
+    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    """Found by the rtsp_server fuzz target: PLAY then TEARDOWN in one read unregistered a
+    producer that was never registered (StringTransport raises, as other transports may)."""
+    live_stream(registry)
+    play_setup(conn)
+    conn.cseq += 2
+    session = [("Session", conn.session or "")]
+    conn.send(
+        build_request("PLAY", BASE, [("CSeq", str(conn.cseq - 1)), *session])
+        + build_request("TEARDOWN", BASE, [("CSeq", str(conn.cseq)), *session])
+    )
+    answers = RtspParser().feed(conn.transport.value())
+    assert [a.status for a in answers] == [200, 200]  # type: ignore[union-attr]
+    assert not conn.transport.disconnecting
+    reactor.advance(0)  # the player's start, now moot
+    assert conn.proto.player is None and conn.transport.producer is None
+
+
+def test_a_failing_player_is_closed_and_the_publisher_goes_on(
+    factory: RTSPServerFactory,
+    registry: StreamRegistry,
+    reactor: FakeReactor,
+    log_events: list[LogEvent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A player's unit_received runs inside the publisher's dataReceived: a player's failure
+    must close the player only."""
+    publisher = Conn(factory)
+    publisher.publish_tcp()
+    packets = rtp_packets(40)
+    for p in packets[:10]:
+        publisher.send(build_interleaved(0, p))
+    player = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
+    play_setup(player)
+    assert player.request("PLAY").status == 200
+    reactor.advance(0)
+    assert player.proto.player is not None
+
+    def broken(data: bytes, pts: int) -> list[RtpPacket]:
+        raise OverflowError("packetizer bug")
+
+    monkeypatch.setattr(player.proto.player.packetizer, "packetize", broken)
+    for p in packets[10:]:
+        publisher.send(build_interleaved(0, p))  # does not raise
+    assert player.transport.disconnecting and not publisher.transport.disconnecting
+    assert any(
+        "playing cam failed: OverflowError: packetizer bug" in m for m in messages(log_events)
+    )
+    stream = registry.get("cam")
+    assert stream is not None and stream.video_units >= 35 and not stream.ended

@@ -1,7 +1,7 @@
-"""RTSP authentication: client-side Basic and Digest (RFC 2617 / RFC 7616), URL credentials.
-
-The server side only needs :func:`check_basic`; a camera pull uses :func:`parse_challenges`,
-:func:`choose_challenge` and :func:`authorization_header` after a 401.
+"""RTSP authentication, Basic and Digest (RFC 2617 / RFC 7616): the client side (a camera pull
+answers a 401 with :func:`parse_challenges`, :func:`choose_challenge` and
+:func:`authorization_header`) and the server side (:class:`RtspAuthenticator` challenges and
+checks one credential set), sharing one digest computation.
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wcs.rtsp.numbers import ascii_hex
+
 __all__ = [
     "AuthError",
+    "AuthOutcome",
     "Challenge",
+    "RtspAuthenticator",
     "authorization_header",
     "check_basic",
     "choose_challenge",
@@ -30,6 +37,13 @@ __all__ = [
 MAX_CHALLENGE_CHARS: Final = 8192
 MAX_CHALLENGES: Final = 16
 MAX_PARAMS: Final = 32
+# How long a server nonce is good for; an older one is answered with stale=true, which clients
+# retry with the new nonce without asking for the password again.
+NONCE_LIFETIME: Final = 300.0
+# Failed logins are logged once per interval (a count and the last one), not once per guess.
+FAILURE_LOG_INTERVAL: Final = 60.0
+
+log = Logger(namespace="wcs.rtsp.auth")
 
 _SCHEME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PARAM = re.compile(
@@ -200,24 +214,16 @@ def authorization_header(
     if not 0 < nc <= 0xFFFFFFFF:
         raise AuthError(f"nonce count {nc} out of range")
 
-    def h(text: str) -> str:
-        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
-
     realm, nonce = challenge.realm, challenge.nonce
     qop = "auth" if challenge.qop else None
     sess = algorithm.endswith("-SESS")
     if cnonce is None and (qop or sess):
         cnonce = secrets.token_hex(8)
-    ha1 = h(f"{user}:{realm}:{password}")
-    if sess:
-        ha1 = h(f"{ha1}:{nonce}:{cnonce}")
-    ha2 = h(f"{method}:{uri}")
     nc_text = f"{nc:08x}"
-    if qop:
-        response = h(f"{ha1}:{nonce}:{nc_text}:{cnonce}:{qop}:{ha2}")
-    else:
-        response = h(f"{ha1}:{nonce}:{ha2}")
-    username = h(f"{user}:{realm}") if challenge.userhash else user
+    response = _digest_response(
+        hash_name, sess, user, realm, password, nonce, method, uri, qop, nc_text, cnonce or ""
+    )
+    username = _hash(hash_name, f"{user}:{realm}") if challenge.userhash else user
     parts = [
         f"username={_quoted(username)}",
         f"realm={_quoted(realm)}",
@@ -240,13 +246,43 @@ def authorization_header(
     return "Digest " + ", ".join(parts)
 
 
+def _hash(hash_name: str, text: str) -> str:
+    return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
+
+
+def _digest_response(
+    hash_name: str,
+    sess: bool,
+    user: str,
+    realm: str,
+    password: str,
+    nonce: str,
+    method: str,
+    uri: str,
+    qop: str | None,
+    nc: str,
+    cnonce: str,
+) -> str:
+    """The Digest ``response`` value (RFC 7616 3.4.1; RFC 2069 form without qop)."""
+    ha1 = _hash(hash_name, f"{user}:{realm}:{password}")
+    if sess:
+        ha1 = _hash(hash_name, f"{ha1}:{nonce}:{cnonce}")
+    ha2 = _hash(hash_name, f"{method}:{uri}")
+    if qop:
+        return _hash(hash_name, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _hash(hash_name, f"{ha1}:{nonce}:{ha2}")
+
+
 def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     """``rtsp://user:pass@host:port/path`` -> (URL without userinfo, user, password).
 
     User and password are percent-decoded (UTF-8); both are None when the URL has no userinfo,
     and the password is "" when only a user is given.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:  # "Invalid IPv6 URL", NFKC-normalised separators in the host
+        raise AuthError(f"not a usable URL: {err}") from None
     if parts.scheme.lower() not in ("rtsp", "rtsps") or not parts.netloc:
         raise AuthError(f"not an rtsp:// URL: {url[:80]!r}")
     userinfo, at, hostport = parts.netloc.rpartition("@")
@@ -276,3 +312,192 @@ def check_basic(header: str | None, user: str, password: str) -> bool:
     user_ok = hmac.compare_digest(got_user, user.encode())
     password_ok = hmac.compare_digest(got_password, password.encode())
     return bool(sep) and user_ok and password_ok
+
+
+# --- the server side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    """What :meth:`RtspAuthenticator.check` decided. ``failed`` is a wrong guess (delay it,
+    count it); a request without credentials or with an expired nonce is neither ok nor failed:
+    it just gets the challenges (``stale`` tells the client its password was right)."""
+
+    ok: bool
+    failed: bool = False
+    stale: bool = False
+    reason: str = ""
+
+
+_OK = AuthOutcome(True)
+_SERVER_ALGORITHMS: Final = ("SHA-256", "MD5")  # RFC 7616 3.7: the preferred one first
+_HEX_RESPONSE = {"MD5": 32, "SHA-256": 64}
+
+
+class RtspAuthenticator:
+    """One credential set guarding some RTSP methods (REST's user for playback today; a
+    publish password can be a second instance).
+
+    Challenges are Digest SHA-256, Digest MD5 (in that order: RFC 7616 clients take the first
+    they support, ffmpeg the last Digest one, and it knows only MD5) and Basic (cameras, VLC,
+    ffmpeg with a URL password). Nonces are ``<time>.<HMAC(secret, time)>``: nothing is stored
+    per client, they expire after ``nonce_lifetime`` (stale=true), and a forged one fails the
+    HMAC. Every comparison is constant-time. Failed guesses are logged at most once per
+    FAILURE_LOG_INTERVAL, with a count.
+    """
+
+    def __init__(
+        self,
+        user: str,
+        password: str,
+        clock: IReactorTime,
+        *,
+        realm: str = "wcs",
+        nonce_lifetime: float = NONCE_LIFETIME,
+        secret: bytes | None = None,
+    ) -> None:
+        if '"' in realm or "\\" in realm:
+            raise ValueError("the realm must not need quoting")
+        self.user = user
+        self.password = password
+        self.clock = clock
+        self.realm = realm
+        self.nonce_lifetime = nonce_lifetime
+        self._secret = secret or secrets.token_bytes(32)
+        self._failures = 0  # since the last failure log line
+        self._last_log: float | None = None
+        self._last_failure = ""
+
+    # -- challenges --------------------------------------------------------------------------
+    def nonce(self) -> str:
+        issued = f"{int(self.clock.seconds()):x}"
+        return f"{issued}.{self._mac(issued)}"
+
+    def _mac(self, issued: str) -> str:
+        return hmac.new(self._secret, issued.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+
+    def challenges(self, *, stale: bool = False) -> list[tuple[str, str]]:
+        """The WWW-Authenticate headers of a 401."""
+        nonce = self.nonce()
+        extra = ", stale=true" if stale else ""
+        headers = [
+            (
+                "WWW-Authenticate",
+                f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={algorithm}, '
+                f'qop="auth"{extra}',
+            )
+            for algorithm in _SERVER_ALGORITHMS
+        ]
+        headers.append(("WWW-Authenticate", f'Basic realm="{self.realm}"'))
+        return headers
+
+    # -- checking ----------------------------------------------------------------------------
+    def check(self, method: str, uri: str, header: str | None, peer: str = "") -> AuthOutcome:
+        """Check a request's Authorization header; a failure is counted and logged (rarely)."""
+        outcome = self._check(method, uri, header)
+        if outcome.failed:
+            self._failed(peer, outcome.reason)
+        return outcome
+
+    def _check(self, method: str, uri: str, header: str | None) -> AuthOutcome:
+        if not header:
+            return AuthOutcome(False, reason="no credentials")
+        scheme, _, rest = header.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            if check_basic(header, self.user, self.password):
+                return _OK
+            return AuthOutcome(False, failed=True, reason="wrong Basic credentials")
+        if scheme != "digest":
+            return AuthOutcome(False, failed=True, reason=f"unsupported scheme {scheme[:32]!r}")
+        try:
+            params: dict[str, str] = {}
+            pos = _parse_params(rest, 0, params)
+        except AuthError as err:
+            return AuthOutcome(False, failed=True, reason=f"bad Digest header: {err}")
+        if rest[pos:].strip():
+            return AuthOutcome(False, failed=True, reason="bad Digest header")
+        return self._check_digest(method, uri, params)
+
+    def _check_digest(self, method: str, uri: str, p: Mapping[str, str]) -> AuthOutcome:
+        def failed(reason: str) -> AuthOutcome:
+            return AuthOutcome(False, failed=True, reason=reason)
+
+        algorithm = p.get("algorithm", "MD5").upper()
+        if algorithm not in _SERVER_ALGORITHMS:
+            return failed(f"unsupported Digest algorithm {algorithm[:32]!r}")
+        missing = [k for k in ("username", "realm", "nonce", "uri", "response") if k not in p]
+        if missing:
+            return failed(f"Digest without {', '.join(missing)}")
+        if p["realm"] != self.realm:
+            return failed("Digest for another realm")
+        issued, dot, mac = p["nonce"].partition(".")
+        when = ascii_hex(issued, 12)
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError).
+        if (
+            not dot
+            or when is None
+            or not hmac.compare_digest(mac.encode(), self._mac(issued).encode())
+        ):
+            return failed("a nonce this server did not issue")
+        if not _same_resource(p["uri"], uri):
+            return failed("Digest for another URI")
+        qop = p.get("qop")
+        nc = p.get("nc", "")
+        cnonce = p.get("cnonce", "")
+        if qop is not None and (qop != "auth" or ascii_hex(nc, 8) is None or not cnonce):
+            return failed("Digest with a bad qop, nc or cnonce")
+        response = p["response"].lower()
+        if len(response) != _HEX_RESPONSE[algorithm]:
+            return failed("Digest response of the wrong length")
+        expected = _digest_response(
+            _DIGESTS[algorithm],
+            False,
+            self.user,
+            self.realm,
+            self.password,
+            p["nonce"],
+            method,
+            p["uri"],
+            qop,
+            nc,
+            cnonce,
+        )
+        # Both comparisons always run, so timing does not tell which part was wrong.
+        user_ok = hmac.compare_digest(p["username"].encode(), self.user.encode())
+        response_ok = hmac.compare_digest(response.encode(), expected.encode())
+        if not (user_ok and response_ok):
+            return failed("wrong Digest credentials")
+        age = self.clock.seconds() - when
+        if not -5 <= age <= self.nonce_lifetime:
+            # Right password, old nonce: the client retries with the new one (RFC 7616 3.3).
+            return AuthOutcome(False, stale=True, reason="stale nonce")
+        return _OK
+
+    def _failed(self, peer: str, reason: str) -> None:
+        self._failures += 1
+        self._last_failure = f"{peer}: {reason}" if peer else reason
+        now = self.clock.seconds()
+        if self._last_log is not None and now - self._last_log < FAILURE_LOG_INTERVAL:
+            return
+        log.warn(
+            "RTSP authentication failed {count} time(s) since the last report (realm {realm}; "
+            "last: {last})",
+            count=self._failures,
+            realm=self.realm,
+            last=self._last_failure,
+        )
+        self._failures = 0
+        self._last_log = now
+
+
+def _same_resource(digest_uri: str, request_uri: str) -> bool:
+    """Whether a Digest ``uri`` names the request's resource: the same text, or the same path
+    and query (clients spell the host as they please)."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        a, b = urlsplit(digest_uri), urlsplit(request_uri)
+    except ValueError:
+        return False
+    return (a.path.rstrip("/"), a.query) == (b.path.rstrip("/"), b.query) and bool(a.path)

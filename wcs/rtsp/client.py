@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wcs.guard import guarded
 from wcs.rtsp.auth import (
     AuthError,
     Challenge,
@@ -37,9 +38,11 @@ from wcs.rtsp.message import (
     build_interleaved,
     build_request,
     build_response,
+    is_request_uri,
     parse_session,
     parse_transport,
 )
+from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import (
     ReceptionStats,
     RtcpError,
@@ -203,6 +206,8 @@ class RTSPClientProtocol(TwistedProtocol):
         self.playing_since: float | None = None
         self.media_packets = 0
         self.ignored_frames = 0
+        # Whether the peer has said anything in RTSP yet: until then, it is not a camera.
+        self.answered = False
         self._error: RtspClientError | None = None
         self._stopping = False
         self._closed_waiters: list[Deferred[None]] = []
@@ -218,6 +223,7 @@ class RTSPClientProtocol(TwistedProtocol):
         self.state = "OPTIONS"
         self._request("OPTIONS", self.url, [], self._on_options)
 
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self.state == "CLOSED":
             return
@@ -232,8 +238,10 @@ class RTSPClientProtocol(TwistedProtocol):
             if isinstance(event, InterleavedFrame):
                 self._frame(event)
             elif isinstance(event, RtspResponse):
+                self.answered = True
                 self._response(event)
             else:
+                self.answered = True
                 self._server_request(event)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -338,8 +346,9 @@ class RTSPClientProtocol(TwistedProtocol):
     def _response(self, resp: RtspResponse) -> None:
         pending = None
         cseq_text = resp.headers.get("CSeq")
-        if cseq_text is not None and cseq_text.strip().isdigit():
-            pending = self._pending.pop(int(cseq_text.strip()), None)
+        cseq = ascii_uint(cseq_text.strip(), 0xFFFFFFFF) if cseq_text is not None else None
+        if cseq is not None:
+            pending = self._pending.pop(cseq, None)
         elif self._pending:
             # Some cameras omit CSeq: the answer is to the oldest request.
             pending = self._pending.pop(min(self._pending))
@@ -433,23 +442,28 @@ class RTSPClientProtocol(TwistedProtocol):
         if ctype.strip().lower() != "application/sdp":
             self._fail(RtspClientError(f"DESCRIBE answered {ctype[:64]!r}, not SDP", PROTOCOL))
             return
-        try:
-            sdp = parse_sdp(resp.body)
-        except SdpError as err:
-            self._fail(RtspClientError(f"bad SDP from the camera: {err}", PROTOCOL))
-            return
         base = resp.headers.get("Content-Base") or resp.headers.get("Content-Location") or self.url
         base = base.strip()
-        self._aggregate = resolve_control(base, sdp.control)
-        tracks = select_tracks(describe_tracks(sdp))
+        try:
+            sdp = parse_sdp(resp.body)
+            aggregate = resolve_control(base, sdp.control)
+            tracks = select_tracks(describe_tracks(sdp))
+            controls = [resolve_control(base, t.media.control) for t in tracks]
+        except SdpError as err:
+            self._fail(RtspClientError(f"the camera sent an unusable SDP: {err}", PROTOCOL))
+            return
         if not tracks:
             self._fail(RtspClientError("the camera's SDP has no audio or video", PROTOCOL))
             return
+        bad = next((u for u in (aggregate, *controls) if not is_request_uri(u)), None)
+        if bad is not None:
+            reason = f"the camera sent an unusable SDP: bad control URL {bad[:80]!r}"
+            self._fail(RtspClientError(reason, PROTOCOL))
+            return
+        self._aggregate = aggregate
         self._tracks = [
-            _TrackState(
-                t, resolve_control(base, t.media.control), stats=ReceptionStats(t.clock_rate)
-            )
-            for t in tracks
+            _TrackState(t, control, stats=ReceptionStats(t.clock_rate))
+            for t, control in zip(tracks, controls, strict=True)
         ]
         log.info(
             "RTSP client {url}: tracks {tracks}",
@@ -633,6 +647,11 @@ class RTSPClientProtocol(TwistedProtocol):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+
+    def drop(self, reason: str) -> None:
+        """What the input guard calls when the camera's bytes made us raise: close, and let the
+        pull report the reason and reconnect by its policy."""
+        self._fail(RtspClientError(f"unusable data from the camera: {reason}", PROTOCOL))
 
     def _fail(self, error: RtspClientError) -> None:
         if self._error is None and not self._stopping:

@@ -65,6 +65,8 @@ _COUNTERS: Final = (
     "malformed",
     "oversized",
     "bad_sps",
+    "bad_pps",
+    "rejected",
 )
 _MASK32: Final = 0xFFFFFFFF
 
@@ -72,7 +74,10 @@ _MASK32: Final = 0xFFFFFFFF
 def h264_video_params(sps: bytes, pps: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> VideoParams:
     """VideoParams for Stream.set_video_params from one SPS and PPS (sprop or in-band);
     raises H264Error for an unreadable SPS or a picture larger than `max_pixels`."""
-    info = parse_sps(sps, max_pixels)
+    return _video_params(sps, pps, parse_sps(sps, max_pixels))
+
+
+def _video_params(sps: bytes, pps: bytes, info: SpsInfo) -> VideoParams:
     return VideoParams(
         codec="H264",
         width=info.width,
@@ -99,6 +104,7 @@ class H264AccessUnit:
     sps: bytes
     pps: bytes
     params_changed: bool  # first AU, or SPS/PPS differ from those of the previous emitted AU
+    sps_info: SpsInfo
 
     def media_unit(self) -> MediaUnit:
         """The unit for Stream.push. RTP has no decode timestamps, so dts = pts (see module doc)."""
@@ -113,19 +119,21 @@ class H264AccessUnit:
         )
 
     def video_params(self) -> VideoParams:
-        """VideoParams for Stream.set_video_params (the depacketizer keeps only readable SPS)."""
-        return h264_video_params(self.sps, self.pps)
+        """VideoParams for Stream.set_video_params, from the SPS the depacketizer accepted."""
+        return _video_params(self.sps, self.pps, self.sps_info)
 
 
 class _Au:
     """An access unit being assembled from packets with one RTP timestamp."""
 
-    __slots__ = ("broken", "fu", "nals", "pts", "rtp_ts", "size")
+    __slots__ = ("broken", "fu", "lost", "malformed", "nals", "pts", "rtp_ts", "size")
 
-    def __init__(self, rtp_ts: int, pts: int, broken: bool) -> None:
+    def __init__(self, rtp_ts: int, pts: int, lost: bool) -> None:
         self.rtp_ts = rtp_ts
         self.pts = pts
-        self.broken = broken
+        self.broken = lost  # nothing of it is used
+        self.lost = lost  # packets of it were lost: its defects may be the network's
+        self.malformed: str | None = None  # why the sender's packets make no AU
         self.nals: list[bytes] = []
         self.size = 0
         self.fu: bytearray | None = None  # FU-A NAL unit being reassembled
@@ -149,10 +157,15 @@ class H264Depacketizer:
     * An AU whose first slice does not start at macroblock 0 lost its head (a receiver
       joining mid-AU) and is dropped; the stream is taken to start at the first packet.
     * A truncated STAP-A, an FU-A without its start, middle or end, an STAP-B/MTAP/FU-B
-      packet (interleaved mode, unsupported), or an AU over `max_au_bytes` / `max_nals`
-      drops the AU likewise.
-    * SPS/PPS come from sprop-parameter-sets and from any complete in-band NAL unit; an SPS
-      that parse_sps cannot read is ignored. An IDR AU without both known is dropped.
+      packet (interleaved mode, unsupported), a NAL unit with its forbidden_zero_bit set, or
+      an AU over `max_au_bytes` / `max_nals` drops the AU likewise. Without a loss to blame,
+      such an AU is the sender's fault: it counts in `rejected` (reason in `last_rejection`)
+      and in `bad_run`, the malformed AUs since the last one emitted.
+    * SPS/PPS come from sprop-parameter-sets and from any complete in-band NAL unit; one that
+      cannot be used (an SPS parse_sps cannot read or whose picture is over `max_pixels`, a
+      PPS too short to be one) is dropped and counted in `rejected`, and the last good ones
+      stay in use: a picture too large for `max_pixels` is never emitted. An IDR AU without
+      both known is skipped.
     * Only the latest SPS and PPS are kept and prepended: a stream using several PPS ids
       decodes only if it repeats them in-band with its IDRs.
     * pts = the RTP timestamp unwrapped (signed 32-bit steps) relative to the first packet;
@@ -168,6 +181,7 @@ class H264Depacketizer:
         max_au_bytes: int = MAX_AU_BYTES,
         max_nals: int = MAX_NALS,
         reorder_window: int = REORDER_WINDOW,
+        max_pixels: int = MAX_PICTURE_PIXELS,
     ) -> None:
         if clock_rate <= 0:
             raise ValueError(f"clock rate must be positive, not {clock_rate}")
@@ -177,6 +191,7 @@ class H264Depacketizer:
         self.max_au_bytes = max_au_bytes
         self.max_nals = max_nals
         self.reorder_window = reorder_window
+        self.max_pixels = max_pixels
         # counters
         self.packets = 0
         self.lost_packets = 0
@@ -189,14 +204,21 @@ class H264Depacketizer:
         self.malformed = 0
         self.oversized = 0
         self.bad_sps = 0
+        self.bad_pps = 0
+        self.rejected = 0  # malformed AUs and unusable parameter sets dropped
+        self.last_rejection = ""
+        self.bad_run = 0  # malformed AUs since the last emitted one
 
         self._sps: bytes | None = None
         self._pps: bytes | None = None
         self._sps_info: SpsInfo | None = None
+        # The last SPS refused and why: encoders repeat theirs with every IDR.
+        self._refused: tuple[bytes, str] | None = None
+        self._sps_logged = False
         if sprop_sps:
             self._learn_sps(sprop_sps)
         if sprop_pps:
-            self._pps = bytes(sprop_pps)
+            self._learn_pps(sprop_pps)
         self._emitted_params: tuple[bytes, bytes] | None = None
 
         self._ssrc: int | None = None
@@ -222,6 +244,12 @@ class H264Depacketizer:
         if self._sps is None or self._pps is None:
             return None
         return self._sps, self._pps
+
+    def video_params(self) -> VideoParams | None:
+        """VideoParams of the current SPS and PPS, once both are known."""
+        if self._sps is None or self._pps is None or self._sps_info is None:
+            return None
+        return _video_params(self._sps, self._pps, self._sps_info)
 
     def stats(self) -> dict[str, int]:
         """The counters, for logging."""
@@ -306,7 +334,7 @@ class H264Depacketizer:
 
     def _on_loss(self) -> None:
         if self._au is not None:
-            self._au.broken = True
+            self._au.broken = self._au.lost = True
         # If the loss fell between AUs, the next AU may have lost its head.
         self._head_lost = True
         self._need_idr = True
@@ -344,15 +372,29 @@ class H264Depacketizer:
             self._last_marker_ts = ts
             self._finish(out)
 
+    def _malformed(self, au: _Au, reason: str) -> None:
+        """The sender's packets cannot make this AU: drop it, and blame the sender unless a
+        loss explains it."""
+        if not au.broken and not au.lost and au.malformed is None:
+            au.malformed = reason
+        au.broken = True
+        au.fu = None
+        au.nals.clear()  # nothing of a broken AU is used: free it
+        au.size = 0
+
     def _depacketize(self, au: _Au, payload: bytes) -> None:
         kind = payload[0] & 0x1F
-        if 1 <= kind <= 23:
+        if payload[0] & 0x80:
+            # forbidden_zero_bit (RFC 6184 5.3): a syntax violation; decoders skip the unit.
+            self.malformed += 1
+            self._malformed(au, "NAL unit with its forbidden_zero_bit set")
+        elif 1 <= kind <= 23:
             if au.fu is not None:
-                au.broken = True  # the FU-A before this lost its end
+                self._malformed(au, "FU-A without its end")
             self._add_nal(au, payload)
         elif kind == NAL_STAP_A:
             if au.fu is not None:
-                au.broken = True
+                self._malformed(au, "FU-A without its end")
             self._stap_a(au, payload)
         elif kind == NAL_FU_A:
             self._fu_a(au, payload)
@@ -362,7 +404,7 @@ class H264Depacketizer:
             if self.unsupported == 0:
                 log.warn("H.264 RTP: unsupported packet type {kind} (interleaved mode?)", kind=kind)
             self.unsupported += 1
-            au.broken = True
+            self._malformed(au, f"unsupported RTP packet type {kind}")
 
     def _stap_a(self, au: _Au, payload: bytes) -> None:
         nals: list[bytes] = []
@@ -372,16 +414,17 @@ class H264Depacketizer:
             size = int.from_bytes(payload[pos : pos + 2], "big")
             pos += 2
             if pos > end or pos + size > end:
+                # Truncated: the packet is corrupt, trust none of it.
                 self.malformed += 1
-                au.broken = True  # truncated: the packet is corrupt, trust none of it
+                self._malformed(au, "truncated STAP-A")
                 return
             if size == 0:
                 continue
             nal = payload[pos : pos + size]
             pos += size
-            if not 1 <= nal[0] & 0x1F <= 23:
+            if not 1 <= nal[0] & 0x1F <= 23 or nal[0] & 0x80:
                 self.malformed += 1
-                au.broken = True
+                self._malformed(au, f"STAP-A holding a NAL unit of type {nal[0] & 0x1F}")
                 return
             nals.append(nal)
         for nal in nals:
@@ -393,16 +436,16 @@ class H264Depacketizer:
             return
         if len(payload) < 2 or not 1 <= payload[1] & 0x1F <= 23:
             self.malformed += 1
-            au.broken = True
-            au.fu = None
+            self._malformed(au, "FU-A with a bad header")
             return
         header = payload[1]
         if header & 0x80:  # start
             if au.fu is not None:
-                au.broken = True  # the previous FU-A lost its end
+                self._malformed(au, "FU-A without its end")
+                return
             au.fu = bytearray([(payload[0] & 0xE0) | (header & 0x1F)])
         elif au.fu is None:
-            au.broken = True  # middle or end without the start
+            self._malformed(au, "FU-A without its start")
             return
         au.fu += payload[2:]
         if au.size + len(au.fu) > self.max_au_bytes:
@@ -416,23 +459,22 @@ class H264Depacketizer:
     def _oversized(self, au: _Au) -> None:
         if not au.broken:
             self.oversized += 1
-            log.warn(
-                "H.264 RTP: access unit over {limit} bytes or {nals} NAL units dropped",
-                limit=self.max_au_bytes,
-                nals=self.max_nals,
-            )
-        au.broken = True
-        au.fu = None
-        au.nals.clear()
-        au.size = 0
+            if self.oversized == 1:
+                log.warn(
+                    "H.264 RTP: access unit over {limit} bytes or {nals} NAL units dropped",
+                    limit=self.max_au_bytes,
+                    nals=self.max_nals,
+                )
+        self._malformed(au, f"access unit over {self.max_au_bytes} bytes or {self.max_nals} NALs")
 
     def _add_nal(self, au: _Au, nal: bytes) -> None:
         kind = nal[0] & 0x1F
-        # Parameter sets are whole NAL units whatever happened to the rest of the AU.
-        if kind == NAL_SPS:
-            self._learn_sps(nal)
-        elif kind == NAL_PPS:
-            self._pps = bytes(nal)
+        # Parameter sets are whole NAL units whatever happened to the rest of the AU; one
+        # that cannot be used is dropped, and the AU goes on with the last good ones.
+        if kind == NAL_SPS and not self._learn_sps(nal):
+            return
+        if kind == NAL_PPS and not self._learn_pps(nal):
+            return
         if au.broken:
             au.nals.clear()  # nothing of a broken AU is used: free it
             return
@@ -442,29 +484,54 @@ class H264Depacketizer:
         au.nals.append(bytes(nal))
         au.size += len(nal)
 
-    def _learn_sps(self, nal: bytes) -> None:
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.last_rejection = reason
+
+    def _learn_sps(self, nal: bytes) -> bool:
+        """Take an SPS; False (counted) when it cannot be used."""
         if nal == self._sps:
-            return
+            return True
+        if self._refused is not None and nal == self._refused[0]:  # parsed once
+            self.bad_sps += 1
+            self._reject(self._refused[1])
+            return False
         try:
-            info = parse_sps(nal)
+            info = parse_sps(nal, self.max_pixels)
         except H264Error as err:
             self.bad_sps += 1
-            if self.bad_sps > 1:
-                return  # an encoder repeats its SPS with every IDR: log it once
-            log.warn("H.264 RTP: ignoring unreadable SPS: {error}", error=str(err))
-            return
+            self._refused = (bytes(nal), f"unusable SPS: {err}")
+            self._reject(self._refused[1])
+            if not self._sps_logged:
+                self._sps_logged = True
+                log.warn("H.264 RTP: ignoring unusable SPS: {error}", error=str(err))
+            return False
         self._sps = bytes(nal)
         self._sps_info = info
+        return True
+
+    def _learn_pps(self, nal: bytes) -> bool:
+        """Take a PPS; False (counted) when it cannot be one: pic_parameter_set_id,
+        seq_parameter_set_id and the RBSP stop bit need a byte after the header."""
+        if len(nal) < 2 or not any(nal[1:]):
+            self.bad_pps += 1
+            self._reject(f"unusable PPS of {len(nal)} bytes")
+            return False
+        self._pps = bytes(nal)
+        return True
 
     def _finish(self, out: list[H264AccessUnit]) -> None:
         au, self._au = self._au, None
         if au is None:
             return
-        if au.fu is not None:
-            au.broken = True  # the AU ended inside an FU-A
+        if au.fu is not None and not au.broken:
+            self._malformed(au, "access unit ending inside an FU-A")
         if au.broken:
             self.dropped_aus += 1
             self._need_idr = True
+            if au.malformed is not None:
+                self.bad_run += 1
+                self._reject(au.malformed)
             return
         kinds = [nal[0] & 0x1F for nal in au.nals]
         first_slice = next((n for n in au.nals if 1 <= n[0] & 0x1F <= NAL_IDR), None)
@@ -481,8 +548,8 @@ class H264Depacketizer:
         if not keyframe and self._need_idr:
             self.skipped_aus += 1
             return
-        sps, pps = self._sps, self._pps
-        if sps is None or pps is None:
+        sps, pps, info = self._sps, self._pps, self._sps_info
+        if sps is None or pps is None or info is None:
             self.skipped_aus += 1
             return
         nals = au.nals
@@ -498,6 +565,7 @@ class H264Depacketizer:
         changed = self._emitted_params != (sps, pps)
         self._emitted_params = (sps, pps)
         self.emitted_aus += 1
+        self.bad_run = 0
         out.append(
             H264AccessUnit(
                 nals=tuple(nals),
@@ -508,6 +576,7 @@ class H264Depacketizer:
                 sps=sps,
                 pps=pps,
                 params_changed=changed,
+                sps_info=info,
             )
         )
 

@@ -10,10 +10,19 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rtsp.h264rtp import REORDER_WINDOW, H264Depacketizer, h264_video_params
+from wcs.rtsp.h264rtp import REORDER_WINDOW, H264Depacketizer
 from wcs.rtsp.rtp import Bye, RtcpError, RtpError, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import MediaDescription, SdpError, SessionDescription, h264_sprop
 from wcs.streams import Stream
+
+# Malformed video access units in a row (no good one between) after which the publisher or
+# camera is dropped: ~10 s of 25 fps video. Fewer are counted (Stream.reject_unit) and skipped.
+MAX_BAD_RUN = 250
+
+
+class MediaRejected(ValueError):
+    """The track's media has been unusable for too long: close the connection."""
+
 
 # Codec names as the REST stream object reports them where they differ from the SDP encoding
 # name (upper-case: H264, H265, VP8, ... are reported as they are).
@@ -57,6 +66,12 @@ class RtpIngest:
     H.264 video is depacketized (RFC 6184) into Annex B access units; other video codecs make
     the stream report their codec (snapshots then answer that they cannot decode it); audio is
     passed through as opaque units, so the stream reports `hasAudio` and its codec.
+
+    A malformed access unit or parameter set (in-band or sprop) is dropped and reported with
+    `Stream.reject_unit`; the session goes on. Only MAX_BAD_RUN malformed access units in a
+    row make :meth:`rtp` raise MediaRejected (the protocol's input guard closes the
+    connection with that reason). A picture over the stream's max_picture_pixels is never
+    emitted: the stream keeps no usable video, the rest of the session stays.
     """
 
     def __init__(self, stream: Stream, tracks: list[Track], *, reliable: bool) -> None:
@@ -66,18 +81,20 @@ class RtpIngest:
         reorder = 0 if reliable else REORDER_WINDOW
         for track in tracks:
             if track.kind == "video" and track.codec == "H264":
-                sps, pps = _sprop(track.media)
+                sps, pps = self._sprop(track.media)
                 dep = track.depacketizer = H264Depacketizer(
                     clock_rate=track.clock_rate,
                     sprop_sps=sps,
                     sprop_pps=pps,
                     reorder_window=reorder,
+                    max_pixels=stream.max_picture_pixels,
                 )
+                self._report(dep, 0)
                 # Width and height known before the first keyframe, as with RTMP's sequence
-                # header; the depacketizer keeps the sprop SPS only if it is readable.
-                params = dep.params()
+                # header; the depacketizer keeps the sprop SPS only if it is usable.
+                params = dep.video_params()
                 if params is not None:
-                    stream.set_video_params(h264_video_params(*params))
+                    stream.set_video_params(params)
                 elif stream.video is None:
                     stream.set_video_params(VideoParams(codec="H264"))
             elif track.kind == "video":
@@ -105,11 +122,20 @@ class RtpIngest:
             track.bad_packets += 1  # e.g. a stray RTCP or another sender's packet on the port
             return
         track.packets += 1
-        if track.depacketizer is not None:
-            for au in track.depacketizer.push(packet):
+        dep = track.depacketizer
+        if dep is not None:
+            rejected = dep.rejected
+            aus = dep.push(packet)
+            self._report(dep, rejected)
+            for au in aus:
                 if au.params_changed:
                     self.stream.set_video_params(au.video_params())
                 self.stream.push(au.media_unit())
+            if dep.bad_run >= MAX_BAD_RUN:
+                raise MediaRejected(
+                    f"{dep.bad_run} malformed video access units in a row "
+                    f"(last: {dep.last_rejection})"
+                )
         elif track.kind == "audio":
             ts = packet.timestamp
             self.stream.push(
@@ -139,13 +165,19 @@ class RtpIngest:
             out[f"{track.kind}{track.index}"] = entry
         return out
 
+    def _report(self, dep: H264Depacketizer, before: int) -> None:
+        """Tell the stream about each unit or parameter set the depacketizer dropped."""
+        for _ in range(dep.rejected - before):
+            self.stream.reject_unit(dep.last_rejection)
 
-def _sprop(media: MediaDescription) -> tuple[bytes | None, bytes | None]:
-    """The first SPS and PPS of the track's sprop-parameter-sets (None when absent or bad)."""
-    pt = media.payload_types[0] if media.payload_types else None
-    fmtp = media.fmtp.get(pt, {}) if pt is not None else {}
-    try:
-        sps, pps, _ = h264_sprop(fmtp)
-    except SdpError:
-        return None, None
-    return sps, (pps[0] if pps else None)
+    def _sprop(self, media: MediaDescription) -> tuple[bytes | None, bytes | None]:
+        """The first SPS and PPS of the track's sprop-parameter-sets (None when absent or
+        bad; bad ones are reported to the stream)."""
+        pt = media.payload_types[0] if media.payload_types else None
+        fmtp = media.fmtp.get(pt, {}) if pt is not None else {}
+        try:
+            sps, pps, _ = h264_sprop(fmtp)
+        except SdpError as err:
+            self.stream.reject_unit(f"sprop-parameter-sets: {err}")
+            return None, None
+        return sps, (pps[0] if pps else None)

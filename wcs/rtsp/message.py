@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from wcs.rtsp.numbers import ascii_hex, ascii_uint
+
 __all__ = [
     "STATUS_REASONS",
     "Headers",
@@ -35,6 +37,7 @@ __all__ = [
     "build_interleaved",
     "build_request",
     "build_response",
+    "is_request_uri",
     "parse_session",
     "parse_transport",
 ]
@@ -77,7 +80,6 @@ STATUS_REASONS: Final[Mapping[int, str]] = {
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(r"RTSP/[0-9]\.[0-9]")
-_DIGITS = re.compile(r"[0-9]+")
 # Bytes allowed in a request URI: visible ASCII and anything >= 0x80 (raw UTF-8 stream names).
 _BAD_URI = re.compile(r"[\x00-\x20\x7f]")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -201,6 +203,13 @@ class RtspParser:
         self._head: RtspRequest | RtspResponse | None = None  # parsed head waiting for its body
         self._body_len = 0
         self._error: RtspParseError | None = None
+
+    @property
+    def in_message(self) -> bool:
+        """True while a request or response has begun to arrive and is not complete (its head
+        or its body); False between messages and inside interleaved frames."""
+        # After feed() the buffer never starts with the CR/LF skipped between messages.
+        return self._head is not None or (bool(self._buf) and self._buf[0] != _INTERLEAVED_MAGIC)
 
     def feed(self, data: bytes) -> list[RtspEvent]:
         if self._error is not None:
@@ -326,11 +335,12 @@ class RtspParser:
             return 0
         lengths = set()
         for value in values:
-            # Only plain digits: no sign, no spaces, no "5, 5" lists; 12 digits is far above
-            # any limit and keeps int() cheap.
-            if not _DIGITS.fullmatch(value) or len(value) > 12:
+            # Only plain ASCII digits: no sign, no spaces, no "5, 5" lists; anything above
+            # 10**12 is far past any limit.
+            length = ascii_uint(value, 10**12)
+            if length is None:
                 raise RtspParseError(f"bad Content-Length {value[:32]!r}")
-            lengths.add(int(value))
+            lengths.add(length)
         if len(lengths) > 1:
             raise RtspParseError(f"conflicting Content-Length values {sorted(lengths)}")
         length = lengths.pop()
@@ -394,11 +404,12 @@ def _parse_status_line(line: str) -> tuple[str, int, str]:
     version, _, rest = line.partition(" ")
     code, _, reason = rest.partition(" ")
     _check_version(version)
-    if len(code) != 3 or not code.isdigit() or code[0] == "0":
+    status = ascii_uint(code, 999)
+    if len(code) != 3 or status is None or status < 100:
         raise RtspParseError(f"bad status line {line[:80]!r}")
     if _BAD_VALUE.search(reason):
         raise RtspParseError("control character in reason phrase")
-    return version, int(code), reason
+    return version, status, reason
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -418,7 +429,7 @@ def _header_lines(headers: HeaderArg, body: bytes) -> bytes:
         if _BAD_VALUE.search(text) or "\r" in text:
             raise ValueError(f"header {name!r} value contains a control character")
         if name.lower() == "content-length":
-            if int(text) != len(body):
+            if ascii_uint(text, 10**12) != len(body):
                 raise ValueError(f"Content-Length {text} does not match a {len(body)}-byte body")
             has_length = True
         out.append(f"{name}: {text}\r\n")
@@ -427,12 +438,17 @@ def _header_lines(headers: HeaderArg, body: bytes) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+def is_request_uri(uri: str) -> bool:
+    """Whether ``uri`` can be sent as a request URI (no spaces or control characters)."""
+    return bool(uri) and _BAD_URI.search(uri) is None
+
+
 def build_request(method: str, uri: str, headers: HeaderArg = (), body: bytes = b"") -> bytes:
     """Serialize one request; Content-Length is added when there is a body."""
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"bad method {method!r}")
-    if not uri or _BAD_URI.search(uri):
-        raise ValueError(f"bad request URI {uri!r}")
+    if not is_request_uri(uri):
+        raise ValueError(f"bad request URI {uri[:80]!r}")
     start = f"{method} {uri} {VERSION}\r\n".encode()
     return start + _header_lines(headers, body) + b"\r\n" + body
 
@@ -508,13 +524,13 @@ def _transport_error(reason: str) -> RtspParseError:
 
 def _pair(name: str, value: str, maximum: int) -> tuple[int, int]:
     first, dash, second = value.partition("-")
-    if not _DIGITS.fullmatch(first) or (dash and not _DIGITS.fullmatch(second)):
-        raise _transport_error(f"bad {name} {value!r}")
-    a = int(first)
+    a = ascii_uint(first, 1 << 32)
     # A single number means the pair (n, n + 1): RTP then RTCP.
-    b = int(second) if dash else a + 1
+    b = ascii_uint(second, 1 << 32) if dash else None if a is None else a + 1
+    if a is None or b is None:
+        raise _transport_error(f"bad {name} {value[:32]!r}")
     if a > maximum or b > maximum:
-        raise _transport_error(f"{name} {value!r} out of range")
+        raise _transport_error(f"{name} {value[:32]!r} out of range")
     return a, b
 
 
@@ -567,9 +583,9 @@ def _parse_transport_spec(raw: str) -> TransportSpec:
             if not _TOKEN.fullmatch(mode):
                 raise _transport_error(f"bad mode {val!r}")
         elif name == "ssrc":
-            if not re.fullmatch(r"[0-9A-Fa-f]{1,8}", val):
-                raise _transport_error(f"bad ssrc {val!r}")
-            ssrc = int(val, 16)
+            ssrc = ascii_hex(val, 8)
+            if ssrc is None:
+                raise _transport_error(f"bad ssrc {val[:32]!r}")
         elif _TOKEN.fullmatch(name):
             extra.append((name, val if eq else None))
         else:
@@ -596,8 +612,7 @@ def parse_session(value: str) -> tuple[str, int | None]:
     for param in params:
         name, _, val = param.partition("=")
         if name.strip().lower() == "timeout":
-            val = val.strip()
-            if not _DIGITS.fullmatch(val) or len(val) > 9:
-                raise RtspParseError(f"bad session timeout {val[:32]!r}")
-            timeout = int(val)
+            timeout = ascii_uint(val.strip(), 999_999_999)
+            if timeout is None:
+                raise RtspParseError(f"bad session timeout {val.strip()[:32]!r}")
     return sid, timeout

@@ -7,19 +7,28 @@ terminated; the connection to the camera may come and go underneath.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wcs.rtsp.auth import AuthError, split_userinfo
 from wcs.rtsp.client import (
@@ -32,6 +41,7 @@ from wcs.rtsp.client import (
     RTSPClientProtocol,
 )
 from wcs.rtsp.ingest import RtpIngest, Track
+from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import RtpPacket
 from wcs.streams import (
     MAX_NAME_BYTES,
@@ -43,7 +53,9 @@ from wcs.streams import (
 )
 
 __all__ = [
+    "CONNECT_FAILED",
     "FAILED",
+    "NOT_ALLOWED",
     "PENDING",
     "PLAYER_WAIT",
     "PLAYING",
@@ -55,6 +67,7 @@ __all__ = [
     "PullManager",
     "PullUriError",
     "default_stream_name",
+    "host_port",
     "parse_camera_uri",
 ]
 
@@ -64,6 +77,12 @@ MAX_URI_CHARS: Final = 2048
 MAX_PULLS: Final = 256
 MAX_REDIRECTS: Final = 5
 PLAYER_WAIT: Final = 10.0  # seconds a WebSDK player waits for a camera's first media
+# What REST shows for every failure before the camera answered in RTSP (name not resolved,
+# refused, unreachable, timed out, reset, not an RTSP server): one text, so /rtsp/startup is
+# no port scanner. The server log keeps the detail for the operator.
+CONNECT_FAILED: Final = "Cannot connect to the camera"
+# A camera address outside rtsp_pull_allowed_networks (decided before any packet is sent).
+NOT_ALLOWED: Final = "Camera address not allowed"
 
 # Pull (and stream) status values, WCS-like: PENDING until the first media, PLAYING while media
 # flows, RECONNECTING after a drop or a failed attempt, FAILED while the camera refuses us
@@ -88,6 +107,8 @@ _PULL_STREAM_FIELDS: Final = (
 
 # connect(host, port, protocol) -> Deferred firing once connected (errback: could not connect).
 Connector = Callable[[str, int, RTSPClientProtocol], "Deferred[Any]"]
+# resolve(host) -> Deferred firing with the host's IP addresses (errback: it has none).
+Resolver = Callable[[str], "Deferred[list[str]]"]
 
 
 class PullUriError(ValueError):
@@ -119,21 +140,44 @@ def parse_camera_uri(uri: object) -> tuple[str, str]:
         raise PullUriError("rtsps:// (RTSP over TLS) is not supported")
     if scheme != "rtsp" or not uri[5:].startswith("//"):
         raise PullUriError("uri must start with rtsp://")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as err:  # "Invalid IPv6 URL", NFKC-normalised separators in the host
+        raise PullUriError(f"uri is not a usable URL: {err}") from None
     userinfo, at, _ = parts.netloc.rpartition("@")
     if at and (not _USERINFO.fullmatch(userinfo) or not userinfo.partition(":")[0]):
         raise PullUriError("malformed credentials in uri (percent-encode ':', '@' and '/')")
-    try:
-        port = parts.port
-    except ValueError:
-        raise PullUriError("bad port in uri") from None
-    if not parts.hostname or port == 0:
-        raise PullUriError("uri has no host" if not parts.hostname else "bad port in uri")
+    host, port = host_port(uri)
+    if not host:
+        raise PullUriError("uri has no host")
+    if port is None:
+        raise PullUriError("bad port in uri")
     try:
         clean, _, _ = split_userinfo(uri)
     except AuthError as err:
         raise PullUriError(str(err)) from None
     return clean, uri
+
+
+def host_port(url: str) -> tuple[str, int | None]:
+    """(host, port) of an rtsp:// URL: port 554 when absent, None when it is not 1..65535 in
+    ASCII digits; the host is "" when the URL has none or cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "", None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        _, bracket, rest = hostport.partition("]")
+        text = rest[1:] if bracket and rest.startswith(":") else None if rest else ""
+    else:
+        _, colon, text = hostport.rpartition(":")
+        text = text if colon else ""
+    if text == "":
+        return host, 554
+    port = ascii_uint(text, 65535) if text is not None else None
+    return host, port if port else None
 
 
 def default_stream_name(clean_uri: str) -> str:
@@ -176,6 +220,57 @@ def tcp_connector(reactor: Any, timeout: float) -> Connector:
         return endpoint.connect(_QuietFactory(protocol))
 
     return connect
+
+
+def reactor_resolver(reactor: Any) -> Resolver:
+    """Resolve through the reactor's name resolver (getaddrinfo in a thread; IP literals as
+    they are)."""
+
+    def resolve(host: str) -> Deferred[list[str]]:
+        d: Deferred[list[str]] = Deferred()
+        reactor.nameResolver.resolveHostName(_Addresses(d), host)
+        return d
+
+    return resolve
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    def __init__(self, done: Deferred[list[str]]) -> None:
+        self.done = done
+        self.addresses: list[str] = []
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        if isinstance(address, IPv4Address | IPv6Address) and address.host not in self.addresses:
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if self.addresses:
+            self.done.callback(self.addresses)
+        else:
+            self.done.errback(OSError("the name resolves to no address"))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings (as Settings.rtsp_pull_allowed_networks holds them) to networks."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def address_allowed(address: str, networks: Sequence[Network]) -> bool:
+    """Whether an IP address is in one of `networks` (an IPv4-mapped IPv6 address counts as
+    its IPv4 address); anything that is not an IP address is not allowed."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return any(ip in net or (mapped is not None and mapped in net) for net in networks)
 
 
 class _QuietFactory(Factory):
@@ -239,9 +334,12 @@ class Pull:
         self._retry = None
         if not self.wanted:
             return
+        host, port = host_port(self._current_url)
         try:
-            parts = urlsplit(self._current_url)
-            host, port = parts.hostname or "", parts.port or 554
+            if not host or port is None:
+                raise ValueError(
+                    f"no host or a bad port in {split_userinfo_safe(self._current_url)}"
+                )
             client = RTSPClientProtocol(
                 self._current_url, self, self.clock, self.config.client, label=self.uri
             )
@@ -256,12 +354,7 @@ class Pull:
             host=host,
             port=port,
         )
-        try:
-            d = self.connector(host, port, client)
-        except Exception as err:  # e.g. a host name the resolver refuses outright
-            self.client = None
-            self._session_failed(RtspClientError(f"cannot connect: {err}", NETWORK))
-            return
+        d = self.manager.connect(host, port, client)
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(client,))
 
@@ -275,8 +368,11 @@ class Pull:
         self.client = None
         if not self.wanted:
             return
-        reason = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
-        self._session_failed(RtspClientError(f"cannot connect: {reason}", NETWORK))
+        if isinstance(failure.value, RtspClientError):  # the address is not allowed
+            self._session_failed(failure.value)
+            return
+        detail = (failure.getErrorMessage() or repr(failure.value)).rstrip(".")
+        self._session_failed(RtspClientError(CONNECT_FAILED, NETWORK), detail)
 
     def stop(self) -> Deferred[None]:
         """Stop for good: TEARDOWN, no more reconnects; fires when the connection is closed.
@@ -301,7 +397,15 @@ class Pull:
         if client is None:
             return succeed(None)
         self._closing_client = client
-        return client.stop()
+        d = client.stop()
+        d.addBoth(self._closed, client)
+        return d
+
+    def _closed(self, result: object, client: RTSPClientProtocol) -> object:
+        # The last reference from the pull to its client (whose sink is the pull).
+        if self._closing_client is client:
+            self._closing_client = None
+        return result
 
     def when_playing(self, *, fail_fast: bool = False) -> Deferred[Pull]:
         """Fires with this pull once media flows (at once if it does); errbacks if stopped,
@@ -372,10 +476,17 @@ class Pull:
             played = self.clock.seconds() - client.playing_since
             if played >= self.config.stable_after:
                 self.attempts = 0
-        self._session_failed(error or RtspClientError("the camera closed the session", NETWORK))
+        error = error or RtspClientError("the camera closed the session", NETWORK)
+        if not client.answered:
+            # Nothing has answered in RTSP yet: whatever it was (closed, silent, some other
+            # protocol), REST says the same as for a refused connection.
+            self._session_failed(RtspClientError(CONNECT_FAILED, NETWORK), error.reason)
+            return
+        self._session_failed(error)
 
     # -- reconnecting ---------------------------------------------------------------------------
-    def _session_failed(self, error: RtspClientError) -> None:
+    def _session_failed(self, error: RtspClientError, detail: str = "") -> None:
+        """An attempt failed with `error` (what REST shows); `detail` is for the log only."""
         if not self.wanted:
             return
         if error.kind == REDIRECT and error.location and self.redirects < MAX_REDIRECTS:
@@ -397,9 +508,10 @@ class Pull:
         self._fail_attempt_waiters(error.reason)
         self.reconnects += 1
         log.warn(
-            "RTSP pull {stream_name}: {reason}; reconnecting in {delay:g} s",
+            "RTSP pull {stream_name}: {reason}{detail}; reconnecting in {delay:g} s",
             stream_name=self.name,
             reason=error.reason,
+            detail=f" ({detail})" if detail else "",
             delay=delay,
         )
         self._retry = self.clock.callLater(delay, self._connect)
@@ -469,13 +581,45 @@ class PullManager:
         connector: Connector | None = None,
         config: PullConfig = PullConfig(),
         max_pulls: int = MAX_PULLS,
+        allowed_networks: Iterable[str] = (),
+        resolver: Resolver | None = None,
     ) -> None:
         self.registry = registry
         self.reactor = reactor
         self.config = config
         self.connector = connector or tcp_connector(reactor, config.connect_timeout)
         self.max_pulls = max_pulls
+        # Where pulls may connect (Settings.rtsp_pull_allowed_networks); empty: anywhere.
+        self.allowed_networks = parse_networks(allowed_networks)
+        self._resolver = resolver
         self._pulls: dict[str, Pull] = {}
+
+    def connect(self, host: str, port: int, client: RTSPClientProtocol) -> Deferred[Any]:
+        """Connect `client` to the camera at host:port. With allowed networks, the name is
+        resolved first and only an allowed address is connected to (so a redirect or a DNS
+        answer cannot lead a pull elsewhere); errbacks with RtspClientError(NOT_ALLOWED) when
+        there is none, before any packet goes to the camera."""
+        try:
+            if not self.allowed_networks:
+                return self.connector(host, port, client)
+            resolver = self._resolver or reactor_resolver(self.reactor)
+            d = resolver(host)
+        except Exception as err:  # e.g. a host name the resolver refuses outright
+            return fail(err)
+        networks = self.allowed_networks
+
+        def resolved(addresses: list[str]) -> Deferred[Any]:
+            allowed = [a for a in addresses if address_allowed(a, networks)]
+            if not allowed:
+                log.info(
+                    "RTSP pull to {host} refused: {addresses} outside rtsp_pull_allowed_networks",
+                    host=host,
+                    addresses=", ".join(addresses),
+                )
+                return fail(RtspClientError(NOT_ALLOWED, REFUSED))
+            return self.connector(allowed[0], port, client)
+
+        return d.addCallback(resolved)
 
     def startup(self, uri: str, to_stream: str | None = None) -> Pull:
         """Pull `uri` as stream `to_stream` (default: :func:`default_stream_name`).
@@ -490,14 +634,17 @@ class PullManager:
         if len(self._pulls) >= self.max_pulls:
             raise PullUriError(f"at most {self.max_pulls} camera pulls at once")
         holder: list[Pull] = []
-        # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect).
-        stream = self.registry.publish(name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder))
+        # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect). A pull has
+        # its own reconnect policy: the publish idle watchdog leaves it alone.
+        stream = self.registry.publish(
+            name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder), watch_idle=False
+        )
         stream.status = PENDING
         pull = Pull(self, clean, url, stream, self.reactor, self.connector, self.config)
         holder.append(pull)
         self._pulls[name] = pull
         # However the stream ends (terminate, registry shutdown), the pull ends with it.
-        stream.on_end(lambda s: self._ended(pull))
+        stream.on_end(lambda s: self._ended(pull, holder))
         log.info("RTSP pull {stream_name}: started for {uri}", stream_name=name, uri=clean)
         pull.start()
         return pull
@@ -572,9 +719,11 @@ class PullManager:
         d: Deferred[Any] = DeferredList([p.stop() for p in pulls], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
-    def _ended(self, pull: Pull) -> None:
+    def _ended(self, pull: Pull, holder: list[Pull]) -> None:
         if self._pulls.get(pull.name) is pull:
             del self._pulls[pull.name]
+        # The stream's on_terminate must not keep the ended pull (and its stream) alive.
+        holder.clear()
         pull.stop()
 
     def __len__(self) -> int:

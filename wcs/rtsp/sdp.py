@@ -15,6 +15,7 @@ from typing import Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from wcs.media.h264 import NAL_PPS, NAL_SPS, nal_type
+from wcs.rtsp.numbers import ascii_uint
 
 __all__ = [
     "STATIC_PAYLOAD_TYPES",
@@ -34,6 +35,8 @@ MAX_MEDIA: Final = 16
 MAX_LINE: Final = 8192
 MAX_SPROP_CHARS: Final = 8192
 MAX_SPROP_SETS: Final = 16
+# RTP clocks in use stop at 192 kHz audio; a 32-bit timestamp per second is the hard ceiling.
+MAX_CLOCK_RATE: Final = 0xFFFFFFFF
 
 _LINE = re.compile(r"([a-z])=(.*)")
 _ATTR_NAME = re.compile(r"[!#$%&'*+\-.^_`{|}~0-9A-Za-z]+")
@@ -85,7 +88,8 @@ class MediaDescription:
 
     @property
     def payload_types(self) -> list[int]:
-        return [int(f) for f in self.formats if f.isdigit()]
+        """The formats that are RTP payload types (0..127), in order."""
+        return [pt for pt in (ascii_uint(f, 127) for f in self.formats) if pt is not None]
 
     def encoding(self, pt: int) -> RtpMap | None:
         """The codec of payload type ``pt``: its rtpmap, else the RFC 3551 static assignment."""
@@ -187,20 +191,24 @@ def _parse_media_line(value: str, number: int) -> MediaDescription:
     if len(parts) < 3:
         raise SdpError(f"line {number}: bad m= line {value[:64]!r}")
     media, port_text, proto, *formats = parts
-    port_text = port_text.partition("/")[0]  # "<port>/<number of ports>"
-    if not port_text.isdigit() or int(port_text) > 65535:
+    port_text, slash, count_text = port_text.partition("/")  # "<port>/<number of ports>"
+    port = ascii_uint(port_text, 65535)
+    if port is None:
         raise SdpError(f"line {number}: bad port {port_text[:16]!r}")
+    if slash and ascii_uint(count_text, 65535) is None:
+        raise SdpError(f"line {number}: bad number of ports {count_text[:16]!r}")
     if proto.upper().startswith("RTP/"):
         for fmt in formats:
-            if not fmt.isdigit() or int(fmt) > 127:
+            if ascii_uint(fmt, 127) is None:
                 raise SdpError(f"line {number}: bad RTP payload type {fmt[:16]!r}")
-    return MediaDescription(media=media, port=int(port_text), proto=proto, formats=formats)
+    return MediaDescription(media=media, port=port, proto=proto, formats=formats)
 
 
 def _payload_type(text: str, number: int) -> int:
-    if not text.isdigit() or int(text) > 127:
+    pt = ascii_uint(text, 127)
+    if pt is None:
         raise SdpError(f"line {number}: bad payload type {text[:16]!r}")
-    return int(text)
+    return pt
 
 
 def _media_attribute(media: MediaDescription, name: str, value: str, number: int) -> None:
@@ -210,12 +218,13 @@ def _media_attribute(media: MediaDescription, name: str, value: str, number: int
         pt_text, _, desc = value.partition(" ")
         pt = _payload_type(pt_text, number)
         enc, *rest = desc.strip().split("/")
-        if not enc or not rest or len(rest) > 2 or not all(r.isdigit() for r in rest):
+        numbers = [ascii_uint(r, MAX_CLOCK_RATE) for r in rest]
+        if not enc or not rest or len(rest) > 2 or None in numbers:
             raise SdpError(f"line {number}: bad rtpmap {value[:64]!r}")
-        clock = int(rest[0])
-        if clock == 0:
+        clock = numbers[0]
+        if not clock:
             raise SdpError(f"line {number}: zero clock rate in rtpmap")
-        channels = int(rest[1]) if len(rest) == 2 else None
+        channels = numbers[1] if len(numbers) == 2 else None
         media.rtpmap[pt] = RtpMap(enc.upper(), clock, channels)
     elif name == "fmtp":
         pt_text, _, params = value.partition(" ")
@@ -240,7 +249,7 @@ def resolve_control(base: str, control: str | None) -> str:
     replaces the base path; anything else is appended after a "/" (what ffmpeg, live555 and
     gortsplib do, rather than RFC 3986 resolution, which would drop the last path segment of a
     base without a trailing slash: SETUP of ``rtsp://h/live/cam`` + ``streamid=0`` must go to
-    ``rtsp://h/live/cam/streamid=0``).
+    ``rtsp://h/live/cam/streamid=0``). Raises SdpError when the base cannot be parsed.
     """
     control = (control or "").strip()
     if not control or control == "*":
@@ -248,7 +257,10 @@ def resolve_control(base: str, control: str | None) -> str:
     if re.match(r"(?i)rtsps?://", control):
         return control
     if control.startswith("/"):
-        parts = urlsplit(base)
+        try:
+            parts = urlsplit(base)
+        except ValueError as err:  # e.g. "Invalid IPv6 URL"
+            raise SdpError(f"cannot resolve control {control[:64]!r}: {err}") from None
         path, _, query = control.partition("?")
         return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
     if base.endswith("/") or control.startswith("?"):

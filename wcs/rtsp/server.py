@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wcs.guard import describe, guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit
+from wcs.rtsp.auth import AuthOutcome, RtspAuthenticator
 from wcs.rtsp.h264rtp import CLOCK_RATE, H264Packetizer
 from wcs.rtsp.ingest import RtpIngest, Track, describe_tracks
 from wcs.rtsp.message import (
     STATUS_REASONS,
     InterleavedFrame,
+    RtspEvent,
     RtspParseError,
     RtspParser,
     RtspRequest,
@@ -38,6 +42,7 @@ from wcs.rtsp.message import (
     parse_session,
     parse_transport,
 )
+from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import Bye
 from wcs.rtsp.sdp import (
     MediaDescription,
@@ -60,7 +65,9 @@ from wcs.streams import (
 
 __all__ = [
     "MAX_CONNECTIONS",
+    "MAX_SESSION_UDP_PAIRS",
     "MAX_UDP_PAIRS",
+    "REQUEST_DEADLINE",
     "SESSION_TIMEOUT",
     "RTSPServerFactory",
     "RTSPServerProtocol",
@@ -76,8 +83,20 @@ MAX_CONNECTIONS: Final = 1000
 # Seconds without an RTSP request or any RTP/RTCP before a session (or an idle connection) ends;
 # announced to clients in the Session header so they send keepalives in time.
 SESSION_TIMEOUT: Final = 60
+# Seconds from the first byte of a request to its last (head and body): a client trickling a
+# byte at a time would otherwise hold a connection forever, each complete request counting as
+# activity. Interleaved RTP/RTCP frames are not requests and never run against it.
+REQUEST_DEADLINE: Final = 10.0
 # Pairs of UDP ports (RTP + RTCP) the whole server may hold for UDP tracks at once.
 MAX_UDP_PAIRS: Final = 256
+# A wrong login is answered after this many seconds (without blocking the reactor: the
+# connection's further input waits); after MAX_AUTH_FAILURES the connection is closed.
+AUTH_FAILURE_DELAY: Final = 1.0
+MAX_AUTH_FAILURES: Final = 5
+# Messages a client may have pipelined behind a held 401 before it is dropped.
+MAX_HELD_EVENTS: Final = 64
+# UDP pairs one publish session may hold: a video and an audio track, and a spare.
+MAX_SESSION_UDP_PAIRS: Final = 4
 # With ephemeral ports, how often to retry when the port after the one the kernel gave is taken.
 UDP_BIND_ATTEMPTS: Final = 16
 # An ANNOUNCE SDP is a few hundred bytes; the parser's body limit also bounds SET_PARAMETER.
@@ -222,8 +241,7 @@ def stream_name_from_url(url: str) -> tuple[str, str]:
     The name is the last non-empty path segment, percent-decoded, without the query (as RTMP's
     stream key); raises InvalidName when there is none or it is not a valid stream name.
     """
-    parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
+    segments = [unquote(s) for s in _split_url(url).path.split("/") if s]
     if not segments:
         raise InvalidName("the URL has no stream name")
     name = segments[-1]
@@ -231,9 +249,20 @@ def stream_name_from_url(url: str) -> tuple[str, str]:
     return "/".join(segments[:-1]), name
 
 
+def _split_url(url: str) -> SplitResult:
+    """urlsplit, with its ValueError (e.g. "Invalid IPv6 URL") as InvalidName."""
+    try:
+        return urlsplit(url)
+    except ValueError as err:
+        raise InvalidName(f"unusable URL: {err}") from None
+
+
 def _url_key(url: str) -> str:
     """A URL without scheme and authority, trailing slash dropped: clients spell hosts freely."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # matches no announced URL
     key = parts.path.rstrip("/")
     if parts.query:
         key += "?" + parts.query.rstrip("/")
@@ -278,6 +307,7 @@ class _Player:
         self.paused = False
         self.sent_units = 0
         self.dropped_units = 0
+        self.registered = False  # with the transport, as its producer
         self.first_pts: int | None = None
 
     def start(self) -> None:
@@ -290,9 +320,16 @@ class _Player:
     def stop(self) -> None:
         self.stream.remove_sink(self)
 
+    @guarded
     def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
+        # Runs inside the publisher's input handling: whatever goes wrong here closes this
+        # player, never the publisher.
         if unit.kind == "video":
             self._send(unit)
+
+    def drop(self, reason: str) -> None:
+        self.stop()
+        self.proto.drop(f"playing {self.stream.name} failed: {reason}")
 
     def stream_ended(self, stream: Stream) -> None:
         self.proto.player_stream_ended(self)
@@ -363,6 +400,11 @@ class RTSPServerProtocol(Protocol):
         self._closing = False
         self._last_activity = 0.0
         self._timer: IDelayedCall | None = None
+        self._request_timer: IDelayedCall | None = None
+        # Parsed input not handled yet: it waits while a failed login's answer is held back.
+        self._queue: deque[RtspEvent] = deque()
+        self._held: IDelayedCall | None = None
+        self.auth_failures = 0
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -378,9 +420,11 @@ class RTSPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections -= 1
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._request_timer, self._held):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._request_timer = self._held = None
+        self._queue.clear()
         self._end_session("Stopped by publisher stop")
 
     def drop(self, reason: str, reply: bytes = b"") -> None:
@@ -420,6 +464,7 @@ class RTSPServerProtocol(Protocol):
             self.drop(f"idle timeout: no request for {timeout} s")
 
     # -- bytes in -------------------------------------------------------------------------------
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
@@ -428,9 +473,17 @@ class RTSPServerProtocol(Protocol):
         except RtspParseError as err:
             self._parse_error(err)
             return
-        for event in events:
-            if self._closing:
-                return
+        self._watch_request(events)
+        self._queue.extend(events)
+        if self._held is not None and len(self._queue) > MAX_HELD_EVENTS:
+            self.drop(f"more than {MAX_HELD_EVENTS} messages pipelined behind a failed login")
+            return
+        self._handle_queue()
+
+    def _handle_queue(self) -> None:
+        queue = self._queue
+        while queue and self._held is None and not self._closing:
+            event = queue.popleft()
             if isinstance(event, InterleavedFrame):
                 self._frame(event)
             elif isinstance(event, RtspRequest):
@@ -438,6 +491,25 @@ class RTSPServerProtocol(Protocol):
                 self._request(event)
             else:
                 self._response(event)
+
+    def _watch_request(self, events: list[RtspEvent]) -> None:
+        """Start the request deadline at a request's first bytes; stop it when it completes."""
+        timer = self._request_timer
+        completed = any(not isinstance(e, InterleavedFrame) for e in events)
+        if timer is not None and (completed or not self.parser.in_message):
+            if timer.active():
+                timer.cancel()
+            self._request_timer = timer = None
+        if timer is None and self.parser.in_message:
+            self._request_timer = self.reactor.callLater(
+                self.factory.request_deadline, self._request_too_slow
+            )
+
+    def _request_too_slow(self) -> None:
+        self._request_timer = None
+        deadline = self.factory.request_deadline
+        reply = build_response(408, headers=[("Server", SERVER_NAME), ("Connection", "close")])
+        self.drop(f"request not complete {deadline:g} s after its first byte", reply)
 
     def _parse_error(self, err: RtspParseError) -> None:
         reply = build_response(
@@ -466,6 +538,7 @@ class RTSPServerProtocol(Protocol):
         else:
             self.ingest.rtp(index, frame.payload)
 
+    @guarded
     def _udp_rtp(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
         transport = self.transports.get(index)
         if transport is None or self.ingest is None or self._closing:
@@ -486,6 +559,7 @@ class RTSPServerProtocol(Protocol):
         self._touch()
         self.ingest.rtp(index, data)
 
+    @guarded
     def _udp_rtcp(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
         if self.ingest is None or self._closing or addr[0] != self.peer_host:
             return
@@ -496,15 +570,40 @@ class RTSPServerProtocol(Protocol):
     def _request(self, req: RtspRequest) -> None:
         log.debug("RTSP {peer}: {method} {uri}", peer=self.peer, method=req.method, uri=req.uri)
         cseq = req.headers.get("CSeq")
-        if cseq is None or not cseq.strip().isdigit():
+        if cseq is None or ascii_uint(cseq.strip(), 0xFFFFFFFF) is None:
             self._send(req, _Reply(400, "Missing or bad CSeq"), None)
             return
-        reply = self._check_request(req)
-        if reply is None:
-            handler: Callable[[RtspRequest], _Reply] | None = getattr(
-                self, f"rtsp_{req.method}", None
+        try:
+            auth = self._authenticator(req)
+            if auth is not None:
+                outcome = auth.check(
+                    req.method, req.uri, req.headers.get("Authorization"), self.peer
+                )
+                if not outcome.ok:
+                    self._unauthorized(req, cseq.strip(), auth, outcome)
+                    return
+            reply = self._check_request(req)
+            if reply is None:
+                handler: Callable[[RtspRequest], _Reply] | None = getattr(
+                    self, f"rtsp_{req.method}", None
+                )
+                reply = handler(req) if handler is not None else _Reply(501)
+        except Exception as err:
+            # The guard's policy (log the reason once, close), but the request gets its answer.
+            if not isinstance(err, ValueError):
+                log.failure(
+                    "RTSP {peer}: {method} failed",
+                    peer=self.peer,
+                    method=req.method,
+                    level=LogLevel.debug,
+                )
+            status = 400 if isinstance(err, ValueError) else 500
+            headers = [("CSeq", cseq.strip()), ("Server", SERVER_NAME), ("Connection", "close")]
+            self.drop(
+                f"{req.method} {req.uri[:200]} failed: {describe(err)}",
+                build_response(status, headers=headers),
             )
-            reply = handler(req) if handler is not None else _Reply(501)
+            return
         if reply.status >= 400:
             log.info(
                 "RTSP {peer}: {method} {uri} -> {status} {reason}",
@@ -515,6 +614,44 @@ class RTSPServerProtocol(Protocol):
                 reason=reply.reason or STATUS_REASONS.get(reply.status, ""),
             )
         self._send(req, reply, cseq.strip())
+
+    def _authenticator(self, req: RtspRequest) -> RtspAuthenticator | None:
+        """The credentials this request needs, if any: playback (DESCRIBE, a player's SETUP,
+        PLAY) is guarded by the factory's play_auth. Publishing is open for now."""
+        if req.method in ("DESCRIBE", "PLAY") or (req.method == "SETUP" and self.state == INIT):
+            return self.factory.play_auth
+        return None
+
+    def _unauthorized(
+        self, req: RtspRequest, cseq: str, auth: RtspAuthenticator, outcome: AuthOutcome
+    ) -> None:
+        """401 with the challenges. A wrong guess is answered only after a delay (the reactor
+        goes on; this connection's further input waits), and a few of them close it."""
+        reply = _Reply(401, headers=auth.challenges(stale=outcome.stale))
+        if not outcome.failed:
+            self._send(req, reply, cseq)  # the first round of every login, or a stale nonce
+            return
+        self.auth_failures += 1
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._held = self.reactor.callLater(
+            self.factory.auth_failure_delay, self._release, req, reply, cseq
+        )
+
+    @guarded
+    def _release(self, req: RtspRequest, reply: _Reply, cseq: str) -> None:
+        self._held = None
+        if self._closing:
+            return
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            reply.headers = [*(reply.headers or []), ("Connection", "close")]
+            self.drop(
+                f"{self.auth_failures} failed logins on this connection",
+                self._response_bytes(reply, cseq),
+            )
+            return
+        self._send(req, reply, cseq)
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._handle_queue()
 
     def _check_request(self, req: RtspRequest) -> _Reply | None:
         """Checks common to every method: unsupported Require options, the Session header."""
@@ -532,6 +669,9 @@ class RTSPServerProtocol(Protocol):
         return None
 
     def _send(self, req: RtspRequest, reply: _Reply, cseq: str | None) -> None:
+        self.transport.write(self._response_bytes(reply, cseq))  # type: ignore[union-attr]
+
+    def _response_bytes(self, reply: _Reply, cseq: str | None) -> bytes:
         headers: list[tuple[str, str]] = []
         if cseq is not None:
             headers.append(("CSeq", cseq))
@@ -539,9 +679,7 @@ class RTSPServerProtocol(Protocol):
         if self.session_id is not None and not any(k == "Session" for k, _ in reply.headers or ()):
             headers.append(("Session", self._session_header()))
         headers.extend(reply.headers or ())
-        self.transport.write(  # type: ignore[union-attr]
-            build_response(reply.status, reply.reason, headers, reply.body)
-        )
+        return build_response(reply.status, reply.reason, headers, reply.body)
 
     def _session_header(self) -> str:
         return f"{self.session_id};timeout={self.factory.session_timeout}"
@@ -600,7 +738,7 @@ class RTSPServerProtocol(Protocol):
     def _setup_play(self, req: RtspRequest, specs: list[TransportSpec]) -> _Reply:
         if any(spec.mode == "RECORD" for spec in specs):
             return _Reply(455, "SETUP before ANNOUNCE")
-        path = urlsplit(req.uri).path.rstrip("/")
+        path = _url_key(req.uri).partition("?")[0]
         if not path.endswith("/" + PLAY_CONTROL):
             return (
                 _Reply(459, "SETUP needs the track URL")
@@ -657,6 +795,7 @@ class RTSPServerProtocol(Protocol):
         self.reactor.callLater(0, self._start_player, player)
         return _Reply(200, headers=[("Range", "npt=0.000-"), ("RTP-Info", rtp_info)])
 
+    @guarded
     def _start_player(self, player: _Player) -> None:
         if self.player is not player or self._closing:
             return
@@ -664,6 +803,7 @@ class RTSPServerProtocol(Protocol):
             self.player_stream_ended(player)
             return
         self.transport.registerProducer(player, True)  # type: ignore[union-attr]
+        player.registered = True
         player.start()
 
     def player_stream_ended(self, player: _Player) -> None:
@@ -693,26 +833,19 @@ class RTSPServerProtocol(Protocol):
             return _Reply(415, headers=[("Accept", "application/sdp")])
         try:
             sdp = parse_sdp(req.body)
+            aggregate = resolve_control(req.uri, sdp.control)
+            tracks = [t for t in describe_tracks(sdp) if t.media.proto.upper() in RTP_PROFILES]
+            track_urls = [resolve_control(aggregate, t.media.control) for t in tracks]
         except SdpError as err:
-            return _Reply(400, f"Bad SDP: {err}")
-        tracks = [t for t in describe_tracks(sdp) if t.media.proto.upper() in RTP_PROFILES]
+            return self._refuse_announce(req, _Reply(400, f"Bad SDP: {err}"))
         if not tracks or len(tracks) != len(sdp.media):
-            return _Reply(400, "SDP without RTP/AVP media")
+            return self._refuse_announce(req, _Reply(400, "SDP without RTP/AVP media"))
         try:
             app, name = stream_name_from_url(req.uri)
         except InvalidName as err:
-            log.warn(
-                "RTSP {peer}: ANNOUNCE of {uri} refused: {info}: {detail}",
-                peer=self.peer,
-                uri=req.uri,
-                info=err.info,
-                detail=str(err),
-            )
-            return _Reply(400, err.info)
+            return self._refuse_announce(req, _Reply(400, err.info), str(err))
         try:
-            stream = self.registry.publish(
-                name, PROVIDER_RTSP, on_terminate=lambda: self.drop("terminated by the server")
-            )
+            stream = self.registry.publish(name, PROVIDER_RTSP)
         except StreamError as err:
             log.warn(
                 "RTSP {peer}: publish of {stream_name!r} refused: {info}",
@@ -722,11 +855,13 @@ class RTSPServerProtocol(Protocol):
             )
             return _Reply(400 if isinstance(err, InvalidName) else 403, err.info)
         self.stream = stream
+        # Whatever ends the stream from the server's side (/stream/terminate, shutdown, the
+        # publish idle watchdog, with or without RECORD) closes this connection with its reason.
+        stream.on_end(self._stream_ended)
         self.app = app
         self.tracks = tracks
-        aggregate = resolve_control(req.uri, sdp.control)
         self.aggregate_key = _url_key(aggregate)
-        self.track_keys = [_url_key(resolve_control(aggregate, t.media.control)) for t in tracks]
+        self.track_keys = [_url_key(url) for url in track_urls]
         self.state = ANNOUNCED
         log.info(
             "RTSP {peer}: announced {stream_name} (app {app}): {tracks}",
@@ -737,6 +872,20 @@ class RTSPServerProtocol(Protocol):
             user_agent=req.headers.get("User-Agent"),
         )
         return _Reply(200)
+
+    def _stream_ended(self, stream: Stream) -> None:
+        if stream is self.stream:  # not our own _end_session, which lets go of it first
+            self.drop(f"the server ended {stream.name}: {stream.end_reason}")
+
+    def _refuse_announce(self, req: RtspRequest, reply: _Reply, detail: str = "") -> _Reply:
+        log.warn(
+            "RTSP {peer}: ANNOUNCE of {uri} refused: {reason}{detail}",
+            peer=self.peer,
+            uri=req.uri[:200],
+            reason=reply.reason,
+            detail=f": {detail}" if detail else "",
+        )
+        return reply
 
     def _track_of(self, uri: str) -> int | None:
         key = _url_key(uri)
@@ -769,6 +918,7 @@ class RTSPServerProtocol(Protocol):
             return specs
         chosen: _TrackTransport | None = None
         exhausted = False
+        refusal: str | None = None
         for spec in specs:
             if spec.protocol not in RTP_PROFILES or spec.multicast:
                 continue
@@ -776,7 +926,13 @@ class RTSPServerProtocol(Protocol):
                 continue
             if spec.lower == "TCP":
                 chosen = self._setup_tcp(index, spec)
+                if chosen is None:
+                    refusal = "No free interleaved channels"
+                    continue
             else:
+                refusal = self._udp_refusal(spec)
+                if refusal is not None:
+                    continue
                 try:
                     chosen = self._setup_udp(index, spec)
                 except UdpPoolExhausted as err:
@@ -790,7 +946,7 @@ class RTSPServerProtocol(Protocol):
                     continue
             break
         if chosen is None:
-            reason = "UDP port pool exhausted, use TCP" if exhausted else None
+            reason = "UDP port pool exhausted, use TCP" if exhausted else refusal
             return _Reply(461, reason)
         self.transports[index] = chosen
         if self.session_id is None:
@@ -807,13 +963,38 @@ class RTSPServerProtocol(Protocol):
         except RtspParseError as err:
             return _Reply(err.status, err.reason)
 
-    def _setup_tcp(self, index: int, spec: TransportSpec) -> _TrackTransport:
+    def _udp_refusal(self, spec: TransportSpec) -> str | None:
+        """Why this UDP alternative cannot be set up (None: it can)."""
+        ports = spec.client_port
+        # ffmpeg, GStreamer and live555 send an RTP port and the next one for RTCP (or one
+        # port for both); 0 or a reversed range is not a port to send from.
+        if ports is not None and (ports[0] < 1 or ports[1] not in (ports[0], ports[0] + 1)):
+            return f"Bad client_port {ports[0]}-{ports[1]}"
+        held = sum(1 for t in self.transports.values() if t.udp is not None)
+        if held >= self.factory.max_session_udp_pairs:
+            return f"At most {self.factory.max_session_udp_pairs} UDP tracks per session, use TCP"
+        return None
+
+    def _setup_tcp(self, index: int, spec: TransportSpec) -> _TrackTransport | None:
         pair = spec.interleaved
-        if pair is None or pair[0] in self.channels or pair[1] in self.channels:
-            # Absent or already taken: pick the lowest free pair (the answer tells the client).
+        if (
+            pair is None
+            or pair[1] != pair[0] + 1
+            or pair[0] in self.channels
+            or pair[1] in self.channels
+        ):
+            # Absent, not an RTP/RTCP pair, or taken: pick the lowest free pair (the answer
+            # tells the client).
             first = next(
-                c for c in range(0, 256, 2) if c not in self.channels and c + 1 not in self.channels
+                (
+                    c
+                    for c in range(0, 256, 2)
+                    if c not in self.channels and c + 1 not in self.channels
+                ),
+                None,
             )
+            if first is None:
+                return None
             pair = (first, first + 1)
         self.channels[pair[0]] = (index, False)
         self.channels[pair[1]] = (index, True)
@@ -882,7 +1063,8 @@ class RTSPServerProtocol(Protocol):
         self.play_stream = None
         if player is not None:
             player.stop()
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            if player.registered:  # not when TEARDOWN comes before the player started
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
             log.info(
                 "RTSP {peer}: stopped playing {stream_name} ({sent} units sent, {dropped} "
                 "dropped for a slow connection)",
@@ -928,14 +1110,23 @@ class RTSPServerFactory(Factory):
         ip: str = "0.0.0.0",
         max_connections: int = MAX_CONNECTIONS,
         session_timeout: int = SESSION_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
         udp_port_range: tuple[int, int] | None = None,
         max_udp_pairs: int = MAX_UDP_PAIRS,
+        max_session_udp_pairs: int = MAX_SESSION_UDP_PAIRS,
+        play_auth: RtspAuthenticator | None = None,
+        auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.registry = registry
         self.reactor = reactor
         self.max_connections = max_connections
         self.session_timeout = session_timeout
+        self.request_deadline = request_deadline
         self.connections = 0
+        self.max_session_udp_pairs = max_session_udp_pairs
+        # Credentials for playback (the REST ones when REST auth is on); None: open.
+        self.play_auth = play_auth
+        self.auth_failure_delay = auth_failure_delay
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
     def buildProtocol(self, addr: Any) -> RTSPServerProtocol:  # type: ignore[override]
