@@ -24,6 +24,7 @@ from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.rest.resources import build_site
 from wcs.rtmp.protocol import RTMPServerFactory
+from wcs.rtsp.auth import RtspAuthenticator
 from wcs.rtsp.pull import PullManager
 from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
@@ -132,7 +133,9 @@ class WCSService(MultiService):
         )
         self.access = Access(reactor, hooks=hooks, publish_password=settings.publish_password)
         # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
-        self.pulls = PullManager(self.registry, reactor)
+        self.pulls = PullManager(
+            self.registry, reactor, allowed_networks=settings.rtsp_pull_allowed_networks
+        )
         self.auto: AutoSnapshotter | None = None
         # One count over every listener; its cap is fitted to the open-file limit at start.
         self.connections = ConnectionLimiter(
@@ -183,11 +186,7 @@ class WCSService(MultiService):
                 s.rtmp_port,
                 lambda: RTMPServerFactory(self.registry, self.reactor, access=self.access),
             ),
-            (
-                "rtsp",
-                s.rtsp_port,
-                lambda: RTSPServerFactory(self.registry, self.reactor, ip=s.ip),
-            ),
+            ("rtsp", s.rtsp_port, self._rtsp_factory),
             ("ws", s.ws_port, lambda: ws_site(False)),
             ("wss", s.wss_port, lambda: ws_site(True)),
         ]
@@ -197,6 +196,23 @@ class WCSService(MultiService):
                 listener = ListenerService(self.reactor, label, s.ip, port, limited)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
+
+    def _rtsp_factory(self) -> IProtocolFactory:
+        s = self.settings
+        # Playback is guarded by the REST credentials when REST auth is on.
+        play_auth = (
+            None
+            if s.disable_rest_auth or s.rest_auth_password is None
+            else RtspAuthenticator(s.rest_auth_user, s.rest_auth_password, self.reactor)
+        )
+        return RTSPServerFactory(
+            self.registry,
+            self.reactor,
+            ip=s.ip,
+            max_udp_pairs=s.rtsp_udp_max_pairs,
+            udp_port_range=s.rtsp_udp_port_range,
+            play_auth=play_auth,
+        )
 
     def _limited(
         self, label: str, make: Callable[[], IProtocolFactory]
