@@ -205,6 +205,12 @@ class WCSService(MultiService):
             if s.disable_rest_auth or s.rest_auth_password is None
             else RtspAuthenticator(s.rest_auth_user, s.rest_auth_password, self.reactor)
         )
+        # Publishing with the publish password: any user name, over Digest or Basic.
+        publish_auth = (
+            None
+            if s.publish_password is None
+            else RtspAuthenticator(None, s.publish_password, self.reactor, realm="wcs-publish")
+        )
         return RTSPServerFactory(
             self.registry,
             self.reactor,
@@ -212,6 +218,8 @@ class WCSService(MultiService):
             max_udp_pairs=s.rtsp_udp_max_pairs,
             udp_port_range=s.rtsp_udp_port_range,
             play_auth=play_auth,
+            publish_auth=publish_auth,
+            access=self.access,
         )
 
     def _limited(

@@ -474,3 +474,15 @@ def test_failures_are_logged_rate_limited(log_events: list[LogEvent]) -> None:
     lines = [formatEvent(e) for e in log_events]
     assert len(lines) == 2 and "failed 100 time(s)" in lines[1] and "10.0.0.8:4000" in lines[1]
     assert "guess" not in " ".join(lines)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_a_password_only_authenticator_takes_any_user_name(index: int) -> None:
+    """The publish password: whoever the client says it is, the password decides."""
+    auth = RtspAuthenticator(None, "pub-secret", Clock())
+    challenge = offered(auth)[index]
+    for user in ("admin", "encoder-7", "\u00e9"):
+        header = authorization_header(challenge, "ANNOUNCE", URI, user, "pub-secret", nc=1)
+        assert auth.check("ANNOUNCE", URI, header).ok
+        wrong = authorization_header(challenge, "ANNOUNCE", URI, user, "guess", nc=1)
+        assert auth.check("ANNOUNCE", URI, wrong).failed

@@ -20,7 +20,9 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.media_fixtures import h264_sample
+from tests.unit.test_rtmp_protocol import PendingHooks
 from tests.unit.test_rtmp_protocol import RecordingSink as Sink
+from wcs.access import Access
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
@@ -1619,3 +1621,107 @@ def test_a_failing_player_is_closed_and_the_publisher_goes_on(
     )
     stream = registry.get("cam")
     assert stream is not None and stream.video_units >= 35 and not stream.ended
+
+
+# -- access: the publish password and the REST hooks ---------------------------------------------
+
+
+def publish_guarded(registry: StreamRegistry, reactor: FakeReactor, **access_kw: Any) -> Conn:
+    access = Access(reactor, **access_kw)
+    auth = RtspAuthenticator(None, "pub-secret", reactor, realm="wcs-publish")
+    return Conn(RTSPServerFactory(registry, reactor, publish_auth=auth, access=access))
+
+
+def raw_request(conn: Conn, method: str, uri: str = BASE, **kw: Any) -> None:
+    conn.cseq += 1
+    headers = [("CSeq", str(conn.cseq)), *kw.pop("headers", [])]
+    conn.send(build_request(method, uri, headers, kw.pop("body", b"")))
+
+
+def responses(conn: Conn) -> list[RtspResponse]:
+    data = conn.transport.value()
+    conn.transport.clear()
+    return [e for e in conn.parser.feed(data) if isinstance(e, RtspResponse)]
+
+
+def test_announce_needs_the_publish_password_any_user(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    conn = publish_guarded(registry, reactor)
+    r = conn.announce()
+    assert r.status == 401 and 'realm="wcs-publish"' in r.headers["WWW-Authenticate"]
+    assert registry.get("cam") is None
+    challenge = choose_challenge(parse_challenges(r.headers.get_all("WWW-Authenticate")))
+    assert challenge is not None
+    auth = authorization_header(challenge, "ANNOUNCE", BASE, "obs", "pub-secret")
+    r = conn.request(
+        "ANNOUNCE",
+        headers=[("Content-Type", "application/sdp"), ("Authorization", auth)],
+        body=announce_sdp(),
+    )
+    assert r.status == 200 and registry.get("cam") is not None
+    # Playback needs nothing here (REST auth off): answered (no video yet), not challenged.
+    assert Conn(conn.factory).request("DESCRIBE").status == 415
+
+
+def test_the_hooks_decide_an_announce_and_later_requests_wait(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    hooks = PendingHooks()
+    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    sdp = [("Content-Type", "application/sdp")]
+    raw_request(conn, "ANNOUNCE", BASE + "?key=k1", headers=sdp, body=announce_sdp())
+    raw_request(conn, "OPTIONS", "*")
+    assert responses(conn) == []  # the OPTIONS behind it waits too
+    connect = hooks.answer("connect")
+    assert connect["mediaProvider"] == PROVIDER_RTSP and connect["custom"] == {"key": "k1"}
+    assert responses(conn) == []
+    publish = hooks.answer("publishStream")
+    assert publish["name"] == "cam" and publish["appKey"] == "live"
+    assert [r.status for r in responses(conn)] == [200, 200]
+    stream = registry.get("cam")
+    assert stream is not None and stream.media_session_id == publish["mediaSessionId"]
+    assert [(m, b["status"]) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
+
+
+def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    hooks = PendingHooks()
+    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    raw_request(
+        conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
+    )
+    hooks.answer("connect")
+    hooks.answer("publishStream", refuse="Not your stream")
+    [r] = responses(conn)
+    assert (r.status, r.reason) == (403, "Not your stream")
+    assert registry.get("cam") is None
+    # The connect hook is asked once per connection.
+    raw_request(conn, "DESCRIBE")
+    hooks.answer("playStream")
+    assert [m for m, _, _ in hooks.asked] == ["connect", "publishStream", "playStream"]
+
+
+def test_the_play_hook_decides_describe_and_a_setup_without_describe(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    stream = live_stream(registry)
+    for u in video_units()[:3]:
+        stream.push(u)
+    hooks = PendingHooks()
+    factory = RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks))
+    conn = Conn(factory)
+    raw_request(conn, "DESCRIBE")
+    hooks.answer("connect")
+    hooks.answer("playStream", refuse="No viewers")
+    [r] = responses(conn)
+    assert (r.status, r.reason) == (403, "No viewers")
+    other = Conn(factory)
+    tcp = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")]
+    raw_request(other, "SETUP", BASE + "/trackID=0", headers=tcp)
+    hooks.answer("connect")
+    play = hooks.answer("playStream")
+    assert play["name"] == "cam" and play["published"] is False
+    [r] = responses(other)
+    assert r.status == 200

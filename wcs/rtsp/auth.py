@@ -296,8 +296,9 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
     return clean, unquote(user), unquote(password)
 
 
-def check_basic(header: str | None, user: str, password: str) -> bool:
-    """True when an Authorization header carries exactly these Basic credentials."""
+def check_basic(header: str | None, user: str | None, password: str) -> bool:
+    """True when an Authorization header carries exactly these Basic credentials (any user
+    name when `user` is None)."""
     if not header:
         return False
     scheme, _, token = header.strip().partition(" ")
@@ -309,7 +310,7 @@ def check_basic(header: str | None, user: str, password: str) -> bool:
         return False
     got_user, sep, got_password = decoded.partition(b":")
     # Both comparisons always run so timing does not tell which part was wrong.
-    user_ok = hmac.compare_digest(got_user, user.encode())
+    user_ok = user is None or hmac.compare_digest(got_user, user.encode())
     password_ok = hmac.compare_digest(got_password, password.encode())
     return bool(sep) and user_ok and password_ok
 
@@ -335,8 +336,8 @@ _HEX_RESPONSE = {"MD5": 32, "SHA-256": 64}
 
 
 class RtspAuthenticator:
-    """One credential set guarding some RTSP methods (REST's user for playback today; a
-    publish password can be a second instance).
+    """One credential set guarding some RTSP methods: REST's user for playback, and the publish
+    password (``user=None``: any user name, the password decides) for ANNOUNCE.
 
     Challenges are Digest SHA-256, Digest MD5 (in that order: RFC 7616 clients take the first
     they support, ffmpeg the last Digest one, and it knows only MD5) and Basic (cameras, VLC,
@@ -348,7 +349,7 @@ class RtspAuthenticator:
 
     def __init__(
         self,
-        user: str,
+        user: str | None,
         password: str,
         clock: IReactorTime,
         *,
@@ -450,10 +451,11 @@ class RtspAuthenticator:
         response = p["response"].lower()
         if len(response) != _HEX_RESPONSE[algorithm]:
             return failed("Digest response of the wrong length")
+        user = p["username"] if self.user is None else self.user
         expected = _digest_response(
             _DIGESTS[algorithm],
             False,
-            self.user,
+            user,
             self.realm,
             self.password,
             p["nonce"],
@@ -464,7 +466,9 @@ class RtspAuthenticator:
             cnonce,
         )
         # Both comparisons always run, so timing does not tell which part was wrong.
-        user_ok = hmac.compare_digest(p["username"].encode(), self.user.encode())
+        user_ok = hmac.compare_digest(
+            p["username"].encode("utf-8", "surrogatepass"), user.encode("utf-8", "surrogatepass")
+        )
         response_ok = hmac.compare_digest(response.encode(), expected.encode())
         if not (user_ok and response_ok):
             return failed("wrong Digest credentials")

@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
@@ -22,6 +23,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wcs.access import Access, Client, Refused
 from wcs.guard import describe, guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit
@@ -405,6 +407,10 @@ class RTSPServerProtocol(Protocol):
         self._queue: deque[RtspEvent] = deque()
         self._held: IDelayedCall | None = None
         self.auth_failures = 0
+        # A reply that waits for the hook app (ANNOUNCE, DESCRIBE): later input waits too.
+        self._pending = False
+        self._connect_allowed = False
+        self._plays_allowed: set[str] = set()
 
     # -- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -475,14 +481,14 @@ class RTSPServerProtocol(Protocol):
             return
         self._watch_request(events)
         self._queue.extend(events)
-        if self._held is not None and len(self._queue) > MAX_HELD_EVENTS:
-            self.drop(f"more than {MAX_HELD_EVENTS} messages pipelined behind a failed login")
+        if (self._held is not None or self._pending) and len(self._queue) > MAX_HELD_EVENTS:
+            self.drop(f"more than {MAX_HELD_EVENTS} messages pipelined behind a pending answer")
             return
         self._handle_queue()
 
     def _handle_queue(self) -> None:
         queue = self._queue
-        while queue and self._held is None and not self._closing:
+        while queue and self._held is None and not self._pending and not self._closing:
             event = queue.popleft()
             if isinstance(event, InterleavedFrame):
                 self._frame(event)
@@ -582,28 +588,61 @@ class RTSPServerProtocol(Protocol):
                 if not outcome.ok:
                     self._unauthorized(req, cseq.strip(), auth, outcome)
                     return
-            reply = self._check_request(req)
+            reply: _Reply | Deferred[_Reply] | None = self._check_request(req)
             if reply is None:
-                handler: Callable[[RtspRequest], _Reply] | None = getattr(
+                handler: Callable[[RtspRequest], _Reply | Deferred[_Reply]] | None = getattr(
                     self, f"rtsp_{req.method}", None
                 )
                 reply = handler(req) if handler is not None else _Reply(501)
         except Exception as err:
-            # The guard's policy (log the reason once, close), but the request gets its answer.
-            if not isinstance(err, ValueError):
-                log.failure(
-                    "RTSP {peer}: {method} failed",
-                    peer=self.peer,
-                    method=req.method,
-                    level=LogLevel.debug,
-                )
-            status = 400 if isinstance(err, ValueError) else 500
-            headers = [("CSeq", cseq.strip()), ("Server", SERVER_NAME), ("Connection", "close")]
-            self.drop(
-                f"{req.method} {req.uri[:200]} failed: {describe(err)}",
-                build_response(status, headers=headers),
-            )
+            self._request_failed(req, cseq, err)
             return
+        if isinstance(reply, Deferred):
+            self._wait_for_reply(req, cseq.strip(), reply)
+            return
+        self._answer(req, reply, cseq.strip())
+
+    def _request_failed(self, req: RtspRequest, cseq: str, err: BaseException) -> None:
+        # The guard's policy (log the reason once, close), but the request gets its answer.
+        if not isinstance(err, ValueError):
+            log.failure(
+                "RTSP {peer}: {method} failed",
+                failure=Failure(err),
+                peer=self.peer,
+                method=req.method,
+                level=LogLevel.debug,
+            )
+        status = 400 if isinstance(err, ValueError) else 500
+        headers = [("CSeq", cseq.strip()), ("Server", SERVER_NAME), ("Connection", "close")]
+        self.drop(
+            f"{req.method} {req.uri[:200]} failed: {describe(err)}",
+            build_response(status, headers=headers),
+        )
+
+    def _wait_for_reply(self, req: RtspRequest, cseq: str, reply: Deferred[_Reply]) -> None:
+        """A reply that waits for the hook app: this connection's input waits behind it."""
+        self._pending = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+        def answered(result: _Reply | Failure) -> None:
+            self._pending = False
+            if self._closing:
+                return
+            if isinstance(result, Failure):
+                assert result.value is not None
+                self._request_failed(req, cseq, result.value)
+                return
+            self._answer(req, result, cseq)
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._resume()
+
+        reply.addBoth(answered)
+
+    @guarded
+    def _resume(self) -> None:
+        self._handle_queue()
+
+    def _answer(self, req: RtspRequest, reply: _Reply, cseq: str) -> None:
         if reply.status >= 400:
             log.info(
                 "RTSP {peer}: {method} {uri} -> {status} {reason}",
@@ -613,14 +652,71 @@ class RTSPServerProtocol(Protocol):
                 status=reply.status,
                 reason=reply.reason or STATUS_REASONS.get(reply.status, ""),
             )
-        self._send(req, reply, cseq.strip())
+        self._send(req, reply, cseq)
 
     def _authenticator(self, req: RtspRequest) -> RtspAuthenticator | None:
         """The credentials this request needs, if any: playback (DESCRIBE, a player's SETUP,
-        PLAY) is guarded by the factory's play_auth. Publishing is open for now."""
+        PLAY) is guarded by the factory's play_auth, publishing (ANNOUNCE: SETUP and RECORD
+        need its session) by publish_auth."""
         if req.method in ("DESCRIBE", "PLAY") or (req.method == "SETUP" and self.state == INIT):
             return self.factory.play_auth
+        if req.method == "ANNOUNCE":
+            return self.factory.publish_auth
         return None
+
+    # -- access (REST hooks) ----------------------------------------------------------------------
+    def _client(self, uri: str) -> Client:
+        """This connection as the hook app sees it; the URL's query is its `custom`."""
+        transport = self.transport
+        assert transport is not None
+        try:
+            query = urlsplit(uri).query
+        except ValueError:
+            query = ""
+        custom: dict[str, str] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=32):
+            custom.setdefault(key, value)
+        custom.pop("password", None)
+        return Client(
+            session_id=Client.session_id_of(transport.getPeer(), transport.getHost()),
+            provider=PROVIDER_RTSP,
+            address=self.peer_host,
+            app_key=self.app,
+            custom=custom,
+        )
+
+    def _connect(self, client: Client) -> Deferred[None]:
+        """The connect hook, once per connection."""
+        if self._connect_allowed:
+            return succeed(None)
+
+        def allowed(_: object) -> None:
+            self._connect_allowed = True
+
+        return self.factory.access.connect(client).addCallback(allowed)
+
+    def _allow_play(self, uri: str) -> Deferred[None]:
+        """The playStream hook for the stream a URL names, once per name and connection."""
+        try:
+            _, name = stream_name_from_url(uri.split("?", 1)[0].rstrip("/"))
+        except InvalidName:
+            return succeed(None)  # answered as a bad name by the handler
+        if name in self._plays_allowed:
+            return succeed(None)
+        client = self._client(uri)
+
+        def ask(_: object) -> Deferred[None]:
+            return self.factory.access.play(client, name, secrets.token_hex(8))
+
+        def allowed(_: object) -> None:
+            self._plays_allowed.add(name)
+
+        return self._connect(client).addCallback(ask).addCallback(allowed)
+
+    @staticmethod
+    def _refused(failure: Failure) -> _Reply:
+        failure.trap(Refused)
+        return _Reply(403, failure.value.info)  # type: ignore[union-attr]
 
     def _unauthorized(
         self, req: RtspRequest, cseq: str, auth: RtspAuthenticator, outcome: AuthOutcome
@@ -710,7 +806,11 @@ class RTSPServerProtocol(Protocol):
             return _Reply(415, "Only H.264 video can be played over RTSP")
         return stream
 
-    def rtsp_DESCRIBE(self, req: RtspRequest) -> _Reply:
+    def rtsp_DESCRIBE(self, req: RtspRequest) -> Deferred[_Reply]:
+        allowed = self._allow_play(req.uri)
+        return allowed.addCallback(lambda _: self._describe(req)).addErrback(self._refused)
+
+    def _describe(self, req: RtspRequest) -> _Reply:
         found = self._live_stream(req.uri)
         if isinstance(found, _Reply):
             return found
@@ -735,9 +835,19 @@ class RTSPServerProtocol(Protocol):
             200, headers=[("Content-Base", base), ("Content-Type", "application/sdp")], body=body
         )
 
-    def _setup_play(self, req: RtspRequest, specs: list[TransportSpec]) -> _Reply:
+    def _setup_play(
+        self, req: RtspRequest, specs: list[TransportSpec]
+    ) -> _Reply | Deferred[_Reply]:
         if any(spec.mode == "RECORD" for spec in specs):
             return _Reply(455, "SETUP before ANNOUNCE")
+        # A client may skip DESCRIBE: the hook decides here then.
+        track_url = req.uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[0]
+        allowed = self._allow_play(track_url)
+        return allowed.addCallback(lambda _: self._setup_player(req, specs)).addErrback(
+            self._refused
+        )
+
+    def _setup_player(self, req: RtspRequest, specs: list[TransportSpec]) -> _Reply:
         path = _url_key(req.uri).partition("?")[0]
         if not path.endswith("/" + PLAY_CONTROL):
             return (
@@ -825,7 +935,7 @@ class RTSPServerProtocol(Protocol):
         return _Reply(405, headers=[("Allow", ", ".join(PUBLIC_METHODS))])
 
     # -- publishing -----------------------------------------------------------------------------
-    def rtsp_ANNOUNCE(self, req: RtspRequest) -> _Reply:
+    def rtsp_ANNOUNCE(self, req: RtspRequest) -> _Reply | Deferred[_Reply]:
         if self.state != INIT:
             return _Reply(455, "Already announced on this connection")
         content_type = (req.headers.get("Content-Type") or "application/sdp").split(";")[0]
@@ -844,8 +954,38 @@ class RTSPServerProtocol(Protocol):
             app, name = stream_name_from_url(req.uri)
         except InvalidName as err:
             return self._refuse_announce(req, _Reply(400, err.info), str(err))
+        self.app = app
+        client = self._client(req.uri)
+        msid = secrets.token_hex(16)
+        access = self.factory.access
+        # The password (if any) was checked as RTSP auth: the hooks decide the rest.
+        decision = self._connect(client).addCallback(
+            lambda _: access.publish(client, name, msid, access.publish_password)
+        )
+
+        def allowed(_: object) -> _Reply:
+            return self._announced(req, client, app, name, msid, tracks, aggregate, track_urls)
+
+        def refused(failure: Failure) -> _Reply:
+            return self._refuse_announce(req, self._refused(failure))
+
+        return decision.addCallbacks(allowed, refused)
+
+    def _announced(
+        self,
+        req: RtspRequest,
+        client: Client,
+        app: str,
+        name: str,
+        msid: str,
+        tracks: list[Track],
+        aggregate: str,
+        track_urls: list[str],
+    ) -> _Reply:
+        if self.state != INIT:
+            return _Reply(455, "Already announced on this connection")
         try:
-            stream = self.registry.publish(name, PROVIDER_RTSP)
+            stream = self.registry.publish(name, PROVIDER_RTSP, media_session_id=msid)
         except StreamError as err:
             log.warn(
                 "RTSP {peer}: publish of {stream_name!r} refused: {info}",
@@ -858,6 +998,7 @@ class RTSPServerProtocol(Protocol):
         # Whatever ends the stream from the server's side (/stream/terminate, shutdown, the
         # publish idle watchdog, with or without RECORD) closes this connection with its reason.
         stream.on_end(self._stream_ended)
+        self.factory.access.track(client, stream)
         self.app = app
         self.tracks = tracks
         self.aggregate_key = _url_key(aggregate)
@@ -894,7 +1035,7 @@ class RTSPServerProtocol(Protocol):
                 return index
         return None
 
-    def rtsp_SETUP(self, req: RtspRequest) -> _Reply:
+    def rtsp_SETUP(self, req: RtspRequest) -> _Reply | Deferred[_Reply]:
         if self.state in (PLAY_READY, PLAYING):
             return _Reply(455, "The stream's one track is already set up")
         if self.state == RECORDING:
@@ -1115,6 +1256,8 @@ class RTSPServerFactory(Factory):
         max_udp_pairs: int = MAX_UDP_PAIRS,
         max_session_udp_pairs: int = MAX_SESSION_UDP_PAIRS,
         play_auth: RtspAuthenticator | None = None,
+        publish_auth: RtspAuthenticator | None = None,
+        access: Access | None = None,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.registry = registry
@@ -1126,6 +1269,8 @@ class RTSPServerFactory(Factory):
         self.max_session_udp_pairs = max_session_udp_pairs
         # Credentials for playback (the REST ones when REST auth is on); None: open.
         self.play_auth = play_auth
+        self.publish_auth = publish_auth
+        self.access = access if access is not None else Access(reactor)
         self.auth_failure_delay = auth_failure_delay
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
