@@ -1,6 +1,6 @@
 """A real REST hook app for the tests: a twisted.web server in its own process.
 
-`python hook_app.py PORTFILE LOGFILE` listens on a free loopback port (written to PORTFILE) and
+`python hook_app.py LOGFILE` listens on a free loopback port (printed as `READY <port>`) and
 appends every request to LOGFILE as a JSON line {"method": ..., "body": ...}. It refuses (403 with
 an "info") any name or custom.key starting with "deny", never answers a name starting with "slow",
 and allows everything else.
@@ -42,10 +42,9 @@ class HookApp(Resource):
 
 
 def main() -> None:
-    port_file, log_path = sys.argv[1], sys.argv[2]
-    port = reactor.listenTCP(0, server.Site(HookApp(log_path)), interface="127.0.0.1")  # type: ignore[arg-type]
-    with open(port_file, "w") as f:
-        f.write(str(port.getHost().port))  # type: ignore[attr-defined]
+    site = server.Site(HookApp(sys.argv[1]))
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    print(f"READY {port.getHost().port}", flush=True)  # type: ignore[attr-defined]
     reactor.run()
 
 
