@@ -374,7 +374,10 @@ def test_play_missing_and_unreachable_rtsp(server: Server, tmp_path: Path) -> No
         async with session(server) as client:
             for name, info in (
                 ("missing", "Stream not found"),
-                ("rtsp://127.0.0.1:1/cam", "Failed to play RTSP stream: cannot connect"),
+                (
+                    "rtsp://127.0.0.1:1/cam",
+                    "Failed to play RTSP stream: Cannot connect to the camera",
+                ),
                 ("rtsp://", "Rtsp has wrong format"),
             ):
                 msid = str(uuid.uuid4())
