@@ -166,3 +166,19 @@ def test_no_rtsp_endpoints_without_a_pull_manager() -> None:
     response = api.call("POST", STARTUP, {"uri": CAMERA})
     assert_wcs_error(response, 404, "Not found", STARTUP)
     assert api.connector.attempts == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(STARTUP, {"uri": CAMERA, "toStream": "door"}), (TERMINATE, {"uri": CAMERA})],
+)
+def test_pull_methods_refuse_a_foreign_page(api: RtspApi, path: str, body: dict[str, str]) -> None:
+    if path == TERMINATE:
+        assert api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"}).status == 200
+    headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    response = api.call("POST", path, body, headers)
+    assert_wcs_error(response, 403, response.json()["message"], path)
+    assert len(api.pulls.find_all()) == (1 if path == TERMINATE else 0)
+    # The same request from the server's own page, or without a page (curl), is served.
+    same_host = {"Origin": "http://localhost:8081"}
+    assert api.call("POST", path, body, same_host).status == 200
