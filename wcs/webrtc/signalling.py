@@ -383,7 +383,11 @@ class WebSDKSession:
         if self._closing:
             return
         self._last_heard = self.factory.clock.seconds()
-        name, obj = parse_frame(message)
+        try:
+            name, obj = parse_frame(message)
+        except SignallingError as err:  # expected, and its message says it all
+            self.drop(str(err))
+            return
         self.dispatch(name, obj)
 
     @guarded
