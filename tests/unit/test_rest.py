@@ -42,6 +42,7 @@ HEADER_DEADLINE = 10.0
 BODY_DEADLINE = 30.0
 DRAIN_DEADLINE = 30.0
 IDLE_TIMEOUT = 60.0
+REFUSAL_LINGER = 5.0
 
 
 class FakeSnapshots:
@@ -778,6 +779,11 @@ def test_huge_content_length_is_413_before_the_body(api: Api) -> None:
     before = conn.transport.value()
     conn.send(b"x" * 1_000_000)  # whatever still arrives is not read into memory
     assert conn.transport.value() == before and api.snapshots.calls == []
+    # Reading stops (over TLS a close waits for the client, who may keep sending), and a
+    # connection that does not close within a few seconds is aborted.
+    assert conn.transport.producerState == "paused"
+    api.clock.advance(REFUSAL_LINGER)
+    assert conn.transport.disconnected
 
 
 def test_endless_chunked_body_is_413_once_past_the_limit(api: Api) -> None:

@@ -34,6 +34,8 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
+# A refused request's answer is small: time enough to deliver it before the connection goes.
+REFUSAL_LINGER = 5.0
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16384
 # No real body length has more digits; `int()` of thousands of digits raises.
@@ -174,7 +176,14 @@ class GuardedChannel(http.HTTPChannel):
         )
         assert self.transport is not None
         self.transport.write(error_response(status, message, path, self.site.refusal_headers))
+        # Read nothing more: over TLS the close waits for the client's close_notify, and a
+        # client streaming a body would be read (and decrypted) all that while.
+        self._networkProducer.pauseProducing()
         self.loseConnection()
+        self._cancel_drain_timer()
+        self._drain_timer = self.callLater(  # type: ignore[call-arg]
+            REFUSAL_LINGER, self.drop, f"refused request not closed within {REFUSAL_LINGER:g} s"
+        )
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's one answer to a malformed request line, header or chunk: an empty 400.
