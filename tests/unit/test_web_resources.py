@@ -276,6 +276,8 @@ def test_only_plain_demo_files_are_listed(tmp_path: Path, monkeypatch: pytest.Mo
         ("https://a.example:²", None),  # ASCII digits only
         ("https://a.example:8²", None),
         ("https://user@a.example", None),
+        ("http://.:1", None),  # found by the fuzz target `origin`: an empty host
+        ("http://[]", None),
         ("", None),
         ("a.example", None),
     ],
@@ -294,6 +296,8 @@ def test_parse_origin(value: str | bytes, expected: Origin | None) -> None:
         ("a.example:²", None),
         ("a.example:123456", None),
         ("a b", None),
+        (".", None),
+        ("[]:80", None),
         (None, None),
         ("", None),
     ],

@@ -867,3 +867,22 @@ def test_messages_queued_for_a_client_that_does_not_read_are_bounded(
     assert any("client is not reading" in formatEvent(e) for e in log_events)
     env.clock.advance(10)  # a close that cannot be written is cut short
     assert transport.disconnected
+
+
+def test_upgrade_request_h11_refuses_is_a_400_not_a_traceback(
+    env: Env, log_events: list[LogEvent]
+) -> None:
+    """Found by the fuzz target ws_upgrade: two Host headers made h11 raise LocalProtocolError,
+    which twisted.web.websocket does not catch (a logged traceback and a 500)."""
+    site = websocket_site(env.factory, Settings())
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert proto is not None
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    head = WSConnection(ConnectionType.CLIENT).send(Request(host="localhost", target="/"))
+    proto.dataReceived(head[:-2] + b"Host: other.example\r\n\r\n")
+    response = parse_response(transport.value())
+    assert response is not None and response.status == 400
+    assert response.json()["message"].startswith("Bad WebSocket upgrade request")
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+    assert env.factory.sessions == set()

@@ -79,6 +79,7 @@ class GuardedChannel(http.HTTPChannel):
         self._request_timer: IDelayedCall | None = None
         self._drain_timer: IDelayedCall | None = None
         self._refused = False
+        self._closing = False
         self._peer = "?"
 
     def connectionMade(self) -> None:
@@ -222,6 +223,10 @@ class GuardedChannel(http.HTTPChannel):
         super().resumeProducing()
 
     def loseConnection(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.setTimeout(None)  # the drain deadline bounds the close from here
         # A close waits for the send buffer to empty: bounded like any other output.
         super().loseConnection()
         if self._drain_timer is None:

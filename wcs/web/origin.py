@@ -28,7 +28,8 @@ class Origin:
     def __str__(self) -> str:
         default = _DEFAULT_PORTS.get(self.scheme)
         port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{self.host}{port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}{port}"
 
 
 def _port(text: str | None, default: int | None) -> int | None:
@@ -52,9 +53,10 @@ def parse_origin(value: str | bytes) -> Origin | None:
         return None
     scheme = m.group(1).lower()
     port = _port(m.group(3), _DEFAULT_PORTS.get(scheme))
-    if port is None:
+    host = _host(m.group(2))
+    if port is None or not host:
         return None
-    return Origin(scheme, _host(m.group(2)), port)
+    return Origin(scheme, host, port)
 
 
 def host_of(value: str | bytes | None) -> str | None:
@@ -65,7 +67,7 @@ def host_of(value: str | bytes | None) -> str | None:
     m = _HOST_HEADER.fullmatch(text.strip())
     if m is None or (m.group(2) is not None and _port(m.group(2), None) is None):
         return None
-    return _host(m.group(1))
+    return _host(m.group(1)) or None
 
 
 class OriginPolicy:

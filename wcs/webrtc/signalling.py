@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import h11
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -24,6 +25,7 @@ from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import ProtocolError as WsProtocolError
 from zope.interface import implementer
 
 from wcs.config import Settings
@@ -925,11 +927,25 @@ class _AnyPath(WebSocketResource):
                     peer=peer_of(request.channel.transport if request.channel else None),
                     refusal=refusal,
                 )
-                request.setResponseCode(http.FORBIDDEN)
-                request.setHeader(b"Content-Type", b"application/json")
-                path = (request.path or b"").decode("utf-8", "replace")
-                return error_json(http.FORBIDDEN, f"{refusal} (see ws_allowed_origins)", path)
-        return super().render_GET(request)
+                return self._refuse(request, http.FORBIDDEN, f"{refusal} (see ws_allowed_origins)")
+        try:
+            return super().render_GET(request)
+        except (h11.ProtocolError, WsProtocolError) as err:
+            # Twisted catches wsproto's RemoteProtocolError only; h11 refuses e.g. a request
+            # with two Host headers with its own LocalProtocolError.
+            log.warn(
+                "WebSDK {peer}: refused the WebSocket upgrade: {reason}",
+                peer=peer_of(request.channel.transport if request.channel else None),
+                reason=describe(err),
+            )
+            return self._refuse(request, http.BAD_REQUEST, f"Bad WebSocket upgrade request: {err}")
+
+    @staticmethod
+    def _refuse(request: Request, status: int, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        path = (request.path or b"").decode("utf-8", "replace")
+        return error_json(status, message, path)
 
 
 def websocket_site(factory: SignallingFactory, settings: Settings) -> IProtocolFactory:
