@@ -1022,3 +1022,21 @@ def test_a_bug_anywhere_in_rendering_is_the_wcs_500_not_an_html_page(
     response = api.call("GET", "/demo/page.html")
     assert_wcs_error(response, 500, "Internal Server Error", "/demo/page.html")
     assert any(e.get("log_failure") is not None for e in log_events)  # a bug: its traceback
+
+
+def test_answer_to_a_client_already_not_reading_starts_paused(api: Api) -> None:
+    """Over TLS the transport says "pause" once: an answer produced while the client is still
+    not reading an earlier one (keep-alive) must not be written whole into the buffer."""
+    transport, channel = slow_connection(api)
+    transport.paused = True
+    channel.pauseProducing()  # what the transport said about the earlier answer
+    channel.dataReceived(raw_request("POST", SNAPSHOT, json.dumps({"streamName": "c"}).encode()))
+    api.snapshots.last().callback(BIG_PNG)
+    assert len(transport.value()) < 2 * SlowReader.BUFFER  # the headers, not 2.7 MB
+    transport.read_all()
+    while transport.paused:
+        transport.read_all()
+    transport.read_all()
+    response = parse_response(transport.received)
+    assert response is not None and response.status == 200
+    assert len(response.body) == len(base64.b64encode(BIG_PNG)) + len('{"data":""}')

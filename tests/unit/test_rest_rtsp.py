@@ -182,3 +182,14 @@ def test_pull_methods_refuse_a_foreign_page(api: RtspApi, path: str, body: dict[
     # The same request from the server's own page, or without a page (curl), is served.
     same_host = {"Origin": "http://localhost:8081"}
     assert api.call("POST", path, body, same_host).status == 200
+
+
+@pytest.mark.parametrize("path", [STARTUP, TERMINATE])
+def test_uri_the_url_parser_refuses_is_a_400(api: RtspApi, path: str) -> None:
+    """Found by the fuzz target http_request: urlsplit's own ValueError ("Invalid IPv6 URL")
+    escaped the URI check and was answered 500 with a traceback."""
+    uri = "rtsp://10[0.0.225=4/stream1"
+    response = api.call("POST", path, {"uri": uri, "toStream": "door"})
+    if path == STARTUP or response.status != 404:
+        assert_wcs_error(response, 400, response.json()["message"], path)
+    assert api.registry.get("door") is None

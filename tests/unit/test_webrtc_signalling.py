@@ -20,9 +20,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from tests.unit.test_rest import SlowReader, parse_response
+from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
 from wcs.config import Settings
 from wcs.media.units import MediaUnit
+from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamNotFound, StreamRegistry
 from wcs.webrtc.peer import PeerError
@@ -886,3 +888,32 @@ def test_upgrade_request_h11_refuses_is_a_400_not_a_traceback(
     assert response.json()["message"].startswith("Bad WebSocket upgrade request")
     assert not [e for e in log_events if e.get("log_failure") is not None]
     assert env.factory.sessions == set()
+
+
+def test_ping_after_our_close_aborts_quietly(env: Env, log_events: list[LogEvent]) -> None:
+    """Found by the fuzz target ws_upgrade: a client's ping after the server's Close made
+    twisted.web.websocket answer with a Pong wsproto refuses (LocalProtocolError)."""
+    wire = Wire(env)
+    wire.send("connection", {"appKey": "k"})
+    wire.proto.dataReceived(wire.ws.send(TextMessage(data="{not json")))  # we close
+    assert wire.transport.disconnecting
+    wire.proto.dataReceived(b"\x89\x80\x00\x00\x00\x00")  # a masked, empty ping
+    assert wire.transport.disconnected
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+
+
+def test_rtsp_names_the_url_parser_refuses(env: Env, log_events: list[LogEvent]) -> None:
+    """An rtsp:// name urlsplit refuses (ValueError of its own, not the pull's PullUriError):
+    playStream is FAILED and a snapshot fails; the session stays, nothing is stuck."""
+    pulls = PullManager(env.registry, env.clock, connector=FakeConnector())
+    env.factory.rtsp_pull = pulls.stream_for_player
+    env.factory.resolve_name = pulls.resolve
+    session, ws = env.session()
+    bad = "rtsp://10[0.0.225=4/stream1"
+    send(session, "playStream", {"mediaSessionId": "p1", "name": bad, "sdp": OFFER})
+    (status,) = ws.named("notifyStreamStatusEvent")
+    assert (status["status"], status["info"]) == ("FAILED", "Rtsp has wrong format")
+    send(session, "snapshot", {"name": bad, "mediaSessionId": "s1"})
+    assert ws.named("notifyStreamEvent")[0]["payload"]["info"] == "Stream not found"
+    assert ws.closed_with is None and session.media == {} and session._snapshots == 0
+    assert not [e for e in log_events if e.get("log_failure") is not None]

@@ -16,6 +16,7 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from wcs.config import Settings
+from wcs.guard import describe
 from wcs.rest.errors import RestError, error_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
@@ -70,15 +71,18 @@ class SplicedBodyProducer:
         request.setResponseCode(http.OK)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % self._length)
-        request.registerProducer(self, True)
         request.notifyFinish().addErrback(lambda _: self.stopProducing())
-        self.resumeProducing()
+        request.registerProducer(self, True)  # may pause us at once: the client is not reading
+        self._produce()
 
     def pauseProducing(self) -> None:
         self._paused = True
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._produce()
+
+    def _produce(self) -> None:
         # A write may pause us at once (the transport's buffer is full): check every time.
         while not self._paused and not self._done:
             chunk = next(self._chunks, None)
@@ -277,6 +281,15 @@ class JsonEndpoint(Resource):
             err = failure.value
             assert isinstance(err, RestError)
             status, message = err.status, err.message
+        elif isinstance(failure.value, ValueError):
+            # A parser refused something of the request (as wcs.guard has it: expected, and
+            # specific): the client's error, not ours.
+            status, message = 400, str(failure.value) or "Bad request"
+            log.warn(
+                "REST {path}: bad request: {reason}",
+                path=(request.path or b"").decode("utf-8", "replace"),
+                reason=describe(failure.value),
+            )
         else:
             log.failure("REST {path} failed", failure, path=request.path)
             status, message = 500, "Internal Server Error"

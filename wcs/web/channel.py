@@ -222,6 +222,14 @@ class GuardedChannel(http.HTTPChannel):
         self._cancel_drain_timer()
         super().resumeProducing()
 
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        # Twisted tells a producer to pause only when the transport next says so; over TLS it
+        # says so once. A producer that arrives while the client is not reading (the next
+        # request of a keep-alive connection, a WebSocket session) starts paused.
+        if streaming and self._waitingForTransport:
+            producer.pauseProducing()
+
     def loseConnection(self) -> None:
         if self._closing:
             return

@@ -97,6 +97,10 @@ class RtspPullUnavailable(StreamError):
     info = "RTSP pull is not available yet"
 
 
+class RtspWrongFormat(StreamError):
+    info = "Rtsp has wrong format"
+
+
 # -- frames ---------------------------------------------------------------------------------------
 def parse_frame(text: str) -> tuple[str, Any]:
     """(message name, first data item) of one client frame; raises SignallingError."""
@@ -588,7 +592,10 @@ class WebSDKSession:
         if media is None:
             return
         if media.name.lower().startswith("rtsp://"):
-            source = self.factory.rtsp_pull(media.name)
+            try:
+                source = self.factory.rtsp_pull(media.name)
+            except ValueError as err:  # a URI the pull's parser refuses in a way of its own
+                source = fail(RtspWrongFormat(str(err)))
         else:
             stream = self.factory.registry.get(media.name)
             source = fail(StreamNotFound(media.name)) if stream is None else succeed(stream)
@@ -701,10 +708,15 @@ class WebSDKSession:
         if self._snapshots >= MAX_SNAPSHOTS_IN_FLIGHT:
             self._snapshot_failed(msid, name, "Too many snapshot requests")
             return
+        try:
+            local = self.factory.resolve_name(name)
+        except ValueError:  # an rtsp:// name no camera pull could have: no such stream
+            self._snapshot_failed(msid, name, StreamNotFound.info)
+            return
         # The snapshot service asks the publisher for a keyframe when none is cached.
         # In flight until its result is written out (or dropped), not merely computed.
         self._snapshots += 1
-        d = self.factory.snapshots.take(self.factory.resolve_name(name))
+        d = self.factory.snapshots.take(local)
         d.addCallbacks(
             lambda png: self._snapshot_done(msid, name, png),
             lambda f: self._snapshot_error(msid, name, f),
@@ -828,7 +840,13 @@ class ByteBudget(ProtocolWrapper):
         if self.pending > self.factory.limit:
             self.drop(f"more than {self.factory.limit} bytes without a complete message")
             return
-        super().dataReceived(data)
+        try:
+            super().dataReceived(data)
+        except LocalProtocolError:
+            # twisted.web.websocket answers a ping even after our Close went out, which wsproto
+            # refuses: the client kept talking on a socket we are closing. Close it now.
+            self.dropped = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def drop(self, reason: str) -> None:
         self.dropped = True
