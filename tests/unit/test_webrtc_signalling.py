@@ -871,18 +871,23 @@ def test_messages_queued_for_a_client_that_does_not_read_are_bounded(
     assert transport.disconnected
 
 
-def test_upgrade_request_h11_refuses_is_a_400_not_a_traceback(
-    env: Env, log_events: list[LogEvent]
+@pytest.mark.parametrize(
+    "extra",
+    [b"Host: other.example\r\n", b"Connection: Upgrade, \xd7\xa9\r\n"],
+    ids=["two Host headers (h11)", "non-ASCII Connection (wsproto)"],
+)
+def test_upgrade_request_the_handshake_refuses_is_a_400_not_a_traceback(
+    env: Env, extra: bytes, log_events: list[LogEvent]
 ) -> None:
-    """Found by the fuzz target ws_upgrade: two Host headers made h11 raise LocalProtocolError,
-    which twisted.web.websocket does not catch (a logged traceback and a 500)."""
+    """Found by the fuzz target ws_upgrade: h11's LocalProtocolError and wsproto's
+    UnicodeDecodeError are not caught by twisted.web.websocket (a logged traceback and a 500)."""
     site = websocket_site(env.factory, Settings())
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     assert proto is not None
     transport = StringTransport()
     proto.makeConnection(transport)
     head = WSConnection(ConnectionType.CLIENT).send(Request(host="localhost", target="/"))
-    proto.dataReceived(head[:-2] + b"Host: other.example\r\n\r\n")
+    proto.dataReceived(head[:-2] + extra + b"\r\n")
     response = parse_response(transport.value())
     assert response is not None and response.status == 400
     assert response.json()["message"].startswith("Bad WebSocket upgrade request")

@@ -948,9 +948,10 @@ class _AnyPath(WebSocketResource):
                 return self._refuse(request, http.FORBIDDEN, f"{refusal} (see ws_allowed_origins)")
         try:
             return super().render_GET(request)
-        except (h11.ProtocolError, WsProtocolError) as err:
+        except (h11.ProtocolError, WsProtocolError, ValueError) as err:
             # Twisted catches wsproto's RemoteProtocolError only; h11 refuses e.g. a request
-            # with two Host headers with its own LocalProtocolError.
+            # with two Host headers with its own LocalProtocolError, and wsproto decodes a
+            # Connection or Upgrade header as ASCII (UnicodeDecodeError).
             log.warn(
                 "WebSDK {peer}: refused the WebSocket upgrade: {reason}",
                 peer=peer_of(request.channel.transport if request.channel else None),
