@@ -175,7 +175,7 @@ class WCSService(MultiService):
         )
 
         def ws_site(tls: bool) -> IProtocolFactory:
-            factory = websocket_site(signalling)
+            factory = websocket_site(signalling, s)
             return self._tls_wrap(factory, "wss") if tls else factory
 
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [

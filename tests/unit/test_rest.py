@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent
+from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 from twisted.web import server
 
@@ -35,6 +35,14 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 ERROR_KEYS = ["exception", "reason", "path", "error", "message", "timestamp", "status"]
 EXCEPTION = "com.flashphoner.rest.server.exception."
 CREATED_MS = 1640836780816
+# The limits the hardening issue (#6) sets; the tests hold the code to them.
+LOGIN_FAILURE_DELAY = 1.0
+LOGIN_LOG_INTERVAL = 10.0
+HEADER_DEADLINE = 10.0
+BODY_DEADLINE = 30.0
+DRAIN_DEADLINE = 30.0
+IDLE_TIMEOUT = 60.0
+REFUSAL_LINGER = 5.0
 
 
 class FakeSnapshots:
@@ -475,7 +483,11 @@ AUTH = dataclasses.replace(Settings(), disable_rest_auth=False, rest_auth_passwo
 )
 def test_basic_auth_refuses(headers: dict[str, str]) -> None:
     api = Api(AUTH)
-    response = api.call("POST", SNAPSHOT, {"streamName": "cam1"}, headers)
+    conn = api.start("POST", SNAPSHOT, {"streamName": "cam1"}, headers)
+    if headers:  # a wrong credential is answered late (see test_failed_login_...)
+        api.clock.advance(LOGIN_FAILURE_DELAY)
+    response = conn.response()
+    assert response is not None
     body = assert_wcs_error(response, 401, "Unauthorized", SNAPSHOT)
     assert body["exception"] == EXCEPTION + "UnauthorizedException"
     assert response.header("WWW-Authenticate") == 'Basic realm="wcs"'
@@ -661,3 +673,370 @@ def test_client_disconnecting_before_the_snapshot_completes(
         e for e in log_events if "log_failure" in e and not e["log_failure"].check(RuntimeError)
     ]
     assert unexpected == []
+
+
+# -- failed logins (finding 10) -----------------------------------------------------------------
+
+
+def test_failed_login_is_answered_only_after_the_delay() -> None:
+    api = Api(AUTH)
+    bad = api.start("GET", FIND_ALL, headers=basic("admin", "guess"))
+    assert bad.response() is None
+    api.registry.publish("cam1", PROVIDER_RTMP)
+    # Meanwhile the reactor serves everyone else at once.
+    assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
+    api.clock.advance(LOGIN_FAILURE_DELAY - 0.01)
+    assert bad.response() is None
+    api.clock.advance(0.01)
+    response = bad.response()
+    assert response is not None
+    assert_wcs_error(response, 401, "Unauthorized", FIND_ALL)
+    assert response.header("WWW-Authenticate") == 'Basic realm="wcs"'
+
+
+def test_request_without_credentials_gets_the_challenge_at_once() -> None:
+    api = Api(AUTH)
+    response = api.call("GET", FIND_ALL)  # a browser's first try: no guess was made
+    assert response.status == 401 and response.header("WWW-Authenticate")
+
+
+def test_failed_login_of_a_client_that_left_leaves_no_timer() -> None:
+    api = Api(AUTH)
+    conn = api.start("GET", FIND_ALL, headers=basic("admin", "guess"))
+    written = conn.transport.value()
+    conn.disconnect()
+    api.clock.advance(LOGIN_FAILURE_DELAY)
+    assert conn.transport.value() == written
+    api.clock.advance(LOGIN_LOG_INTERVAL)
+    assert api.clock.getDelayedCalls() == []
+
+
+def test_failed_logins_are_logged_rate_limited(log_events: list[LogEvent]) -> None:
+    api = Api(AUTH)
+    for _ in range(50):
+        api.start("GET", FIND_ALL, headers=basic("admin", "guess"))
+    lines = [formatEvent(e) for e in log_events if "failed login" in formatEvent(e)]
+    assert len(lines) == 1 and "192.168.1.1" in lines[0] and "'admin'" in lines[0]
+    api.clock.advance(LOGIN_LOG_INTERVAL)
+    lines = [formatEvent(e) for e in log_events if "failed login" in formatEvent(e)]
+    assert len(lines) == 2 and "49 more failed logins" in lines[1]
+    api.clock.advance(LOGIN_LOG_INTERVAL)  # quiet: no more lines, no timer of the log left
+    assert len([e for e in log_events if "failed login" in formatEvent(e)]) == 2
+    assert all("TimeoutMixin" in repr(call) for call in api.clock.getDelayedCalls())
+
+
+# -- hostile JSON and numbers (findings 7, 6) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [65, 5000, 100_000])
+def test_deeply_nested_json_is_the_wcs_400(api: Api, depth: int) -> None:
+    body = b'{"streamName": ' + b"[" * depth + b"]" * depth + b"}"
+    response = api.call("POST", SNAPSHOT, body[:MAX_BODY])
+    err = assert_wcs_error(response, 400, response.json()["message"], SNAPSHOT)
+    assert err["message"].startswith("Malformed JSON")
+    assert api.snapshots.calls == []
+
+
+def test_json_nested_64_deep_is_read(api: Api) -> None:
+    body = b'{"streamName": "cam1", "x": ' + b"[" * 63 + b"]" * 63 + b"}"
+    api.start("POST", SNAPSHOT, body)
+    assert api.snapshots.names == ["cam1"]
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "²", "1²", "+12", "-1", "0x10", "1 2"])
+def test_content_length_that_is_not_a_plain_ascii_number(api: Api, value: str) -> None:
+    head = raw_request("POST", SNAPSHOT, headers={"Content-Length": value})
+    conn = api.send(head + b'{"streamName": "cam1"}')
+    response = conn.response()
+    assert response is not None, "no answer"
+    assert response.status in (400, 413)
+    assert_wcs_error(response, response.status, response.json()["message"], SNAPSHOT)
+    assert conn.transport.disconnecting and api.snapshots.calls == []
+
+
+def test_content_length_with_leading_zeros_is_its_value(api: Api) -> None:
+    body = b'{"streamName": "cam1"}'
+    head = raw_request("POST", SNAPSHOT, headers={"Content-Length": "0" * 5000 + str(len(body))})
+    api.send(head + body)
+    assert api.snapshots.names == ["cam1"]
+
+
+# -- bodies refused at the headers (finding 14) -------------------------------------------------
+
+
+def test_huge_content_length_is_413_before_the_body(api: Api) -> None:
+    head = raw_request(
+        "POST", SNAPSHOT, headers={"Content-Length": "1000000000", "Expect": "100-continue"}
+    )
+    conn = api.send(head)  # not a byte of body sent: the answer must not wait for it
+    response = conn.response()
+    assert response is not None
+    assert b"100 Continue" not in conn.transport.value()
+    assert_wcs_error(response, 413, f"Request body larger than {MAX_BODY} bytes", SNAPSHOT)
+    assert response.header("Connection") == "close"
+    assert response.header("Access-Control-Allow-Origin") == "*"  # a page can read it
+    assert conn.transport.disconnecting
+    before = conn.transport.value()
+    conn.send(b"x" * 1_000_000)  # whatever still arrives is not read into memory
+    assert conn.transport.value() == before and api.snapshots.calls == []
+    # Reading stops (over TLS a close waits for the client, who may keep sending), and a
+    # connection that does not close within a few seconds is aborted.
+    assert conn.transport.producerState == "paused"
+    api.clock.advance(REFUSAL_LINGER)
+    assert conn.transport.disconnected
+
+
+def test_endless_chunked_body_is_413_once_past_the_limit(api: Api) -> None:
+    head = raw_request("POST", SNAPSHOT, headers={"Transfer-Encoding": "chunked"})
+    conn = api.send(head)
+    chunk = b"%x\r\n%s\r\n" % (4096, b"a" * 4096)
+    sent = 0
+    while not conn.transport.disconnecting and sent < 4 * MAX_BODY:
+        conn.send(chunk)
+        sent += 4096
+    assert sent <= MAX_BODY + 4096  # refused as soon as the body passed the limit
+    response = conn.response()
+    assert response is not None
+    assert_wcs_error(response, 413, f"Request body larger than {MAX_BODY} bytes", SNAPSHOT)
+    request = conn.channel.requests[0]
+    assert request.content.tell() <= MAX_BODY  # what was kept of the body
+
+
+def test_too_many_or_too_large_headers_are_the_wcs_400(api: Api) -> None:
+    many = {f"X-H{i}": "v" for i in range(101)}
+    response = api.call("POST", SNAPSHOT, b"{}", many)
+    assert_wcs_error(response, 400, "More than 100 request header fields", SNAPSHOT)
+    large = {f"X-H{i}": "v" * 1000 for i in range(17)}
+    response = api.call("POST", SNAPSHOT, b"{}", large)
+    assert_wcs_error(response, 400, "Request headers larger than 16384 bytes", SNAPSHOT)
+    conn = api.send(b"GET /" + b"a" * 20000)  # one line longer than the header limit
+    long_line = conn.response()
+    assert long_line is not None and long_line.status == 400 and conn.transport.disconnecting
+    assert long_line.json()["message"] == "Request header line longer than 16384 bytes"
+
+
+def test_malformed_request_is_the_wcs_400(api: Api) -> None:
+    conn = api.send(b"POST /rest-api/stream/snapshot HTTP/1.1\r\nno colon here\r\n\r\n")
+    response = conn.response()
+    assert response is not None
+    assert_wcs_error(response, 400, "Malformed HTTP request", SNAPSHOT)
+
+
+# -- deadlines (finding 13) ---------------------------------------------------------------------
+
+
+def trickle(api: Api, conn: Connection, data: bytes, every: float = 1.0) -> int:
+    """Send `data` one byte per `every` seconds of the clock until the server closes."""
+    for i, byte in enumerate(data):
+        if conn.transport.disconnecting:
+            return i
+        conn.send(bytes([byte]))
+        api.clock.advance(every)
+    return len(data)
+
+
+def test_headers_trickling_in_are_cut_off_at_the_deadline(
+    api: Api, log_events: list[LogEvent]
+) -> None:
+    conn = api.send(b"G")
+    head = raw_request("GET", FIND_ALL, headers={"X-Pad": "p" * 100})[1:]
+    sent = trickle(api, conn, head)
+    assert conn.transport.disconnected  # aborted: nothing to say to a half request
+    assert sent == HEADER_DEADLINE  # one byte a second: closed at the 10 s deadline
+    assert any("request headers not complete within 10 s" in formatEvent(e) for e in log_events)
+    conn.disconnect()
+    assert api.clock.getDelayedCalls() == []
+
+
+def test_body_trickling_in_is_cut_off_at_the_deadline(api: Api) -> None:
+    body = json.dumps({"streamName": "cam1", "pad": "p" * 100}).encode()
+    conn = api.send(raw_request("POST", SNAPSHOT, headers={"Content-Length": str(len(body))}))
+    sent = trickle(api, conn, body)
+    assert conn.transport.disconnected and sent == BODY_DEADLINE
+    assert api.snapshots.calls == []
+
+
+def test_each_request_of_a_keep_alive_connection_has_its_own_deadline(api: Api) -> None:
+    api.registry.publish("cam1", PROVIDER_RTMP)
+    conn = api.send(raw_request("GET", FIND_ALL))
+    for _ in range(5):  # requests keep coming, each in time: the connection stays
+        api.clock.advance(HEADER_DEADLINE - 1)
+        conn.transport.clear()
+        conn.send(raw_request("GET", FIND_ALL))
+        response = conn.response()
+        assert response is not None and response.status == 200
+    assert not conn.transport.disconnecting
+
+
+def test_idle_keep_alive_connection_still_closes_after_the_idle_timeout(api: Api) -> None:
+    conn = api.send(raw_request("GET", FIND_ALL))
+    assert conn.response() is not None
+    api.clock.advance(IDLE_TIMEOUT - 1)
+    assert not conn.transport.disconnecting
+    api.clock.advance(1)
+    assert conn.transport.disconnecting
+
+
+# -- output a client does not read (finding 4) --------------------------------------------------
+
+
+class SlowReader(StringTransport):
+    """A transport with a 64 KiB send buffer: pauses its producer when full, as Twisted's TCP
+    transport does, and resumes it when the client has read everything."""
+
+    BUFFER = 65536
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.paused = False
+        self.most_buffered = 0
+        self.received = b""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.most_buffered = max(self.most_buffered, len(self.value()))
+        if self.producer is not None and len(self.value()) > self.BUFFER and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def read_all(self) -> None:
+        self.received += self.value()
+        self.clear()
+        if self.paused and self.producer is not None:
+            self.paused = False
+            self.producer.resumeProducing()
+
+
+def slow_connection(api: Api) -> tuple[SlowReader, Any]:
+    transport = SlowReader()
+    channel = api.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert channel is not None
+    channel.makeConnection(transport)
+    return transport, channel
+
+
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
+
+
+def test_snapshot_answer_is_produced_as_the_client_reads(api: Api) -> None:
+    transport, channel = slow_connection(api)
+    channel.dataReceived(raw_request("POST", SNAPSHOT, json.dumps({"streamName": "c"}).encode()))
+    api.snapshots.last().callback(BIG_PNG)
+    # Only about one buffer's worth is queued, however large the answer.
+    assert transport.paused and len(transport.value()) < 3 * SlowReader.BUFFER
+    while transport.paused:
+        transport.read_all()
+    transport.read_all()
+    assert transport.most_buffered < 3 * SlowReader.BUFFER
+    response = parse_response(transport.received)
+    assert response is not None and response.status == 200
+    # Byte for byte what json.dumps of the whole answer gives.
+    expected = json.dumps({"data": base64.b64encode(BIG_PNG).decode()}, separators=(",", ":"))
+    assert response.body == expected.encode()
+    assert response.header("Content-Length") == str(len(response.body))
+
+
+def test_client_that_stops_reading_is_dropped_after_the_drain_deadline(
+    api: Api, log_events: list[LogEvent]
+) -> None:
+    transport, channel = slow_connection(api)
+    channel.dataReceived(raw_request("POST", SNAPSHOT, json.dumps({"streamName": "c"}).encode()))
+    api.snapshots.last().callback(BIG_PNG)
+    assert transport.paused
+    api.clock.advance(DRAIN_DEADLINE - 1)
+    transport.read_all()  # it read once: the deadline starts over
+    assert transport.paused
+    api.clock.advance(DRAIN_DEADLINE - 1)
+    assert not transport.disconnected
+    api.clock.advance(1)
+    assert transport.disconnected
+    assert any("output not read by the client for 30 s" in formatEvent(e) for e in log_events)
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert api.clock.getDelayedCalls() == []
+
+
+# -- the origin of state-changing requests (finding 12) -----------------------------------------
+
+
+def test_terminate_from_a_foreign_page_is_403(two: Api, log_events: list[LogEvent]) -> None:
+    # A simple request (text/plain, no preflight) from any page the browser has open.
+    headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    response = two.call("POST", TERMINATE, {"name": "cam1"}, headers)
+    err = assert_wcs_error(response, 403, response.json()["message"], TERMINATE)
+    assert "https://evil.example is not an allowed origin" in err["message"]
+    assert err["exception"] == EXCEPTION + "ForbiddenException"
+    assert response.header("Access-Control-Allow-Origin") == "*"
+    assert two.registry.get("cam1") is not None and two.terminated == []
+    assert any("evil.example" in formatEvent(e) for e in log_events)
+
+
+CORS_APP = Settings(rest_access_control_allow_origin="https://app.example")
+LISTED = Settings(ws_allowed_origins=("https://app.example:8443",))
+
+
+@pytest.mark.parametrize(
+    ("settings", "origin", "status"),
+    [
+        (Settings(), None, 200),  # curl, scripts: no Origin
+        (Settings(), "http://localhost:8081", 200),  # the server's own pages
+        (Settings(), "https://localhost", 200),  # same host, any scheme and port
+        (Settings(), "null", 403),
+        (Settings(), "http://localhost.evil.example", 403),
+        (CORS_APP, "https://app.example", 200),
+        (CORS_APP, "https://b.example", 403),
+        (Settings(ws_allowed_origins=("*",)), "https://evil.example", 200),
+        (LISTED, "https://app.example:8443", 200),
+        (LISTED, "http://localhost:8081", 403),
+    ],
+)  # fmt: skip
+def test_state_changing_request_origin_rule(
+    settings: Settings, origin: str | None, status: int
+) -> None:
+    api = Api(settings)
+    api.registry.publish("cam1", PROVIDER_RTMP)
+    headers = {"Origin": origin} if origin else {}
+    assert api.call("POST", TERMINATE, {"name": "cam1"}, headers).status == status
+    assert (api.registry.get("cam1") is None) == (status == 200)
+
+
+def test_read_only_requests_from_any_page_are_unchanged(two: Api) -> None:
+    headers = {"Origin": "https://evil.example"}
+    assert two.call("POST", FIND, {"name": "cam1"}, headers).status == 200
+    assert two.call("GET", FIND_ALL, headers=headers).status == 200
+    conn = two.start("POST", SNAPSHOT, {"streamName": "cam1"}, headers)
+    two.snapshots.last().callback(PNG)
+    response = conn.response()
+    assert response is not None and response.status == 200
+
+
+# -- one guard over the layer -------------------------------------------------------------------
+
+
+def test_a_bug_anywhere_in_rendering_is_the_wcs_500_not_an_html_page(
+    api: Api, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    def broken() -> dict[str, object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("wcs.web.resources.demo_files", broken)
+    response = api.call("GET", "/demo/page.html")
+    assert_wcs_error(response, 500, "Internal Server Error", "/demo/page.html")
+    assert any(e.get("log_failure") is not None for e in log_events)  # a bug: its traceback
+
+
+def test_answer_to_a_client_already_not_reading_starts_paused(api: Api) -> None:
+    """Over TLS the transport says "pause" once: an answer produced while the client is still
+    not reading an earlier one (keep-alive) must not be written whole into the buffer."""
+    transport, channel = slow_connection(api)
+    transport.paused = True
+    channel.pauseProducing()  # what the transport said about the earlier answer
+    channel.dataReceived(raw_request("POST", SNAPSHOT, json.dumps({"streamName": "c"}).encode()))
+    api.snapshots.last().callback(BIG_PNG)
+    assert len(transport.value()) < 2 * SlowReader.BUFFER  # the headers, not 2.7 MB
+    transport.read_all()
+    while transport.paused:
+        transport.read_all()
+    transport.read_all()
+    response = parse_response(transport.received)
+    assert response is not None and response.status == 200
+    assert len(response.body) == len(base64.b64encode(BIG_PNG)) + len('{"data":""}')

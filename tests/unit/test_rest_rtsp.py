@@ -194,3 +194,30 @@ def test_startup_with_a_url_urlsplit_refuses_is_400(api: RtspApi, uri: str) -> N
     response = api.call("POST", STARTUP, {"uri": uri})
     assert_wcs_error(response, 400, response.json()["message"], STARTUP)
     assert api.connector.attempts == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(STARTUP, {"uri": CAMERA, "toStream": "door"}), (TERMINATE, {"uri": CAMERA})],
+)
+def test_pull_methods_refuse_a_foreign_page(api: RtspApi, path: str, body: dict[str, str]) -> None:
+    if path == TERMINATE:
+        assert api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"}).status == 200
+    headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    response = api.call("POST", path, body, headers)
+    assert_wcs_error(response, 403, response.json()["message"], path)
+    assert len(api.pulls.find_all()) == (1 if path == TERMINATE else 0)
+    # The same request from the server's own page, or without a page (curl), is served.
+    same_host = {"Origin": "http://localhost:8081"}
+    assert api.call("POST", path, body, same_host).status == 200
+
+
+@pytest.mark.parametrize("path", [STARTUP, TERMINATE])
+def test_uri_the_url_parser_refuses_is_a_400(api: RtspApi, path: str) -> None:
+    """Found by the fuzz target http_request: urlsplit's own ValueError ("Invalid IPv6 URL")
+    escaped the URI check and was answered 500 with a traceback."""
+    uri = "rtsp://10[0.0.225=4/stream1"
+    response = api.call("POST", path, {"uri": uri, "toStream": "door"})
+    if path == STARTUP or response.status != 404:
+        assert_wcs_error(response, 400, response.json()["message"], path)
+    assert api.registry.get("door") is None

@@ -1,7 +1,8 @@
 """`/demo/...`: the demo pages and the WebSDK bundle are served, a missing SDK is explained, and no
 path leaves the demo folder or the SDK package. Routing goes through the real Site from build_site
 (raw HTTP over a StringTransport); file bodies through twisted.web's DummyRequest, which pumps the
-static file producer without a reactor."""
+static file producer without a reactor. Also wcs.web's small parsers: the Origin rule and client
+JSON."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from tests.unit.test_rest import Api, Response
 from wcs.config import Settings
-from wcs.web import resources
+from wcs.web import jsonin, resources
+from wcs.web.origin import Origin, OriginPolicy, host_of, parse_origin
 from wcs.web.resources import SDK_MISSING, WEBSDK_ENV, websdk_dir
 
 PAGES = ("two-way-streaming.html", "stream-snapshot.html")
@@ -255,3 +257,111 @@ def test_only_plain_demo_files_are_listed(tmp_path: Path, monkeypatch: pytest.Mo
     assert render(root, "/demo/page.html").code == 200
     for name in (".hidden.html", "notes.txt", "sub", "sub/inner.html"):
         assert render(root, f"/demo/{name}").code == 404, name
+
+
+# -- wcs.web.origin: the one Origin rule of WebSocket upgrades and state-changing REST ----------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://App.Example.com", Origin("https", "app.example.com", 443)),
+        ("https://app.example.com:443", Origin("https", "app.example.com", 443)),
+        ("http://127.0.0.1:8081", Origin("http", "127.0.0.1", 8081)),
+        ("http://[::1]:8081", Origin("http", "::1", 8081)),
+        ("http://example.com.", Origin("http", "example.com", 80)),
+        (b"http://a.example", Origin("http", "a.example", 80)),
+        ("null", None),
+        ("https://a.example/", None),  # an origin has no path
+        ("https://a.example:99999", None),
+        ("https://a.example:0", None),
+        ("https://a.example:²", None),  # ASCII digits only
+        ("https://a.example:8²", None),
+        ("https://user@a.example", None),
+        ("http://.:1", None),  # found by the fuzz target `origin`: an empty host
+        ("http://[]", None),
+        ("", None),
+        ("a.example", None),
+    ],
+)
+def test_parse_origin(value: str | bytes, expected: Origin | None) -> None:
+    assert parse_origin(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost:8081", "localhost"),
+        ("LOCALHOST", "localhost"),
+        ("[::1]:8080", "::1"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("a.example:²", None),
+        ("a.example:123456", None),
+        ("a b", None),
+        (".", None),
+        ("[]:80", None),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_host_of(value: str | None, expected: str | None) -> None:
+    assert host_of(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("allowed", "cors", "origin", "host", "ok"),
+    [
+        ((), "*", None, "a.example", True),  # not a browser page
+        ((), "*", "http://a.example:8081", "a.example:8080", True),  # same host, other port
+        ((), "*", "https://a.example", "a.example:8080", True),  # and other scheme
+        ((), "*", "https://b.example", "a.example:8080", False),
+        ((), "*", "https://a.example.b.example", "a.example", False),
+        ((), "*", "http://a.example", None, False),  # no Host: nothing to be the same as
+        ((), "*", "null", "a.example", False),
+        ((), "https://app.example", "https://app.example:443", "a.example", True),
+        ((), "https://app.example", "http://app.example", "a.example", False),
+        (("*",), "*", "https://anything.example", "a.example", True),
+        (("*",), "*", "null", "a.example", True),
+        (("https://app.example:8443",), "*", "https://app.example:8443", "a.example", True),
+        (("https://app.example:8443",), "*", "https://app.example", "a.example", False),
+        (("https://app.example:8443",), "*", "http://a.example", "a.example", False),  # listed only
+        (("http://app.example:80",), "*", "http://app.example", "x", True),
+    ],
+)
+def test_origin_policy(
+    allowed: tuple[str, ...], cors: str, origin: str | None, host: str | None, ok: bool
+) -> None:
+    refusal = OriginPolicy(allowed, cors).refusal(origin, host)
+    assert (refusal is None) == ok
+    if not ok:
+        assert refusal is not None and "not an allowed origin" in refusal
+
+
+# -- wcs.web.jsonin: client JSON with bounded nesting -------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("{}", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('{"a": "[[[[{{{{"}', 1),  # brackets in strings do not count
+        ('["\\"[[["]', 1),  # nor after an escaped quote
+        ('"unterminated [[[', 0),
+        ("[[[[", 4),  # invalid JSON: never less than a parser would reach
+        ('"\\' * 50_000, 0),  # linear, not a regex blow-up
+    ],
+)
+def test_nesting_depth(text: str, depth: int) -> None:
+    assert jsonin.nesting_depth(text) == depth
+
+
+def test_loads_bounds_nesting_and_names_every_failure() -> None:
+    assert jsonin.loads(b'{"a": [1]}') == {"a": [1]}
+    assert jsonin.loads("[" * 64 + "]" * 64) is not None
+    assert jsonin.loads('{"a": "\\u00e9"}'.encode("utf-16")) == {"a": "é"}
+    for bad, reason in (
+        ("[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+        ("[" * 200_000, "nested deeper than 64 levels"),
+        ("[1" + "0" * 5000 + "]", "Exceeds the limit"),
+        (b"\xff\xfe\xfd", "undecodable"),
+        ("{", "Expecting property name"),
+    ):
+        with pytest.raises(jsonin.JsonInputError, match=reason):
+            jsonin.loads(bad)

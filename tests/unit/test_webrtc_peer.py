@@ -18,7 +18,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.video.frame import VideoFrame
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent
+from twisted.logger import LogEvent, LogLevel, formatEvent
 
 from tests.unit.media_fixtures import h264_sample
 from wcs.media import h264
@@ -37,6 +37,7 @@ from wcs.webrtc.peer import (
     EncodedFrameTap,
     EncodedIngest,
     PeerError,
+    PlayPeer,
     PublishPeer,
     StreamTrack,
     choose_play_codec,
@@ -369,7 +370,7 @@ def test_bad_offer_fails_and_a_peer_that_never_connects_times_out() -> None:
         assert stream.keyframe_requester == peer.ingest.request_keyframe
         with pytest.raises(PeerError) as err:
             await peer.answer("this is not SDP").asFuture(asyncio.get_running_loop())
-        assert err.value.info == "Failed by error"
+        assert err.value.info == "Unusable SDP offer"
         clock.advance(ICE_TIMEOUT)
         assert failed == ["Failed by ICE timeout"] and connected == []
         await peer.close().asFuture(asyncio.get_running_loop())
@@ -407,3 +408,116 @@ def test_track_transcodes_h264_with_bframes() -> None:
         track.stop()
 
     run_track(body)
+
+
+# -- hostile offers and pictures (#6) -------------------------------------------------------------
+def _without(prefix: str) -> str:
+    return "\r\n".join(line for line in CHROME_OFFER.split("\r\n") if not line.startswith(prefix))
+
+
+_NO_VIDEO_CODECS = "\r\n".join(
+    line
+    for line in CHROME_OFFER.replace(
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 102", "m=video 9 UDP/TLS/RTP/SAVPF"
+    ).split("\r\n")
+    if not line.startswith(("a=rtpmap:9", "a=rtpmap:102", "a=fmtp:"))
+)
+
+# Real offers aiortc meets with an AssertionError, IndexError, AttributeError or KeyError (found by
+# mutating Chromium's offer; see the fuzz target websdk_frame), and the plain bad ones.
+BAD_OFFERS = {
+    "m=video without codecs (AssertionError)": _NO_VIDEO_CODECS,
+    "c= line without address (AssertionError)": CHROME_OFFER.replace(
+        "c=IN IP4 0.0.0.0", "c=IN IP4"
+    ),
+    "a=candidate cut short (AssertionError)": CHROME_OFFER.replace(
+        "a=rtcp-mux", "a=rtcp-mux\r\na=candidate:1 1 udp"
+    ),
+    "a=rtpmap without clock rate (IndexError)": CHROME_OFFER.replace(
+        "a=rtpmap:96 VP8/90000", "a=rtpmap:96 VP8"
+    ),
+    "a=rtcp-fb without value (IndexError)": CHROME_OFFER.replace(
+        "a=rtcp-mux", "a=rtcp-mux\r\na=rtcp-fb:96"
+    ),
+    "no a=setup (AttributeError)": _without("a=setup"),
+    "a=setup:holdconn (KeyError)": CHROME_OFFER.replace("a=setup:actpass", "a=setup:holdconn"),
+    "m=text (AttributeError, also on close)": CHROME_OFFER.replace(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=text 9 UDP/TLS/RTP/SAVPF 111"
+    ),
+    "no ice-ufrag (ValueError)": _without("a=ice-ufrag"),
+    "no media at all": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n",
+    "payload type U+00B2 (ValueError)": CHROME_OFFER.replace("a=rtpmap:96 ", "a=rtpmap:9\u00b2 "),
+}
+
+
+@pytest.mark.parametrize("kind", ["publish", "play"])
+@pytest.mark.parametrize("offer", list(BAD_OFFERS.values()), ids=list(BAD_OFFERS))
+def test_unusable_offer_is_a_peer_error_with_a_reason(
+    kind: str, offer: str, log_events: list[LogEvent]
+) -> None:
+    clock = Clock()
+    stream = Stream("cam", "WebRTC")
+    if kind == "play":
+        stream.set_video_params(VideoParams("VP8", 160, 96))
+    cls = PublishPeer if kind == "publish" else PlayPeer
+
+    async def body() -> None:
+        peer = cls(stream, clock, lambda: None, lambda info: None)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(PeerError) as err:
+            await peer.answer(offer).asFuture(loop)
+        if err.value.info != "No common codecs":  # a play offer without video says that
+            assert err.value.info == "Unusable SDP offer"
+        assert str(err.value)  # the reason, for the warning
+        await peer.close().asFuture(loop)  # never raises, even when aiortc's close does
+
+    run_track(body)
+    # Nothing above debug carries a traceback: an unusable offer is the client's fault.
+    assert not [e for e in log_events if e.get("log_failure") and e["log_level"] > LogLevel.debug]
+
+
+def test_h264_picture_above_the_limit_is_refused_until_parameters_fit(
+    log_events: list[LogEvent],
+) -> None:
+    big = h264_sample(bframes=False, seconds=1, size="640x480")
+    small = h264_sample(bframes=False, seconds=1)
+    clock = Clock()
+    stream = Stream("cam", "WebRTC", max_picture_pixels=320 * 240)
+    ingest, _ = ingest_for(stream, clock)
+    for unit in big.units:
+        ingest.video("H264", unit.data, int(unit.pts * unit.time_base * VIDEO_CLOCK))
+    # Nothing of it reached the stream: no parameters, no GOP, so no decoder is ever opened.
+    assert stream.video is None and stream.gop is None and stream.video_units == 0
+    assert stream.rejected_units == len(big.units)
+    refusals = [formatEvent(e) for e in log_events if "dropping malformed media" in formatEvent(e)]
+    assert len(refusals) == 1 and "640x480" in refusals[0] and "larger than" in refusals[0]
+    for unit in small.units:  # the publisher goes down to an acceptable size: accepted again
+        ingest.video("H264", unit.data, int(unit.pts * unit.time_base * VIDEO_CLOCK))
+    assert stream.video is not None and (stream.video.width, stream.video.height) == (320, 240)
+    assert stream.video_units == len(small.units)
+
+
+def test_vp8_picture_above_the_limit_is_refused() -> None:
+    frames = vp8_frames()
+    stream = Stream("cam", "WebRTC", max_picture_pixels=160 * 96 - 1)
+    ingest, _ = ingest_for(stream, Clock())
+    for i, data in enumerate(frames):
+        ingest.video("VP8", data, i * 3000)
+    assert stream.video is None and stream.gop is None and stream.video_units == 0
+    assert stream.rejected_units == len(frames)
+    with pytest.raises(ValueError, match="larger than"):
+        vp8_frame_info(frames[0], 160 * 96 - 1)
+
+
+def test_malformed_frame_is_dropped_and_the_publish_goes_on(log_events: list[LogEvent]) -> None:
+    frames = vp8_frames()
+    stream = Stream("cam", "WebRTC")
+    ingest, plis = ingest_for(stream, Clock())
+    ingest.video("VP8", frames[0], 0)
+    ingest.video("VP8", b"\x00\x00\x00not-a-keyframe", 3000)  # a keyframe tag, no start code
+    ingest.video("VP8", b"\x00" * (peer_mod.MAX_FRAME_BYTES + 1), 6000)
+    for i, data in enumerate(frames[1:], start=3):
+        ingest.video("VP8", data, i * 3000)
+    assert stream.rejected_units == 2 and plis.count >= 1
+    assert stream.video_units == len(frames) and not stream.ended
+    assert len([e for e in log_events if "dropping malformed media" in formatEvent(e)]) == 1

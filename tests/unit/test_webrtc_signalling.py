@@ -14,13 +14,17 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, formatEvent
+from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from tests.unit.test_rest import SlowReader, parse_response
+from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
+from wcs.config import Settings
 from wcs.media.units import MediaUnit
+from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamNotFound, StreamRegistry
 from wcs.webrtc.peer import PeerError
@@ -573,19 +577,32 @@ def test_close_all_does_not_wait_forever_for_a_peer(env: Env) -> None:
 class Wire:
     """Bytes to and from websocket_site(), as a wsproto client would exchange them."""
 
-    def __init__(self, env: Env, path: str = "/any/path/here") -> None:
-        proto = websocket_site(env.factory).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    def __init__(
+        self,
+        env: Env,
+        path: str = "/any/path/here",
+        *,
+        settings: Settings | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        transport: StringTransport | None = None,
+        accept: bool = True,
+    ) -> None:
+        site = websocket_site(env.factory, settings or Settings())
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert isinstance(proto, ByteBudget)
         self.proto: ByteBudget = proto
-        self.transport: StringTransport = StringTransport(
+        self.transport: StringTransport = transport or StringTransport(
             peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
         )
         self.proto.makeConnection(self.transport)
         self.ws: WSConnection = WSConnection(ConnectionType.CLIENT)
-        self.proto.dataReceived(self.ws.send(Request(host="localhost", target=path)))
-        self.ws.receive_data(self.transport.value())
+        request = Request(host="localhost", target=path, extra_headers=headers or [])
+        self.proto.dataReceived(self.ws.send(request))
+        self.handshake: bytes = self.transport.value()
+        self.ws.receive_data(self.handshake)
         self.transport.clear()
-        assert any(isinstance(e, AcceptConnection) for e in self.ws.events())
+        self.accepted = any(isinstance(e, AcceptConnection) for e in self.ws.events())
+        assert self.accepted == accept, self.handshake
 
     def send(self, message: str, obj: object) -> None:
         text = json.dumps({"message": message, "data": [obj]})
@@ -634,3 +651,278 @@ def test_many_small_messages_never_hit_the_budget(env: Env) -> None:
         wire.send("availableStream", {"mediaSessionId": "a", "name": "n" * 1000})
     assert not wire.transport.disconnecting
     assert len([m for m, _ in wire.received() if m == "availableStream"]) == count
+
+
+# -- hardening (#6) -------------------------------------------------------------------------------
+HEADER_DEADLINE = 10.0  # the issue's deadline for a request's headers
+DRAIN_DEADLINE = 30.0
+
+
+def rejected(wire: Wire) -> tuple[int, dict[str, Any]]:
+    response = parse_response(wire.handshake)
+    assert response is not None, wire.handshake
+    return response.status, response.json()
+
+
+@pytest.mark.parametrize(
+    ("origin", "settings", "accept"),
+    [
+        (None, Settings(), True),  # not a web page: aiortc, tools
+        ("http://localhost:8081", Settings(), True),  # the demo pages, served on http.port
+        ("https://LOCALHOST", Settings(), True),  # same host, any scheme and port
+        ("https://evil.example", Settings(), False),
+        ("null", Settings(), False),
+        ("https://evil.example", Settings(ws_allowed_origins=("*",)), True),
+        ("https://app.example", Settings(rest_access_control_allow_origin="https://app.example"),
+         True),
+        ("https://app.example:8443", Settings(ws_allowed_origins=("https://app.example:8443",)),
+         True),
+        ("http://localhost:8081", Settings(ws_allowed_origins=("https://app.example:8443",)),
+         False),
+    ],
+)  # fmt: skip
+def test_websocket_upgrade_checks_the_origin(
+    env: Env, origin: str | None, settings: Settings, accept: bool, log_events: list[LogEvent]
+) -> None:
+    headers = [("Origin", origin)] if origin else []
+    wire = Wire(env, settings=settings, headers=headers, accept=accept)
+    if accept:
+        wire.send("connection", {"appKey": "k"})
+        assert [m for m, _ in wire.received()] == ["getUserData", "getVersion"]
+        return
+    status, body = rejected(wire)
+    assert status == 403 and body["status"] == 403
+    assert f"Origin {origin} is not an allowed origin" in body["message"]
+    assert env.factory.sessions == set()
+    assert any("refused the WebSocket upgrade" in formatEvent(e) for e in log_events)
+
+
+def test_upgrade_request_trickling_in_is_cut_off_at_the_deadline(env: Env) -> None:
+    site = websocket_site(env.factory, Settings())
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert proto is not None
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    request = WSConnection(ConnectionType.CLIENT).send(Request(host="localhost", target="/"))
+    seconds = 0
+    for byte in request:
+        if transport.disconnecting:
+            break
+        proto.dataReceived(bytes([byte]))
+        env.clock.advance(1)
+        seconds += 1
+    assert transport.disconnected and seconds == HEADER_DEADLINE
+    assert env.factory.sessions == set()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"Content-Length: 10\r\n\r\n0123456789",
+        b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+)
+def test_upgrade_request_with_a_body_is_refused(env: Env, extra: bytes) -> None:
+    site = websocket_site(env.factory, Settings())
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert proto is not None
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    head = WSConnection(ConnectionType.CLIENT).send(Request(host="localhost", target="/"))
+    proto.dataReceived(head[:-2] + extra)  # the handshake's headers, then a body
+    response = parse_response(transport.value())
+    assert response is not None and response.status == 413
+    assert transport.disconnecting and env.factory.sessions == set()
+
+
+def test_an_unexpected_error_handling_a_message_drops_only_that_session(
+    env: Env, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    def broken(self: WebSDKSession, obj: Any) -> None:
+        raise KeyError("a bug some input reaches")
+
+    monkeypatch.setattr(WebSDKSession, "message_availableStream", broken)
+    wire = Wire(env)
+    other = Wire(env)
+    wire.send("connection", {"appKey": "k"})
+    other.send("connection", {"appKey": "k"})
+    wire.received(), other.received()
+    wire.send("availableStream", {"mediaSessionId": "a", "name": "n"})  # must not raise
+    assert wire.transport.disconnecting
+    assert any(
+        "closing session: KeyError: 'a bug some input reaches'" in formatEvent(e)
+        for e in log_events
+    )
+    other.send("ping", None)
+    assert other.received() == [("pong", [None])]
+
+
+def test_unusable_offer_is_failed_with_a_warning(env: Env, log_events: list[LogEvent]) -> None:
+    session, ws = env.session()
+    peer = publish(env, session)
+    peer.answer_d.errback(PeerError("Unusable SDP offer", "AssertionError: bad m-line"))
+    (status,) = ws.named("notifyStreamStatusEvent")
+    assert (status["status"], status["info"]) == ("FAILED", "Unusable SDP offer")
+    warnings = [e for e in log_events if e.get("log_level") == LogLevel.warn]
+    assert any("AssertionError: bad m-line" in formatEvent(e) for e in warnings)
+    assert not any(e.get("log_failure") is not None for e in log_events)  # no traceback
+
+
+def test_idle_publisher_terminated_by_the_hub_gets_its_final_status(env: Env) -> None:
+    """The hub's publish idle watchdog calls stream.terminate() (#6, finding 18): the SDK is told
+    the publish is over, with the stream's end reason, and the peer is closed."""
+    session, ws = env.session()
+    peer = publish(env, session)
+    peer.answer_d.callback("answer")
+    peer.on_connected()
+    ws.take()
+    stream = env.registry.get("cam")
+    assert stream is not None
+    stream.terminate()
+    (status,) = ws.named("notifyStreamStatusEvent")
+    assert status["status"] == "UNPUBLISHED" and status["info"] == stream.end_reason
+    assert status["mediaSessionId"] == "m1" and peer.closed == 1
+    assert session.media == {} and env.registry.get("cam") is None
+    peer.on_failed("Failed by ICE keep alive")  # the closed peer's late news: ignored
+    assert len(ws.frames) == 1
+
+
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
+
+
+def reassemble(ws: WSConnection, data: bytes) -> list[str]:
+    ws.receive_data(data)
+    out, text = [], ""
+    for event in ws.events():
+        if isinstance(event, TextMessage):
+            text += event.data
+            if event.message_finished:
+                out.append(text)
+                text = ""
+    return out
+
+
+def test_snapshot_result_is_produced_as_the_client_reads(env: Env) -> None:
+    transport = SlowReader()
+    wire = Wire(env, transport=transport)
+    wire.send("connection", {"appKey": "k"})
+    wire.send("snapshot", {"name": "cam", "mediaSessionId": "s1"})
+    transport.read_all()
+    env.snapshots.requests[0][1].callback(BIG_PNG)
+    # Two messages of 2.7 MB each are due; about one send buffer is queued.
+    assert transport.paused and len(transport.value()) < 3 * SlowReader.BUFFER
+    (session,) = env.factory.sessions
+    assert session._snapshots == 1  # in flight until written out
+    wire.send("ping", None)  # answered after the snapshot, never inside its fragments
+    while transport.paused:
+        transport.read_all()
+    transport.read_all()
+    assert transport.most_buffered < 3 * SlowReader.BUFFER and session._snapshots == 0
+    texts = reassemble(wire.ws, transport.received)
+    b64 = base64.b64encode(BIG_PNG).decode()
+    assert texts == [
+        encode_frame("getUserData", {"appKey": "k", "authToken": session.auth_token,
+                                     "status": "ESTABLISHED"}),
+        encode_frame("getVersion", SERVER_VERSION),
+        encode_frame("notifyStreamEvent", {"mediaSessionId": "s1", "name": "cam",
+                                           "type": "snapshotCompleted",
+                                           "payload": {"snapshot": b64}}),
+        encode_frame("notifyStreamStatusEvent", {"mediaSessionId": "s1", "name": "cam",
+                                                 "status": "SNAPSHOT_COMPLETE", "info": b64}),
+        encode_frame("pong", None),
+    ]  # fmt: skip
+
+
+def test_session_that_stops_reading_is_dropped_after_the_drain_deadline(
+    env: Env, log_events: list[LogEvent]
+) -> None:
+    transport = SlowReader()
+    wire = Wire(env, transport=transport)
+    wire.send("connection", {"appKey": "k"})
+    wire.send("snapshot", {"name": "cam", "mediaSessionId": "s1"})
+    env.snapshots.requests[0][1].callback(BIG_PNG)
+    assert transport.paused
+    env.clock.advance(DRAIN_DEADLINE)
+    assert transport.disconnected
+    assert any("output not read by the client for 30 s" in formatEvent(e) for e in log_events)
+    wire.proto.connectionLost(Failure(ConnectionDone()))
+    assert env.factory.sessions == set() and env.clock.getDelayedCalls() == []
+
+
+def test_messages_queued_for_a_client_that_does_not_read_are_bounded(
+    env: Env, log_events: list[LogEvent]
+) -> None:
+    transport = SlowReader()
+    wire = Wire(env, transport=transport)
+    wire.send("connection", {"appKey": "k"})
+    wire.send("snapshot", {"name": "cam", "mediaSessionId": "s1"})
+    env.snapshots.requests[0][1].callback(BIG_PNG)
+    assert transport.paused
+    (session,) = env.factory.sessions
+    unknown = "x" * 250  # each answered with a ~550-byte `fail`
+    for _ in range(5000):  # ~2.7 MB of answers to a client that reads nothing
+        if session._closing:
+            break
+        wire.send(unknown, {})
+    assert session._closing
+    assert any("client is not reading" in formatEvent(e) for e in log_events)
+    env.clock.advance(10)  # a close that cannot be written is cut short
+    assert transport.disconnected
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"Host: other.example\r\n", b"Connection: Upgrade, \xd7\xa9\r\n"],
+    ids=["two Host headers (h11)", "non-ASCII Connection (wsproto)"],
+)
+def test_upgrade_request_the_handshake_refuses_is_a_400_not_a_traceback(
+    env: Env, extra: bytes, log_events: list[LogEvent]
+) -> None:
+    """Found by the fuzz target ws_upgrade: h11's LocalProtocolError and wsproto's
+    UnicodeDecodeError are not caught by twisted.web.websocket (a logged traceback and a 500)."""
+    site = websocket_site(env.factory, Settings())
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert proto is not None
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    head = WSConnection(ConnectionType.CLIENT).send(Request(host="localhost", target="/"))
+    proto.dataReceived(head[:-2] + extra + b"\r\n")
+    response = parse_response(transport.value())
+    assert response is not None and response.status == 400
+    assert response.json()["message"].startswith("Bad WebSocket upgrade request")
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+    assert env.factory.sessions == set()
+
+
+def test_ping_after_our_close_aborts_quietly(env: Env, log_events: list[LogEvent]) -> None:
+    """Found by the fuzz target ws_upgrade: a client's ping after the server's Close made
+    twisted.web.websocket answer with a Pong wsproto refuses (LocalProtocolError)."""
+    wire = Wire(env)
+    wire.send("connection", {"appKey": "k"})
+    wire.proto.dataReceived(wire.ws.send(TextMessage(data="{not json")))  # we close
+    assert wire.transport.disconnecting
+    wire.proto.dataReceived(b"\x89\x80\x00\x00\x00\x00")  # a masked, empty ping
+    assert wire.transport.disconnected
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+
+
+def test_rtsp_names_the_url_parser_refuses(env: Env, log_events: list[LogEvent]) -> None:
+    """An rtsp:// name urlsplit refuses (ValueError of its own, not the pull's PullUriError):
+    playStream is FAILED and a snapshot fails; the session stays, nothing is stuck."""
+    pulls = PullManager(env.registry, env.clock, connector=FakeConnector())
+    env.factory.rtsp_pull = pulls.stream_for_player
+    env.factory.resolve_name = pulls.resolve
+    session, ws = env.session()
+    bad = "rtsp://10[0.0.225=4/stream1"
+    send(session, "playStream", {"mediaSessionId": "p1", "name": bad, "sdp": OFFER})
+    (status,) = ws.named("notifyStreamStatusEvent")
+    assert (status["status"], status["info"]) == ("FAILED", "Rtsp has wrong format")
+    send(session, "snapshot", {"name": bad, "mediaSessionId": "s1"})
+    # No pull has that name: it is looked up as it is, and no stream has it either.
+    [(asked, d)] = env.snapshots.requests
+    assert asked == bad
+    d.errback(StreamNotFound(bad))
+    assert ws.named("notifyStreamEvent")[0]["payload"]["info"] == "Stream not found"
+    assert ws.closed_with is None and session.media == {} and session._snapshots == 0
+    assert not [e for e in log_events if e.get("log_failure") is not None]

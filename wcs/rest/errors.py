@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from twisted.web.http import RESPONSES
@@ -10,6 +11,7 @@ _EXCEPTION = "com.flashphoner.rest.server.exception."
 _EXCEPTIONS = {
     400: "BadRequestException",
     401: "UnauthorizedException",
+    403: "ForbiddenException",
     404: "NotFoundException",
     405: "MethodNotAllowedException",
     409: "ConflictException",
@@ -43,3 +45,8 @@ def error_body(
         "timestamp": ts,
         "status": status,
     }
+
+
+def error_json(status: int, message: str, path: str) -> bytes:
+    """The WCS error object as the compact JSON bytes every REST error answers with."""
+    return json.dumps(error_body(status, message, path), separators=(",", ":")).encode("utf-8")

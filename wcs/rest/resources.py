@@ -2,66 +2,195 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
 
 from wcs.config import Settings
-from wcs.rest.errors import RestError, error_body
+from wcs.guard import describe
+from wcs.rest.errors import RestError, error_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import InvalidName, NameInUse, Stream, StreamNotFound, StreamRegistry
+from wcs.web import jsonin
+from wcs.web.channel import GuardedSite, peer_of
+from wcs.web.origin import OriginPolicy
 from wcs.web.resources import build_demo
+from wcs.web.spliced import Base64Json, base64_json
 
 log = Logger(namespace="wcs.rest")
 
 MAX_BODY = 64 * 1024
 REST_PREFIX = b"rest-api"
+# A wrong password is answered after this long (the reactor serves others meanwhile), so one
+# connection guesses at most once a second; failures are logged at most once per interval.
+LOGIN_FAILURE_DELAY = 1.0
+LOGIN_FAILURE_LOG_INTERVAL = 10.0
 
 Handler = Callable[[server.Request, dict[str, Any]], Any]
-
-
-class LimitedRequest(server.Request):
-    """A Request that keeps at most MAX_BODY bytes of body in memory and remembers the excess."""
-
-    body_too_large = False
-    _body_bytes = 0
-
-    def gotLength(self, length: int | None) -> None:
-        super().gotLength(0)  # always an in-memory buffer: we never keep more than MAX_BODY
-        if length is not None and length > MAX_BODY:
-            self.body_too_large = True
-
-    def handleContentChunk(self, data: bytes) -> None:
-        self._body_bytes += len(data)
-        if self._body_bytes > MAX_BODY:
-            self.body_too_large = True
-            return
-        super().handleContentChunk(data)
 
 
 def _json_bytes(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
+def _send(request: server.Request, status: int, body: bytes) -> None:
+    """Finish a NOT_DONE_YET request with a JSON body, unless its client has gone."""
+    if request.finished or request.channel is None:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+@implementer(IPushProducer)
+class SplicedBodyProducer:
+    """Writes a Base64Json response chunk by chunk while the client reads: a slow client holds
+    the shared PNG and one chunk, and the channel's drain deadline drops one that stops."""
+
+    def __init__(self, request: server.Request, body: Base64Json) -> None:
+        self.request = request
+        self._chunks = body.chunks()
+        self._length = len(body)
+        self._paused = False
+        self._done = False
+
+    def start(self) -> None:
+        request = self.request
+        request.setResponseCode(http.OK)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % self._length)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        request.registerProducer(self, True)  # may pause us at once: the client is not reading
+        self._produce()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def _produce(self) -> None:
+        # A write may pause us at once (the transport's buffer is full): check every time.
+        while not self._paused and not self._done:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+                self.request.unregisterProducer()
+                self.request.finish()
+                return
+            self.request.write(chunk)
+
+    def stopProducing(self) -> None:
+        self._done = True
+        self._chunks = iter(())
+
+
+class LoginThrottle:
+    """Failed REST logins of one server: each answered late, logged rate-limited."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        delay: float = LOGIN_FAILURE_DELAY,
+        log_interval: float = LOGIN_FAILURE_LOG_INTERVAL,
+    ) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.log_interval = log_interval
+        self.failures = 0
+        self._unlogged = 0
+        self._window: IDelayedCall | None = None
+
+    def answer_later(self, request: server.Request, answer: Callable[[], None]) -> int:
+        """Count and log the failure; run `answer` after the delay (not if the client left)."""
+        self._failed(request)
+        call = self.clock.callLater(self.delay, answer)
+
+        def gone(_: object) -> None:
+            if call.active():
+                call.cancel()
+
+        request.notifyFinish().addErrback(gone)
+        return server.NOT_DONE_YET
+
+    def _failed(self, request: server.Request) -> None:
+        self.failures += 1
+        if self._window is not None:
+            self._unlogged += 1
+            return
+        log.warn(
+            "REST: failed login from {peer} (user {user!r}); further failures are counted "
+            "for {interval:g} s",
+            peer=peer_of(request.channel.transport if request.channel else None),
+            user=request.getUser().decode("utf-8", "replace")[:100],
+            interval=self.log_interval,
+        )
+        self._window = self.clock.callLater(self.log_interval, self._flush)
+
+    def _flush(self) -> None:
+        self._window = None
+        count, self._unlogged = self._unlogged, 0
+        if count:
+            log.warn(
+                "REST: {count} more failed logins in the last {interval:g} s",
+                count=count,
+                interval=self.log_interval,
+            )
+            self._window = self.clock.callLater(self.log_interval, self._flush)
+
+
+class BadLogin(RestError):
+    """Credentials were sent and are wrong: answered after LoginThrottle's delay."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "Unauthorized")
+
+
+class Doors:
+    """What every endpoint of one server shares: the login throttle and the origin rule."""
+
+    def __init__(self, settings: Settings, clock: IReactorTime) -> None:
+        self.logins = LoginThrottle(clock)
+        self.origins = OriginPolicy.from_settings(settings)
+
+
 class JsonEndpoint(Resource):
-    """One REST method: CORS, optional Basic auth, method and body checks, JSON errors."""
+    """One REST method: CORS, optional Basic auth, method and body checks, JSON errors.
+
+    `changes_state` endpoints also refuse a browser page of a foreign origin (see OriginPolicy):
+    with the default CORS `*`, any page could otherwise POST to them as a simple request.
+    """
 
     isLeaf = True
 
-    def __init__(self, settings: Settings, handler: Handler, methods: tuple[str, ...] = ("POST",)):
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        methods: tuple[str, ...] = ("POST",),
+        *,
+        doors: Doors,
+        changes_state: bool = False,
+    ):
         super().__init__()
         self.settings = settings
         self.handler = handler
         self.methods = methods
+        self.doors = doors
+        self.changes_state = changes_state
 
     def render(self, request: server.Request) -> bytes | int:
         set_cors(request, self.settings, self.methods)
@@ -72,18 +201,42 @@ class JsonEndpoint(Resource):
             request.setResponseCode(http.OK)
             return b""
         try:
+            self._check_origin(request)
             self._check_auth(request)
             if method not in self.methods:
                 request.setHeader(b"Allow", ", ".join(self.methods).encode())
                 raise RestError(405, f"Request method '{method}' is not supported")
             body = self._body(request) if method == "POST" else {}
             result = maybeDeferred(self.handler, request, body)
+        except BadLogin:
+            return self.doors.logins.answer_later(
+                request, lambda: _send(request, 401, self._error(request, 401, "Unauthorized"))
+            )
         except RestError as err:
             return self._error(request, err.status, err.message)
+        except Exception:
+            # A bug, whatever the input: the WCS 500 JSON, never Twisted's HTML page.
+            log.failure("REST {path} failed", path=request.path)
+            return self._error(request, 500, "Internal Server Error")
         result.addCallbacks(
             self._respond, self._respond_error, callbackArgs=(request,), errbackArgs=(request,)
         )
         return server.NOT_DONE_YET
+
+    def _check_origin(self, request: server.Request) -> None:
+        if not self.changes_state:
+            return
+        host = request.getHeader(b"host")
+        for origin in request.requestHeaders.getRawHeaders(b"origin") or []:
+            refusal = self.doors.origins.refusal(origin, host)
+            if refusal is not None:
+                log.warn(
+                    "REST {path}: refused a request from {peer}: {refusal}",
+                    path=(request.path or b"").decode("utf-8", "replace"),
+                    peer=peer_of(request.channel.transport if request.channel else None),
+                    refusal=refusal,
+                )
+                raise RestError(403, f"{refusal} for this method (see ws_allowed_origins)")
 
     def _check_auth(self, request: server.Request) -> None:
         if self.settings.disable_rest_auth:
@@ -97,18 +250,19 @@ class JsonEndpoint(Resource):
             and hmac.compare_digest(password, expected_password)
         ):
             request.setHeader(b"WWW-Authenticate", b'Basic realm="wcs"')
-            raise RestError(401, "Unauthorized")
+            if request.getHeader(b"authorization") is not None:
+                raise BadLogin()  # a guess: answered late
+            raise RestError(401, "Unauthorized")  # no credentials yet: the usual challenge
 
     def _body(self, request: server.Request) -> dict[str, Any]:
-        if getattr(request, "body_too_large", False):
-            raise RestError(413, f"Request body larger than {MAX_BODY} bytes")
+        # The channel has refused any body over MAX_BODY before reading it.
         assert request.content is not None
         raw = request.content.read()
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as err:
+            body = jsonin.loads(raw)
+        except ValueError as err:
             raise RestError(400, f"Malformed JSON: {err}") from None
         if not isinstance(body, dict):
             raise RestError(400, "Request body must be a JSON object")
@@ -117,30 +271,38 @@ class JsonEndpoint(Resource):
     def _respond(self, result: object, request: server.Request) -> None:
         if request.finished or request.channel is None:
             return
-        request.setResponseCode(http.OK)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.write(_json_bytes(result))
-        request.finish()
+        if isinstance(result, Base64Json):
+            SplicedBodyProducer(request, result).start()
+            return
+        _send(request, http.OK, _json_bytes(result))
 
     def _respond_error(self, failure: Failure, request: server.Request) -> None:
         if failure.check(RestError):
             err = failure.value
             assert isinstance(err, RestError)
             status, message = err.status, err.message
+        elif isinstance(failure.value, ValueError):
+            # A parser refused something of the request (as wcs.guard has it: expected, and
+            # specific): the client's error, not ours.
+            status, message = 400, str(failure.value) or "Bad request"
+            log.warn(
+                "REST {path}: bad request: {reason}",
+                path=(request.path or b"").decode("utf-8", "replace"),
+                reason=describe(failure.value),
+            )
         else:
             log.failure("REST {path} failed", failure, path=request.path)
             status, message = 500, "Internal Server Error"
         if request.finished or request.channel is None:
             return
-        request.write(self._error(request, status, message))
-        request.finish()
+        _send(request, status, self._error(request, status, message))
 
     @staticmethod
     def _error(request: server.Request, status: int, message: str) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         path = (request.path or b"").decode("utf-8", "replace")
-        return _json_bytes(error_body(status, message, path))
+        return error_json(status, message, path)
 
 
 def set_cors(request: server.Request, settings: Settings, methods: tuple[str, ...]) -> None:
@@ -194,15 +356,16 @@ class StreamApi:
         self.snapshots = snapshots
         self.pulls = pulls
 
-    def snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[dict[str, str]]:
+    def snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[Base64Json]:
         name = _required_str(body, "streamName")
         if self.pulls is not None:
             # As in WCS, a pulled camera's stream may be named by its rtsp:// URI.
             name = self.pulls.resolve(name)
         d = self.snapshots.take(name)
 
-        def encoded(png: bytes) -> dict[str, str]:
-            return {"data": base64.b64encode(png).decode("ascii")}
+        def encoded(png: bytes) -> Base64Json:
+            # {"data": "<base64>"}, streamed from the shared PNG rather than joined here.
+            return base64_json(lambda data: json.dumps({"data": data}, separators=(",", ":")), png)
 
         def translate(failure: Failure) -> NoReturn:
             if failure.check(StreamNotFound):
@@ -298,24 +461,32 @@ def build_rest_tree(
     settings: Settings,
     registry: StreamRegistry,
     snapshots: SnapshotService,
+    clock: IReactorTime,
     pulls: PullManager | None = None,
 ) -> Resource:
     """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
+    doors = Doors(settings, clock)
     api = StreamApi(registry, snapshots, pulls)
+
+    def endpoint(
+        handler: Handler, methods: tuple[str, ...] = ("POST",), changes_state: bool = False
+    ) -> JsonEndpoint:
+        return JsonEndpoint(settings, handler, methods, doors=doors, changes_state=changes_state)
+
     rest = Branch(settings)
     stream = Branch(settings)
     rest.putChild(b"stream", stream)
-    stream.putChild(b"snapshot", JsonEndpoint(settings, api.snapshot))
-    stream.putChild(b"find", JsonEndpoint(settings, api.find))
-    stream.putChild(b"find_all", JsonEndpoint(settings, api.find_all, ("GET", "POST")))
-    stream.putChild(b"terminate", JsonEndpoint(settings, api.terminate))
+    stream.putChild(b"snapshot", endpoint(api.snapshot))
+    stream.putChild(b"find", endpoint(api.find))
+    stream.putChild(b"find_all", endpoint(api.find_all, ("GET", "POST")))
+    stream.putChild(b"terminate", endpoint(api.terminate, changes_state=True))
     if pulls is not None:
         rtsp_api = RtspApi(pulls)
         rtsp = Branch(settings)
         rest.putChild(b"rtsp", rtsp)
-        rtsp.putChild(b"startup", JsonEndpoint(settings, rtsp_api.startup))
-        rtsp.putChild(b"find_all", JsonEndpoint(settings, rtsp_api.find_all, ("GET", "POST")))
-        rtsp.putChild(b"terminate", JsonEndpoint(settings, rtsp_api.terminate))
+        rtsp.putChild(b"startup", endpoint(rtsp_api.startup, changes_state=True))
+        rtsp.putChild(b"find_all", endpoint(rtsp_api.find_all, ("GET", "POST")))
+        rtsp.putChild(b"terminate", endpoint(rtsp_api.terminate, changes_state=True))
     return rest
 
 
@@ -326,11 +497,18 @@ def build_site(
     reactor: Any = None,
     pulls: PullManager | None = None,
 ) -> server.Site:
-    """The HTTP(S) site; idle connections are closed after 60 s on `reactor`'s clock."""
+    """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     root = Resource()
-    root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots, pulls))
+    root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots, reactor, pulls))
     root.putChild(b"demo", build_demo(settings))
-    site = server.Site(root, timeout=60, reactor=reactor)
-    site.requestFactory = LimitedRequest
-    site.displayTracebacks = False
-    return site
+    cors = settings.rest_access_control_allow_origin
+    return GuardedSite(
+        root,
+        reactor=reactor,
+        max_body=MAX_BODY,
+        refusal_headers=[(b"Access-Control-Allow-Origin", cors.encode())] if cors else [],
+    )

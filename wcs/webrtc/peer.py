@@ -32,10 +32,12 @@ from av.video.frame import VideoFrame
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from wcs.guard import describe
 from wcs.media import h264
 from wcs.media.decoder import DECODERS
-from wcs.media.units import MediaUnit, VideoParams
+from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 from wcs.snapshot.service import PoolRunner
 from wcs.streams import Stream
 
@@ -60,12 +62,18 @@ RELAY_CODECS = ("H264", "VP8")
 # How long a player of a just-published stream waits for its first video frame (to learn the
 # codec) before answering with the browser's preferred codec.
 SOURCE_CODEC_WAIT = 5.0
+_NO_PIXEL_LIMIT = 1 << 62
 
 INFO_ICE_TIMEOUT = "Failed by ICE timeout"
 INFO_ICE_ERROR = "Failed by ICE error"
 INFO_KEEP_ALIVE = "Failed by ICE keep alive"
 INFO_NO_COMMON_CODECS = "No common codecs"
+INFO_BAD_OFFER = "Unusable SDP offer"
 INFO_ERROR = "Failed by error"
+
+
+class PictureTooLarge(ValueError):
+    """A picture above the stream's max_picture_pixels: its video is refused, not decoded."""
 
 
 class PeerError(Exception):
@@ -77,8 +85,11 @@ class PeerError(Exception):
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
-def vp8_frame_info(data: bytes) -> tuple[bool, int, int]:
-    """(keyframe, width, height) of a VP8 frame (RFC 6386 9.1); sizes are 0 for inter frames."""
+def vp8_frame_info(data: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> tuple[bool, int, int]:
+    """(keyframe, width, height) of a VP8 frame (RFC 6386 9.1); sizes are 0 for inter frames.
+
+    A keyframe of more than `max_pixels` is refused (ValueError), as parse_sps refuses an SPS.
+    """
     if len(data) < 3:
         raise ValueError("VP8 frame shorter than its 3-byte tag")
     if data[0] & 1:
@@ -89,6 +100,8 @@ def vp8_frame_info(data: bytes) -> tuple[bool, int, int]:
     height = int.from_bytes(data[8:10], "little") & 0x3FFF
     if not width or not height:
         raise ValueError("VP8 keyframe with a zero dimension")
+    if width * height > max_pixels:
+        raise PictureTooLarge(f"VP8 picture {width}x{height} is larger than {max_pixels} pixels")
     return True, width, height
 
 
@@ -117,11 +130,20 @@ def choose_play_codec(offered: list[str], source: str | None) -> str | None:
     return None
 
 
+def _has_codec(stream: Stream, codec: str) -> bool:
+    return stream.video is not None and stream.video.codec == codec
+
+
 class EncodedIngest:
     """Turns a publisher's depayloaded frames into MediaUnits on its Stream.
 
     Reactor thread only. Also decides when to ask the publisher for a keyframe: at the start,
     after an undecodable frame, and when the current GOP grows past KEYFRAME_INTERVAL.
+
+    A malformed frame is dropped (`Stream.reject_unit`: counted, logged once per stream) and the
+    publish goes on. A picture larger than the stream's max_picture_pixels is refused the same
+    way, and so is every frame after it until parameters of an acceptable size arrive: nothing
+    of it reaches the stream, so no decoder is ever opened for it.
     """
 
     def __init__(
@@ -132,7 +154,7 @@ class EncodedIngest:
         self._clock = clock
         self._last_pli = float("-inf")
         self._last_key_ts: int | None = None
-        self._warned: set[str] = set()
+        self._refused: str | None = None  # why the current video is refused, if it is
         self.frames = 0
         self.dropped = 0
         self.plis = 0
@@ -145,16 +167,14 @@ class EncodedIngest:
         self.plis += 1
         self._send_pli()
 
-    def _warn_once(self, key: str, message: str, **fields: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warn(message, stream_name=self.stream.name, **fields)
+    def _reject(self, reason: str) -> None:
+        self.dropped += 1
+        self.stream.reject_unit(reason)
 
     def video(self, codec: str, data: bytes, timestamp: int) -> None:
         """One depayloaded video frame; `timestamp` in 90 kHz units from the first frame."""
         if len(data) > MAX_FRAME_BYTES:
-            self.dropped += 1
-            self._warn_once("size", "stream {stream_name}: dropping oversized video frames")
+            self._reject(f"{codec} frame of {len(data)} bytes (at most {MAX_FRAME_BYTES})")
             self.request_keyframe()
             return
         try:
@@ -166,17 +186,19 @@ class EncodedIngest:
                 if self.stream.video is None or self.stream.video.codec != codec:
                     self.stream.set_video_params(VideoParams(codec=codec))
                 return
+        except PictureTooLarge as err:
+            self._refuse_video(str(err))
+            return
         except ValueError as err:  # H264Error is a ValueError
-            unit = None
-            self._warn_once(
-                "bad",
-                "stream {stream_name}: undecodable {codec} frame: {err}",
-                codec=codec,
-                err=err,
-            )
-        if unit is None:
-            self.dropped += 1
+            self._reject(f"undecodable {codec} frame: {err}")
             self.request_keyframe()
+            return
+        if unit is None:
+            if self._refused is not None:
+                self._reject(f"video refused: {self._refused}")
+            else:
+                self.dropped += 1  # nothing decodable yet (no parameters, no keyframe)
+                self.request_keyframe()
             return
         self.frames += 1
         if unit.keyframe:
@@ -188,6 +210,14 @@ class EncodedIngest:
             self.request_keyframe()
         self.stream.push(unit)
 
+    def _refuse_video(self, reason: str) -> None:
+        """Parameters of a picture too large: drop them and every frame until new ones; forget
+        any picture from before (what follows would not decode with its parameters)."""
+        if self._refused is None:
+            self.stream.clear_video()
+        self._refused = reason
+        self._reject(f"video refused: {reason}")
+
     def _h264(self, data: bytes, ts: int) -> MediaUnit | None:
         nals = h264.split_annexb(data)
         if not nals:
@@ -198,8 +228,22 @@ class EncodedIngest:
         extradata = h264.to_annexb([*sps, *pps]) if sps and pps else b""
         video = self.stream.video
         # Browsers repeat SPS/PPS before every keyframe: parse them only when they change.
-        if extradata and (video is None or video.codec != "H264" or video.extradata != extradata):
-            info = h264.parse_sps(sps[0])
+        if extradata and (
+            self._refused is not None
+            or video is None
+            or video.codec != "H264"
+            or video.extradata != extradata
+        ):
+            try:
+                info = h264.parse_sps(sps[0], max_pixels=self.stream.max_picture_pixels)
+            except h264.H264Error as err:
+                # Too large, or malformed? Only a well-formed SPS parses without the limit.
+                try:
+                    h264.parse_sps(sps[0], max_pixels=_NO_PIXEL_LIMIT)
+                except h264.H264Error:
+                    raise err from None
+                raise PictureTooLarge(str(err)) from None
+            self._refused = None
             video = VideoParams(
                 codec="H264",
                 width=info.width,
@@ -216,14 +260,17 @@ class EncodedIngest:
                 height=info.height,
                 profile=video.profile,
             )
-        if video is None or video.codec != "H264" or not video.extradata:
-            return None  # no SPS/PPS yet: nothing here can be decoded
+        if self._refused is not None or video is None or video.codec != "H264":
+            return None  # refused, or no SPS/PPS yet: nothing here can be decoded
+        if not video.extradata:
+            return None
         keyframe = h264.NAL_IDR in types
         return MediaUnit("video", "H264", ts, ts, keyframe, data, VIDEO_TIME_BASE)
 
     def _vp8(self, data: bytes, ts: int) -> MediaUnit | None:
-        keyframe, width, height = vp8_frame_info(data)
+        keyframe, width, height = vp8_frame_info(data, self.stream.max_picture_pixels)
         if keyframe:
+            self._refused = None
             params = VideoParams(codec="VP8", width=width, height=height)
             if self.stream.video != params:
                 self.stream.set_video_params(params)
@@ -234,7 +281,7 @@ class EncodedIngest:
                     width=width,
                     height=height,
                 )
-        elif self.stream.video is None or self.stream.video.codec != "VP8":
+        elif self._refused is not None or not _has_codec(self.stream, "VP8"):
             return None
         return MediaUnit("video", "VP8", ts, ts, keyframe, data, VIDEO_TIME_BASE)
 
@@ -340,8 +387,19 @@ class _Peer:
             raise
         except OperationError as err:
             raise PeerError(INFO_NO_COMMON_CODECS, str(err)) from err
-        except (ValueError, InternalError, InvalidStateError) as err:
-            raise PeerError(INFO_ERROR, f"bad offer: {err}") from err
+        except Exception as err:
+            # The offer is the browser's input, and aiortc meets a malformed one with whatever
+            # it trips on (AssertionError for an m-line without codecs or a bad c= line,
+            # IndexError for a short a=rtpmap, AttributeError without a=setup, KeyError...):
+            # an unusable offer, for the client and the log alike.
+            if not isinstance(err, ValueError | InternalError | InvalidStateError):
+                log.debug(
+                    "WebRTC {role} {stream_name}: offer rejected by aiortc",
+                    role=self.role,
+                    stream_name=self.stream.name,
+                    log_failure=Failure(),
+                )
+            raise PeerError(INFO_BAD_OFFER, describe(err)) from err
         description = self.pc.localDescription
         assert description is not None
         return description.sdp
@@ -393,7 +451,19 @@ class _Peer:
         self.closed = True
         self._cancel_timer()
         self._closing()
-        return _future(self.pc.close())
+        return _future(self._close_pc())
+
+    async def _close_pc(self) -> None:
+        try:
+            await self.pc.close()
+        except Exception as err:
+            # aiortc can trip over the half-applied state a malformed offer left behind.
+            log.warn(
+                "WebRTC {role} {stream_name}: closing the peer connection: {reason}",
+                role=self.role,
+                stream_name=self.stream.name,
+                reason=describe(err),
+            )
 
     def _closing(self) -> None:
         """Hook: detach from the stream."""
@@ -420,7 +490,7 @@ class PublishPeer(_Peer):
 
     async def _after_offer(self) -> None:
         if not self.pc.getTransceivers():
-            raise PeerError(INFO_ERROR, "the offer has no audio or video")
+            raise PeerError(INFO_BAD_OFFER, "the offer has no audio or video")
         for transceiver in self.pc.getTransceivers():
             receiver = transceiver.receiver
             if transceiver.kind == "video":

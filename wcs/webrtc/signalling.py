@@ -6,24 +6,37 @@ WebRTC streams (peers from wcs.webrtc.peer), takes snapshots and answers keepali
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import h11
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.server import Request, Site
+from twisted.web import http
+from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import ProtocolError as WsProtocolError
+from zope.interface import implementer
 
+from wcs.config import Settings
+from wcs.guard import describe, guarded
+from wcs.rest.errors import error_json
 from wcs.snapshot.service import PoolRunner, SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamError, StreamNotFound, StreamRegistry
+from wcs.web import jsonin
+from wcs.web.channel import GuardedSite, peer_of
+from wcs.web.origin import OriginPolicy
+from wcs.web.spliced import Base64Json, base64_json
 
 log = Logger(namespace="wcs.webrtc")
 
@@ -39,8 +52,15 @@ MAX_ID_CHARS = 256
 PING_INTERVAL = 10.0
 # No frame at all from the client (pongs included) for this long closes the session.
 KEEPALIVE_TIMEOUT = 35.0
-HTTP_TIMEOUT = 30.0  # for the upgrade request itself
+HTTP_TIMEOUT = 30.0  # an idle connection that has not sent its upgrade request
 SHUTDOWN_TIMEOUT = 5.0
+# Messages waiting while the client does not read (snapshot results are not counted: they wait
+# as a reference to the shared PNG, at most MAX_SNAPSHOTS_IN_FLIGHT of them). Past this the
+# client is not reading at all; a buffer that stays full for 30 s also closes the connection
+# (wcs.web.channel's drain deadline).
+MAX_QUEUED_TEXT = 1024 * 1024
+# A session closed by us whose socket has not closed by then is aborted.
+CLOSE_TIMEOUT = 10.0
 
 # Client messages that need no answer: logs, stats, mute notices, debug switches.
 IGNORED = frozenset(
@@ -65,7 +85,7 @@ INFO_MSID_IN_USE = "MediaSessionId is already in use"
 INFO_ERROR = "Failed by error"
 
 
-class SignallingError(Exception):
+class SignallingError(ValueError):
     """A frame that is not a WebSDK message at all: the socket is closed."""
 
 
@@ -77,17 +97,19 @@ class RtspPullUnavailable(StreamError):
     info = "RTSP pull is not available yet"
 
 
+class RtspWrongFormat(StreamError):
+    info = "Rtsp has wrong format"
+
+
 # -- frames ---------------------------------------------------------------------------------------
 def parse_frame(text: str) -> tuple[str, Any]:
     """(message name, first data item) of one client frame; raises SignallingError."""
     if len(text) > MAX_MESSAGE_BYTES:
         raise SignallingError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
     try:
-        frame = json.loads(text)
-    except ValueError as err:  # JSONDecodeError, and RecursionError's cousin for deep nesting
+        frame = jsonin.loads(text)
+    except ValueError as err:
         raise SignallingError(f"malformed JSON: {err}") from None
-    except RecursionError:
-        raise SignallingError("JSON nested too deeply") from None
     if not isinstance(frame, dict):
         raise SignallingError("frame is not a JSON object")
     name = frame.get("message")
@@ -170,6 +192,137 @@ class SnapshotTaker(Protocol):
     def take(self, name: str) -> Deferred[bytes]: ...
 
 
+# -- output ---------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Spliced:
+    body: Base64Json
+    done: Callable[[], None]
+
+
+def _fragments(body: Base64Json) -> Iterator[tuple[str, bool]]:
+    """The text of one message in pieces, each flagged whether it is the last."""
+    chunks = body.chunks()
+    previous = next(chunks, b"")
+    for chunk in chunks:
+        yield previous.decode("utf-8"), False
+        previous = chunk
+    yield previous.decode("utf-8"), True
+
+
+@implementer(IPushProducer)
+class Outbox:
+    """What one session sends, in order, written only while the client reads.
+
+    The HTTP channel under the WebSocket is the transport's producer and passes its pause and
+    resume on to this object. A snapshot result goes out as a fragmented text message produced
+    from the shared PNG, one base64 chunk at a time; other messages are small and queued whole,
+    up to MAX_QUEUED_TEXT, past which `overflow` is told.
+    """
+
+    def __init__(self, transport: WebSocketTransport, overflow: Callable[[str], None]) -> None:
+        self._transport = transport
+        self._overflow = overflow
+        # twisted.web.websocket sends whole messages only; fragments go through its wsproto
+        # connection. Without one (another transport), a snapshot result is sent whole.
+        self._wsconn = getattr(transport, "_wsconn", None)
+        self._raw = getattr(transport, "transport", None)
+        self._queue: deque[str | _Spliced] = deque()
+        self._queued_text = 0
+        self._message: Iterator[tuple[str, bool]] | None = None
+        self._message_done: Callable[[], None] | None = None
+        self.paused = False
+        self.closed = False
+        self._pumping = False
+
+    def text(self, text: str) -> None:
+        if self.closed:
+            return
+        self._queue.append(text)
+        self._queued_text += len(text)
+        self._pump()
+        if self._queued_text > MAX_QUEUED_TEXT:
+            self._overflow(
+                f"client is not reading: more than {MAX_QUEUED_TEXT} bytes of messages queued"
+            )
+
+    def spliced(self, body: Base64Json, done: Callable[[], None]) -> None:
+        """Send `body` as one message; `done` runs once it is written or dropped."""
+        if self.closed:
+            done()
+            return
+        self._queue.append(_Spliced(body, done))
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop what is queued; `done` callbacks still run, so counters stay right."""
+        self.closed = True
+        if self._message_done is not None:
+            done, self._message_done = self._message_done, None
+            done()
+        self._message = None
+        queue, self._queue = self._queue, deque()
+        self._queued_text = 0
+        for item in queue:
+            if isinstance(item, _Spliced):
+                item.done()
+
+    def _pump(self) -> None:
+        if self._pumping:  # a `done` callback sending more: the running loop takes it
+            return
+        self._pumping = True
+        try:
+            while not self.paused and not self.closed:
+                if self._message is not None:
+                    self._next_fragment()
+                elif self._queue:
+                    self._start(self._queue.popleft())
+                else:
+                    return
+        except LocalProtocolError:
+            # The client has begun the closing handshake: nothing more may be sent.
+            self.close()
+        finally:
+            self._pumping = False
+
+    def _start(self, item: str | _Spliced) -> None:
+        if isinstance(item, str):
+            self._queued_text -= len(item)
+            self._transport.sendTextMessage(item)
+        elif self._wsconn is None or self._raw is None:
+            try:
+                self._transport.sendTextMessage(item.body.joined().decode("utf-8"))
+            finally:
+                item.done()
+        else:
+            self._message = _fragments(item.body)
+            self._message_done = item.done
+
+    def _next_fragment(self) -> None:
+        assert self._message is not None and self._wsconn is not None and self._raw is not None
+        text, last = next(self._message)
+        frame = self._wsconn.send(TextMessage(data=text, message_finished=last))
+        if not last:
+            self._raw.write(frame)
+            return
+        self._message = None
+        done, self._message_done = self._message_done, None
+        try:
+            self._raw.write(frame)
+        finally:
+            if done is not None:
+                done()
+
+
 # -- the session ----------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Media:
@@ -186,11 +339,22 @@ class _Media:
 class WebSDKSession:
     """One WebSocket connection of a WebSDK client (a twisted.web.websocket WebSocketProtocol)."""
 
-    def __init__(self, factory: SignallingFactory, peer: str, budget: ByteBudget | None) -> None:
+    def __init__(
+        self,
+        factory: SignallingFactory,
+        peer: str,
+        budget: ByteBudget | None,
+        channel: http.HTTPChannel | None = None,
+    ) -> None:
         self.factory = factory
         self.peer = peer
         self._budget = budget
+        # The HTTP channel the upgrade came through: still the transport's producer, it tells
+        # the outbox when the client stops and starts reading again.
+        self._channel = channel
         self.transport: WebSocketTransport | None = None
+        self.outbox: Outbox | None = None
+        self._abort_call: IDelayedCall | None = None
         self.media: dict[str, _Media] = {}
         self.connected = False  # the `connection` message was answered
         self.closed = False
@@ -204,6 +368,9 @@ class WebSDKSession:
     # -- WebSocketProtocol ----------------------------------------------------------------------
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self.transport = transport
+        self.outbox = Outbox(transport, self.drop)
+        if self._channel is not None:
+            self._channel.registerProducer(self.outbox, True)
 
     def negotiationFinished(self) -> None:
         if len(self.factory.sessions) >= MAX_SESSIONS:
@@ -213,7 +380,10 @@ class WebSDKSession:
         self._keepalive.start(PING_INTERVAL, now=False)
         log.info("WebSDK {peer}: session open", peer=self.peer)
 
+    @guarded
     def textMessageReceived(self, message: str) -> None:
+        """One WebSDK message: a bad one is a `fail` answer (see dispatch); anything else it
+        makes us raise closes this session with a logged reason (the guard)."""
         if self._budget is not None:
             self._budget.message_done()
         if self._closing:
@@ -221,11 +391,12 @@ class WebSDKSession:
         self._last_heard = self.factory.clock.seconds()
         try:
             name, obj = parse_frame(message)
-        except SignallingError as err:
+        except SignallingError as err:  # expected, and its message says it all
             self.drop(str(err))
             return
         self.dispatch(name, obj)
 
+    @guarded
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         if self._budget is not None:
             self._budget.message_done()
@@ -241,6 +412,13 @@ class WebSDKSession:
             return
         self.closed = True
         self._closing = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        if self.outbox is not None:
+            self.outbox.close()
+            if self._channel is not None:
+                self._channel.unregisterProducer()
         if self._keepalive.running:
             self._keepalive.stop()
         self.factory.sessions.discard(self)
@@ -255,9 +433,9 @@ class WebSDKSession:
 
     # -- helpers ----------------------------------------------------------------------------------
     def send(self, message: str, *data: object) -> None:
-        if self._closing or self.transport is None:
+        if self._closing or self.outbox is None:
             return
-        self.transport.sendTextMessage(encode_frame(message, *data))
+        self.outbox.text(encode_frame(message, *data))
 
     def drop(self, reason: str, code: int = 1008) -> None:
         """Close this socket (and only this one) with a logged reason."""
@@ -265,9 +443,27 @@ class WebSDKSession:
             return
         self._closing = True
         log.warn("WebSDK {peer}: closing session: {reason}", peer=self.peer, reason=reason)
+        if self.outbox is not None:
+            self.outbox.close()
         if self.transport is not None:
-            self.transport.loseConnection(code)
+            try:
+                self.transport.loseConnection(code)
+            except LocalProtocolError:  # the closing handshake is over: just close
+                raw = getattr(self.transport, "transport", None)
+                if raw is not None:
+                    raw.loseConnection()
+            # A close waits for the send buffer to empty; a client that never reads must not
+            # hold the connection open on that.
+            self._abort_call = self.factory.clock.callLater(CLOSE_TIMEOUT, self._abort)
 
+    def _abort(self) -> None:
+        self._abort_call = None
+        raw = getattr(self.transport, "transport", None)
+        if raw is not None and not self.closed:
+            log.warn("WebSDK {peer}: connection did not close: aborting it", peer=self.peer)
+            raw.abortConnection()
+
+    @guarded
     def _ping(self) -> None:
         silent = self.factory.clock.seconds() - self._last_heard
         if silent > KEEPALIVE_TIMEOUT:
@@ -396,7 +592,10 @@ class WebSDKSession:
         if media is None:
             return
         if media.name.lower().startswith("rtsp://"):
-            source = self.factory.rtsp_pull(media.name)
+            try:
+                source = self.factory.rtsp_pull(media.name)
+            except ValueError as err:  # a URI the pull's parser refuses in a way of its own
+                source = fail(RtspWrongFormat(str(err)))
         else:
             stream = self.factory.registry.get(media.name)
             source = fail(StreamNotFound(media.name)) if stream is None else succeed(stream)
@@ -404,6 +603,7 @@ class WebSDKSession:
             lambda stream: self._play(media, stream, sdp), lambda f: self._answer_failed(media, f)
         )
 
+    @guarded
     def _play(self, media: _Media, stream: Stream, sdp: str) -> None:
         if not self._active(media):
             return
@@ -420,18 +620,25 @@ class WebSDKSession:
         peer = media.peer = make(
             stream,
             lambda: self._connected(media, "PUBLISHING" if media.publish else "PLAYING"),
-            lambda info: self._finish(media, "FAILED", info),
+            lambda info: self._peer_failed(media, info),
         )
         peer.answer(sdp).addCallbacks(
             lambda answer: self._answered(media, answer), lambda f: self._answer_failed(media, f)
         )
 
+    @guarded
+    def _peer_failed(self, media: _Media, info: str) -> None:
+        self._finish(media, "FAILED", info)
+
+    @guarded
     def _answered(self, media: _Media, answer: str) -> None:
         if self._active(media):
             self.send("setRemoteSDP", media.msid, answer)
 
+    @guarded
     def _answer_failed(self, media: _Media, failure: Failure) -> None:
-        info = getattr(failure.value, "info", None)
+        err = failure.value
+        info = getattr(err, "info", None)
         if not isinstance(info, str):
             info = INFO_ERROR
             log.failure(
@@ -440,19 +647,30 @@ class WebSDKSession:
                 peer=self.peer,
                 stream_name=media.name,
             )
-        else:
+        elif isinstance(err, StreamError):  # not found, name in use: the client's business
             log.info(
                 "WebSDK {peer}: {stream_name}: {detail}",
                 peer=self.peer,
                 stream_name=media.name,
                 detail=failure.getErrorMessage(),
             )
+        else:  # the peer could not be set up: an unusable offer, no common codec, ICE
+            log.warn(
+                "WebSDK {peer}: {kind} {stream_name} failed: {info}: {detail}",
+                peer=self.peer,
+                kind="publish" if media.publish else "play",
+                stream_name=media.name,
+                info=info,
+                detail=describe(err) if isinstance(err, BaseException) else str(err),
+            )
         self._finish(media, "FAILED", info)
 
+    @guarded
     def _connected(self, media: _Media, status: str) -> None:
         if self._active(media) and media.status == "PENDING":
             self._status(media, status)
 
+    @guarded
     def _source_ended(self, media: _Media, stream: Stream) -> None:
         """The stream ended elsewhere (REST terminate, shutdown, or the publisher left)."""
         if self._active(media):
@@ -490,33 +708,52 @@ class WebSDKSession:
         if self._snapshots >= MAX_SNAPSHOTS_IN_FLIGHT:
             self._snapshot_failed(msid, name, "Too many snapshot requests")
             return
+        try:
+            local = self.factory.resolve_name(name)
+        except ValueError:  # an rtsp:// name no camera pull could have: no such stream
+            self._snapshot_failed(msid, name, StreamNotFound.info)
+            return
         # The snapshot service asks the publisher for a keyframe when none is cached.
+        # In flight until its result is written out (or dropped), not merely computed.
         self._snapshots += 1
-        d = self.factory.snapshots.take(self.factory.resolve_name(name))
+        d = self.factory.snapshots.take(local)
         d.addCallbacks(
             lambda png: self._snapshot_done(msid, name, png),
             lambda f: self._snapshot_error(msid, name, f),
         )
-        d.addBoth(self._snapshot_finished)
 
-    def _snapshot_finished(self, _: object) -> None:
+    def _snapshot_finished(self) -> None:
         self._snapshots -= 1
 
+    @guarded
     def _snapshot_done(self, msid: str, name: str, png: bytes) -> None:
-        data = base64.b64encode(png).decode("ascii")
-        self.send(
-            "notifyStreamEvent",
-            {
-                "mediaSessionId": msid,
-                "name": name,
-                "type": "snapshotCompleted",
-                "payload": {"snapshot": data},
-            },
+        outbox = self.outbox
+        if self._closing or outbox is None:
+            self._snapshot_finished()
+            return
+        # Both forms the SDK reads, each carrying the PNG as base64: produced from the shared
+        # PNG as the client reads, never as private copies of the whole text.
+        event = base64_json(
+            lambda data: encode_frame(
+                "notifyStreamEvent",
+                {
+                    "mediaSessionId": msid,
+                    "name": name,
+                    "type": "snapshotCompleted",
+                    "payload": {"snapshot": data},
+                },
+            ),
+            png,
         )
-        self.send(
-            "notifyStreamStatusEvent",
-            {"mediaSessionId": msid, "name": name, "status": "SNAPSHOT_COMPLETE", "info": data},
+        status = base64_json(
+            lambda data: encode_frame(
+                "notifyStreamStatusEvent",
+                {"mediaSessionId": msid, "name": name, "status": "SNAPSHOT_COMPLETE", "info": data},
+            ),
+            png,
         )
+        outbox.spliced(event, lambda: None)
+        outbox.spliced(status, self._snapshot_finished)
         log.info(
             "WebSDK {peer}: snapshot of {stream_name}: {size} bytes",
             peer=self.peer,
@@ -525,7 +762,9 @@ class WebSDKSession:
             size=len(png),
         )
 
+    @guarded
     def _snapshot_error(self, msid: str, name: str, failure: Failure) -> None:
+        self._snapshot_finished()
         err = failure.value
         if isinstance(err, StreamError):
             info = err.info
@@ -588,20 +827,35 @@ class ByteBudget(ProtocolWrapper):
     def __init__(self, factory: WrappingFactory[Any], wrapped: Any) -> None:
         super().__init__(factory, wrapped)
         self.pending = 0
+        self.dropped = False
 
+    @guarded
     def dataReceived(self, data: bytes) -> None:
+        """Every byte of the listener, HTTP upgrade and WebSocket frames alike, under one
+        guard: whatever the client's bytes make the layers above raise closes this one
+        connection with a logged reason."""
+        if self.dropped:
+            return
         self.pending += len(data)
         if self.pending > self.factory.limit:
-            peer = self.getPeer()
-            log.warn(
-                "WebSDK {peer}: closing connection: more than {limit} bytes without a complete "
-                "message",
-                peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
-                limit=self.factory.limit,
-            )
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.drop(f"more than {self.factory.limit} bytes without a complete message")
             return
-        super().dataReceived(data)
+        try:
+            super().dataReceived(data)
+        except LocalProtocolError:
+            # twisted.web.websocket answers a ping even after our Close went out, which wsproto
+            # refuses: the client kept talking on a socket we are closing. Close it now.
+            self.dropped = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def drop(self, reason: str) -> None:
+        self.dropped = True
+        log.warn(
+            "WebSDK {peer}: closing connection: {reason}",
+            peer=peer_of(self),
+            reason=reason,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def message_done(self) -> None:
         self.pending = 0
@@ -648,7 +902,7 @@ class SignallingFactory:
         # The HTTP idle timeout would otherwise close a long, quiet session; the keepalive
         # pings take over from here.
         channel.setTimeout(None)
-        return WebSDKSession(self, peer, budget)
+        return WebSDKSession(self, peer, budget, channel)
 
     def track_close(self, d: Deferred[None]) -> None:
         """Remember a peer being closed, so shutdown can wait for its sockets."""
@@ -672,14 +926,54 @@ class SignallingFactory:
 
 
 class _AnyPath(WebSocketResource):
-    """The WebSDK connects to ws://host:port/<anything>: every path is the same endpoint."""
+    """The WebSDK connects to ws://host:port/<anything>: every path is the same endpoint,
+    open to pages of the allowed origins (and to clients that are not web pages)."""
 
     isLeaf = True
 
+    def __init__(self, factory: SignallingFactory, origins: OriginPolicy) -> None:
+        super().__init__(factory)
+        self.origins = origins
 
-def websocket_site(factory: SignallingFactory) -> IProtocolFactory:
-    """The listener's protocol factory: HTTP upgrade to WebSocket on any path, bytes bounded."""
-    site = Site(_AnyPath(factory), timeout=HTTP_TIMEOUT)
-    site.noisy = False
-    site.displayTracebacks = False
+    def render_GET(self, request: Request) -> bytes | int:
+        host = request.getHeader(b"host")
+        for origin in request.requestHeaders.getRawHeaders(b"origin") or []:
+            refusal = self.origins.refusal(origin, host)
+            if refusal is not None:
+                log.warn(
+                    "WebSDK {peer}: refused the WebSocket upgrade: {refusal}",
+                    peer=peer_of(request.channel.transport if request.channel else None),
+                    refusal=refusal,
+                )
+                return self._refuse(request, http.FORBIDDEN, f"{refusal} (see ws_allowed_origins)")
+        try:
+            return super().render_GET(request)
+        except (h11.ProtocolError, WsProtocolError, ValueError) as err:
+            # Twisted catches wsproto's RemoteProtocolError only; h11 refuses e.g. a request
+            # with two Host headers with its own LocalProtocolError, and wsproto decodes a
+            # Connection or Upgrade header as ASCII (UnicodeDecodeError).
+            log.warn(
+                "WebSDK {peer}: refused the WebSocket upgrade: {reason}",
+                peer=peer_of(request.channel.transport if request.channel else None),
+                reason=describe(err),
+            )
+            return self._refuse(request, http.BAD_REQUEST, f"Bad WebSocket upgrade request: {err}")
+
+    @staticmethod
+    def _refuse(request: Request, status: int, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        path = (request.path or b"").decode("utf-8", "replace")
+        return error_json(status, message, path)
+
+
+def websocket_site(factory: SignallingFactory, settings: Settings) -> IProtocolFactory:
+    """The listener's protocol factory: HTTP upgrade to WebSocket on any path, for the allowed
+    origins, with the HTTP layer's deadlines (wcs.web.channel), no request body, bytes bounded."""
+    site = GuardedSite(
+        _AnyPath(factory, OriginPolicy.from_settings(settings)),
+        reactor=factory.clock,
+        max_body=0,
+        idle_timeout=HTTP_TIMEOUT,
+    )
     return ByteBudgetFactory(site)
