@@ -172,6 +172,7 @@ class WCSService(MultiService):
             rtsp_pull=self.pulls.stream_for_player,
             resolve_name=self.pulls.resolve,
             run_in_pool=self.run_in_pool,
+            access=self.access,
         )
 
         def ws_site(tls: bool) -> IProtocolFactory:

@@ -160,6 +160,51 @@ def start_server(workdir: Path, extra: str = "") -> Server:
     return server
 
 
+# -- a REST hook app ------------------------------------------------------------------------------
+HOOK_APP = Path(__file__).with_name("hook_app.py")
+
+
+@dataclass
+class HookApp:
+    proc: subprocess.Popen[str]
+    log: Path
+    url: str
+
+    def requests(self) -> list[dict[str, object]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def methods(self) -> list[str]:
+        return [str(r["method"]) for r in self.requests()]
+
+    def body(self, method: str) -> dict[str, object]:
+        found = [r["body"] for r in self.requests() if r["method"] == method]
+        assert found, f"the app was never asked {method}: {self.methods()}"
+        body = found[-1]
+        assert isinstance(body, dict)
+        return body
+
+
+@pytest.fixture
+def hook_app(tmp_path: Path) -> Iterator[HookApp]:
+    log = tmp_path / "hooks.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(HOOK_APP), str(log)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=20)
+    assert line and line[0].startswith("READY "), "the hook app did not start"
+    try:
+        yield HookApp(proc, log, f"http://127.0.0.1:{int(line[0].split()[1])}/rest")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = start_server(tmp_path)

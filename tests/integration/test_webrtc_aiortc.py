@@ -40,7 +40,7 @@ from wsproto.events import (
 )
 
 from tests.integration.camera import assert_same_picture, reference_rgb, start_camera
-from tests.integration.conftest import Server, decode_png
+from tests.integration.conftest import HookApp, Server, decode_png, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,9 @@ async def session(server: Server) -> AsyncIterator[WSClient]:
 
 
 @asynccontextmanager
-async def publishing(client: WSClient, name: str, codec: str) -> AsyncIterator[tuple[str, Any]]:
+async def publishing(
+    client: WSClient, name: str, codec: str, custom: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, Any]]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         transceiver = pc.addTransceiver(PatternTrack(), direction="sendonly")
@@ -188,7 +190,8 @@ async def publishing(client: WSClient, name: str, codec: str) -> AsyncIterator[t
             "publishStream",
             {"mediaSessionId": msid, "name": name, "published": True, "hasVideo": True,
              "hasAudio": False, "status": "PENDING", "record": False,
-             "mediaProvider": "WebRTC", "sdp": pc.localDescription.sdp},
+             "mediaProvider": "WebRTC", "sdp": pc.localDescription.sdp,
+             "custom": custom or {}},
         )  # fmt: skip
         remote_msid, answer = await client.expect("setRemoteSDP")
         assert remote_msid == msid
@@ -463,3 +466,49 @@ def test_bad_frames_close_only_that_socket(server: Server, what: str, log: str) 
             assert answer["status"] == "false" and answer["info"] == "Stream not found"
 
     asyncio.run(scenario())
+
+
+def test_hooks_and_the_publish_password_guard_websdk_sessions(
+    tmp_path: Path, hook_app: HookApp
+) -> None:
+    """Finding 9: with a hook app, a WebSDK session, its publishes and plays are asked for; the
+    publish password comes in the stream's custom object."""
+    server = start_server(tmp_path, f"rest_hook_url={hook_app.url}\npublish_password=pw\n")
+
+    async def scenario() -> None:
+        refused = await WSClient.connect(server.ws + "/x")
+        refused.send("connection", {"appKey": "defaultApp", "custom": {"key": "deny-1"}})
+        (fail,) = await refused.expect("fail", apiMethod="connection")
+        assert fail["info"] == "Denied by test app (connect)"
+        assert await asyncio.wait_for(refused.inbox.get(), TIMEOUT) is None  # closed
+        await refused.close()
+
+        async with session(server) as client:
+            msid = str(uuid.uuid4())
+            client.send("publishStream", {"mediaSessionId": msid, "name": "cam", "sdp": "v=0"})
+            (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
+            assert (st["status"], st["info"]) == ("FAILED", "Invalid publish password")
+
+            msid = str(uuid.uuid4())
+            client.send(
+                "publishStream",
+                {"mediaSessionId": msid, "name": "deny-cam", "sdp": "v=0",
+                 "custom": {"password": "pw"}},
+            )  # fmt: skip
+            (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
+            assert (st["status"], st["info"]) == ("FAILED", "Denied by test app (publishStream)")
+
+            async with publishing(client, "cam", "VP8", custom={"password": "pw", "key": "k"}):
+                body = hook_app.body("publishStream")
+                assert (body["name"], body["custom"]) == ("cam", {"key": "k"})
+                assert body["mediaProvider"] == "WebRTC"
+                msid = str(uuid.uuid4())
+                client.send("playStream", {"mediaSessionId": msid, "name": "cam", "sdp": "v=0",
+                                           "custom": {"key": "deny-play"}})  # fmt: skip
+                (st,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
+                assert (st["status"], st["info"]) == ("FAILED", "Denied by test app (playStream)")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert server.stop() == 0

@@ -20,8 +20,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from tests.unit.test_rest import SlowReader, parse_response
+from tests.unit.test_rtmp_protocol import PendingHooks
 from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
+from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.config import Settings
 from wcs.media.units import MediaUnit
 from wcs.rtsp.pull import PullManager
@@ -926,3 +928,77 @@ def test_rtsp_names_the_url_parser_refuses(env: Env, log_events: list[LogEvent])
     assert ws.named("notifyStreamEvent")[0]["payload"]["info"] == "Stream not found"
     assert ws.closed_with is None and session.media == {} and session._snapshots == 0
     assert not [e for e in log_events if e.get("log_failure") is not None]
+
+
+# -- access: the publish password and the REST hooks ---------------------------------------------
+
+
+def access_env(**access_kw: Any) -> Env:
+    env = Env()
+    env.factory.access = Access(env.clock, **access_kw)
+    return env
+
+
+def test_the_connect_hook_decides_the_session(env: Env) -> None:
+    hooks = PendingHooks()
+    env = access_env(hooks=hooks)
+    session, ws = env.session(connect=False)
+    send(session, "connection", {"appKey": "myApp", "custom": {"token": "t1", "password": "p"}})
+    assert ws.take() == []  # nothing until the app answers
+    body = hooks.answer("connect")
+    assert (body["appKey"], body["custom"]) == ("myApp", {"token": "t1"})
+    assert body["authToken"] == session.auth_token
+    assert [m for m, _ in ws.take()] == ["getUserData", "getVersion"]
+    other, other_ws = env.session(connect=False)
+    send(other, "connection", {"appKey": "myApp"})
+    hooks.answer("connect", refuse="Unknown token")
+    assert other_ws.named("fail") == [{"apiMethod": "connection", "info": "Unknown token"}]
+    assert other_ws.closed_with is not None and not other.connected
+
+
+def test_publish_password_from_the_streams_or_the_sessions_custom() -> None:
+    env = access_env(publish_password="s3cret")
+    session, ws = env.session()
+    send(session, "publishStream", {"mediaSessionId": "m1", "name": "a", "sdp": OFFER})
+    send(
+        session,
+        "publishStream",
+        {"mediaSessionId": "m2", "name": "b", "sdp": OFFER, "custom": {"password": "s3cret"}},
+    )
+    assert env.registry.get("b") is not None and env.registry.get("a") is None
+    assert ws.named("notifyStreamStatusEvent") == []  # the refusal waits a second
+    env.clock.advance(FAILURE_DELAY)
+    (failed,) = ws.named("notifyStreamStatusEvent")
+    assert (failed["mediaSessionId"], failed["status"], failed["info"]) == (
+        "m1",
+        "FAILED",
+        INFO_BAD_PASSWORD,
+    )
+    other, _ = env.session(connect=False)
+    send(other, "connection", {"appKey": "x", "custom": {"password": "s3cret"}})
+    send(other, "publishStream", {"mediaSessionId": "m3", "name": "c", "sdp": OFFER})
+    assert env.registry.get("c") is not None
+
+
+def test_the_hooks_decide_publish_and_play() -> None:
+    hooks = PendingHooks()
+    env = access_env(hooks=hooks)
+    session, ws = env.session(connect=False)
+    send(session, "connection", {"appKey": "myApp"})
+    hooks.answer("connect")
+    ws.take()
+    send(session, "publishStream", {"mediaSessionId": "m1", "name": "cam", "sdp": OFFER})
+    assert env.registry.get("cam") is None and env.peers.publishers == []
+    body = hooks.answer("publishStream")
+    assert (body["name"], body["mediaSessionId"], body["mediaProvider"]) == ("cam", "m1", "WebRTC")
+    assert env.registry.get("cam") is not None and len(env.peers.publishers) == 1
+    send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
+    hooks.answer("playStream", refuse="Pay first")
+    (status,) = [s for s in ws.named("notifyStreamStatusEvent") if s["mediaSessionId"] == "p1"]
+    assert (status["status"], status["info"]) == ("FAILED", "Pay first")
+    assert env.peers.players == []
+    # A publish given up before the app answers publishes nothing.
+    send(session, "publishStream", {"mediaSessionId": "m2", "name": "cam2", "sdp": OFFER})
+    send(session, "unPublishStream", {"mediaSessionId": "m2"})
+    hooks.answer("publishStream")
+    assert env.registry.get("cam2") is None

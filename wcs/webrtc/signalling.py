@@ -10,7 +10,7 @@ import json
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import h11
@@ -28,6 +28,7 @@ from wsproto.utilities import LocalProtocolError
 from wsproto.utilities import ProtocolError as WsProtocolError
 from zope.interface import implementer
 
+from wcs.access import Access, Client, Refused
 from wcs.config import Settings
 from wcs.guard import describe, guarded
 from wcs.rest.errors import error_json
@@ -323,6 +324,20 @@ class Outbox:
                 done()
 
 
+def _custom(obj: Any) -> dict[str, Any]:
+    """A message's `custom` object for the hook app, without a publish password."""
+    custom = obj.get("custom") if isinstance(obj, dict) else None
+    if not isinstance(custom, dict):
+        return {}
+    return {k: v for k, v in custom.items() if k != "password"}
+
+
+def _password(obj: Any) -> str | None:
+    custom = obj.get("custom") if isinstance(obj, dict) else None
+    password = custom.get("password") if isinstance(custom, dict) else None
+    return password if isinstance(password, str) else None
+
+
 # -- the session ----------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Media:
@@ -357,6 +372,8 @@ class WebSDKSession:
         self._abort_call: IDelayedCall | None = None
         self.media: dict[str, _Media] = {}
         self.connected = False  # the `connection` message was answered
+        self._connecting = False  # the connect hook is deciding
+        self._connection_data: dict[str, Any] = {}  # what `connection` sent (its custom)
         self.closed = False
         self._closing = False
         self._snapshots = 0
@@ -364,6 +381,10 @@ class WebSDKSession:
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = factory.clock
         self.auth_token = str(uuid.uuid4())
+        # This session as the hook app sees it (completed by the factory and by `connection`).
+        self.client = Client(
+            f"/{peer}", PROVIDER_WEBRTC, peer.rsplit(":", 1)[0], auth_token=self.auth_token
+        )
 
     # -- WebSocketProtocol ----------------------------------------------------------------------
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
@@ -551,9 +572,33 @@ class WebSDKSession:
 
     # -- messages -------------------------------------------------------------------------------
     def message_connection(self, obj: Any) -> None:
-        if self.connected:
+        if self.connected or self._connecting:
             raise BadRequest("session already established")
         user = dict(obj) if isinstance(obj, dict) else {}
+        app_key = user.get("appKey")
+        self._connection_data = user
+        self.client = replace(
+            self.client,
+            app_key=app_key if isinstance(app_key, str) else "",
+            custom=_custom(user),
+        )
+        self._connecting = True
+        self.factory.access.connect(self.client).addCallbacks(
+            lambda _: self._established(user), self._connect_refused
+        )
+
+    @guarded
+    def _connect_refused(self, failure: Failure) -> None:
+        failure.trap(Refused)
+        info = failure.value.info  # type: ignore[union-attr]
+        self.send("fail", {"apiMethod": "connection", "info": info})
+        self.drop(f"connection refused: {info}")
+
+    @guarded
+    def _established(self, user: dict[str, Any]) -> None:
+        self._connecting = False
+        if self._closing:
+            return
         user.update({"authToken": self.auth_token, "status": "ESTABLISHED"})
         self.connected = True
         self.send("getUserData", user)
@@ -577,6 +622,20 @@ class WebSDKSession:
         media = self._new_media(obj, publish=True)
         if media is None:
             return
+        # The password may come with the stream's or with the session's custom object.
+        password = _password(obj)
+        if password is None:
+            password = _password(self._connection_data)
+        client = self._client_for(obj)
+        self.factory.access.publish(client, media.name, media.msid, password).addCallbacks(
+            lambda _: self._publish(media, client, sdp),
+            lambda f: self._refused(media, f),
+        )
+
+    @guarded
+    def _publish(self, media: _Media, client: Client, sdp: str) -> None:
+        if not self._active(media):
+            return
         try:
             stream = self.factory.registry.publish(
                 media.name, PROVIDER_WEBRTC, media_session_id=media.msid
@@ -584,13 +643,42 @@ class WebSDKSession:
         except StreamError as err:
             self._finish(media, "FAILED", err.info)
             return
+        self.factory.access.track(client, stream)
         self._start_peer(media, stream, sdp)
+
+    @guarded
+    def _refused(self, media: _Media, failure: Failure) -> None:
+        failure.trap(Refused)
+        info = failure.value.info  # type: ignore[union-attr]
+        log.info(
+            "WebSDK {peer}: {stream_name} refused: {info}",
+            peer=self.peer,
+            stream_name=media.name,
+            info=info,
+        )
+        self._finish(media, "FAILED", info)
+
+    def _client_for(self, obj: Any) -> Client:
+        """The session's client, with this stream's own `custom` over the session's."""
+        custom = _custom(obj)
+        if not custom:
+            return self.client
+        return replace(self.client, custom={**self.client.custom, **custom})
 
     def message_playStream(self, obj: Any) -> None:
         sdp = _text(obj, "sdp", limit=None)
         media = self._new_media(obj, publish=False)
         if media is None:
             return
+        self.factory.access.play(self._client_for(obj), media.name, media.msid).addCallbacks(
+            lambda _: self._find_source(media, sdp), lambda f: self._refused(media, f)
+        )
+
+    @guarded
+    def _find_source(self, media: _Media, sdp: str) -> None:
+        if not self._active(media):
+            return
+        source: Deferred[Stream]
         if media.name.lower().startswith("rtsp://"):
             try:
                 source = self.factory.rtsp_pull(media.name)
@@ -883,8 +971,10 @@ class SignallingFactory:
         rtsp_pull: RtspPull = rtsp_pull_unavailable,
         resolve_name: Callable[[str], str] = lambda name: name,
         run_in_pool: PoolRunner | None = None,
+        access: Access | None = None,
     ) -> None:
         self.registry = registry
+        self.access = access if access is not None else Access(clock)
         # A pulled camera played as `rtsp://...` is snapshotted by that same name.
         self.resolve_name = resolve_name
         self.snapshots = snapshots
@@ -902,7 +992,14 @@ class SignallingFactory:
         # The HTTP idle timeout would otherwise close a long, quiet session; the keepalive
         # pings take over from here.
         channel.setTimeout(None)
-        return WebSDKSession(self, peer, budget, channel)
+        session = WebSDKSession(self, peer, budget, channel)
+        session.client = Client(
+            session_id=Client.session_id_of(address, request.getHost()),
+            provider=PROVIDER_WEBRTC,
+            address=str(getattr(address, "host", "?")),
+            auth_token=session.auth_token,
+        )
+        return session
 
     def track_close(self, d: Deferred[None]) -> None:
         """Remember a peer being closed, so shutdown can wait for its sockets."""
