@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import RecordingProtocol
 from wcs.limits import (
     MIN_RESERVE,
     UNLIMITED_TARGET,
@@ -30,20 +31,6 @@ from wcs.limits import (
 NOFILE = resource.RLIMIT_NOFILE
 INF = resource.RLIM_INFINITY
 
-CLOSED = Failure(ConnectionDone())
-
-
-class Recorder(Protocol):
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.lost: list[Failure] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def connectionLost(self, reason: Failure = CLOSED) -> None:
-        self.lost.append(reason)
-
 
 class Inner(Factory):
     """Counts how often it was asked for a protocol."""
@@ -54,7 +41,7 @@ class Inner(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         self.built += 1
-        return None if self.refuse else Recorder()
+        return None if self.refuse else RecordingProtocol()
 
 
 def addr(host: str = "192.0.2.1", port: int = 40000) -> IPv4Address:
@@ -193,7 +180,7 @@ def test_an_accepted_connection_passes_bytes_and_is_counted_until_it_closes() ->
     proto = connect(http)
     assert isinstance(proto, LimitedConnection)
     inner = proto.wrappedProtocol
-    assert isinstance(inner, Recorder)
+    assert isinstance(inner, RecordingProtocol)
     assert inner.transport is proto
     assert proto.getPeer() == addr()
     proto.dataReceived(b"GET / HTTP/1.1\r\n")
@@ -276,7 +263,7 @@ def test_each_cap_is_logged_at_once_and_then_throttled(log_events: list[LogEvent
 def test_a_connection_whose_set_up_fails_is_released_when_lost() -> None:
     limiter, _, _, _, _ = limited()
 
-    class Exploding(Recorder):
+    class Exploding(RecordingProtocol):
         def connectionMade(self) -> None:
             raise RuntimeError("set-up failed")
 
@@ -342,4 +329,4 @@ def test_the_wrapper_is_transparent_to_start_stop_and_log_prefixes() -> None:
     assert factory.logPrefix() == "Named"  # type: ignore[attr-defined]
     proto = factory.buildProtocol(addr())
     assert proto is not None
-    assert proto.logPrefix() == "Recorder"  # type: ignore[attr-defined]
+    assert proto.logPrefix() == "RecordingProtocol"  # type: ignore[attr-defined]

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import PendingHooks
 from tests.unit.media_fixtures import h264_sample
 from wcs import streams
-from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access, Refused
+from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.media import h264
 from wcs.media.units import MediaUnit
 from wcs.rtmp import amf0, chunks, flv
@@ -1433,32 +1433,6 @@ def test_an_ended_connection_is_freed_by_reference_counting() -> None:
 
 
 # -- access: publish password and REST hooks ---------------------------------------------------
-
-
-class PendingHooks:
-    """Hooks whose answers the test gives by hand."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[str, dict[str, object], Deferred[dict[str, object]]]] = []
-        self.told: list[tuple[str, dict[str, object]]] = []
-
-    def ask(self, method: str, body: dict[str, object]) -> Deferred[dict[str, object]]:
-        d: Deferred[dict[str, object]] = Deferred()
-        self.asked.append((method, body, d))
-        return d
-
-    def tell(self, method: str, body: dict[str, object]) -> None:
-        self.told.append((method, body))
-
-    def answer(self, method: str, refuse: str | None = None) -> dict[str, object]:
-        for asked_method, body, d in self.asked:
-            if asked_method == method and not d.called:
-                if refuse is None:
-                    d.callback({})
-                else:
-                    d.errback(Refused(refuse))
-                return body
-        raise AssertionError(f"{method} was not asked")
 
 
 def access_harness(**access_kw: object) -> Harness:

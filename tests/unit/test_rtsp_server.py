@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import PendingHooks
 from tests.unit.media_fixtures import h264_sample
-from tests.unit.test_rtmp_protocol import PendingHooks
 from tests.unit.test_rtmp_protocol import RecordingSink as Sink
 from wcs.access import Access
 from wcs.media import h264

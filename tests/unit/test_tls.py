@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
+from tests.unit.fakes import RecordingProtocol
 from wcs.tls import (
     HANDSHAKE_TIMEOUT,
     HandshakeGuard,
@@ -165,27 +166,12 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 # -- the handshake guard ------------------------------------------------------------------------
 
 
-CLOSED = Failure(ConnectionDone())
-
-
-class App(Protocol):
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.lost: list[Failure] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def connectionLost(self, reason: Failure = CLOSED) -> None:
-        self.lost.append(reason)
-
-
 class AppFactory(Factory):
     def __init__(self) -> None:
-        self.apps: list[App] = []
+        self.apps: list[RecordingProtocol] = []
 
-    def buildProtocol(self, addr: Any) -> App:
-        app = App()
+    def buildProtocol(self, addr: Any) -> RecordingProtocol:
+        app = RecordingProtocol()
         self.apps.append(app)
         return app
 

@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from tests.unit.fakes import PendingHooks
 from tests.unit.test_rest import SlowReader, parse_response
-from tests.unit.test_rtmp_protocol import PendingHooks
 from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
