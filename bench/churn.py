@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import statistics
 import struct
 import subprocess
 import sys
@@ -192,9 +193,10 @@ def settle(server: Server, limit: float) -> float:
     return round(time.monotonic() - start, 1)
 
 
-def record_series(server: Server, series: list[list[float]], stop: threading.Event) -> None:
+def record_series(
+    server: Server, series: list[list[float]], stop: threading.Event, t0: float
+) -> None:
     """RSS every 5 s for the JSON: a leak climbs steadily, a working set levels off."""
-    t0 = time.monotonic()
     while not stop.wait(5.0) and server.proc.poll() is None:
         point = sample(server)
         series.append([round(time.monotonic() - t0), point["rss_mb"], point["fds"]])
@@ -227,15 +229,18 @@ def main() -> None:
         threading.Thread(target=_trim_log, args=(server,), daemon=True).start()
         series: list[list[float]] = []
         stop_series = threading.Event()
-        threading.Thread(target=record_series, args=(server, series, stop_series)).start()
+        t0 = time.monotonic()
+        threading.Thread(target=record_series, args=(server, series, stop_series, t0)).start()
         try:
             points = {"ready": sample(server)}
             port = server.ports["rtmp"]
             warm = asyncio.run(churn(port, tags, args.clients, args.warmup, args.speed))
             settled = settle(server, args.idle)
             points["start"] = sample(server)
+            churn_from = time.monotonic() - t0
             stats = asyncio.run(churn(port, tags, args.clients, args.seconds, args.speed))
             points["end"] = sample(server)
+            churn_to = time.monotonic() - t0
             cpu0 = cpu_seconds(server.proc.pid)
             threading.Event().wait(args.idle)
             points["idle"] = sample(server)
@@ -251,7 +256,16 @@ def main() -> None:
         for key in ("rss_mb", "fds")
     }
     # "end" is taken under load: the publishes in flight and the decode jobs queued behind them
-    # (their working set, larger when the pool lags); a leak shows after the idle minute.
+    # (their working set); a leak shows after the idle minute, and a backlog that grows without
+    # a cap as a climb from the first to the second half of the churn.
+    under_load = [p[1] for p in series if churn_from <= p[0] <= churn_to]
+    half = len(under_load) // 2
+    first, second = statistics.median(under_load[:half]), statistics.median(under_load[half:])
+    load_trend = {
+        "first_half_median_rss_mb": first,
+        "second_half_median_rss_mb": second,
+        "change_pct": round((second / first - 1) * 100, 1),
+    }
     result = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "clients": args.clients,
@@ -270,6 +284,7 @@ def main() -> None:
         "server_exit_code": code,
         "points": points,
         "growth_from_start": growth,
+        "under_load": load_trend,
         "rss_series_s_mb_fds": series,
         "flat_within_10_pct": growth["rss_mb_idle_pct"] <= 10 and growth["fds_idle_pct"] <= 10,
     }
@@ -285,6 +300,10 @@ def main() -> None:
     for at, label in labels.items():
         print(f"  {label:<26}{points[at]['rss_mb']:>10}{points[at]['fds']:>8}")
     print(f"  growth from start: {growth}")
+    print(
+        f"  under load: median RSS {first:.0f} MB in the first half of the churn, "
+        f"{second:.0f} MB in the second ({load_trend['change_pct']:+.1f} %)"
+    )
     print(f"  server CPU while idle: {idle_cpu:.1f} % of a core")
     print(f"  flat within 10 %: {result['flat_within_10_pct']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -393,3 +393,46 @@ def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() 
     clock.advance(10)
     pool.run_all()
     assert trims == [10.0, 82.0]
+
+
+def test_ended_streams_waiting_for_the_pool_are_bounded() -> None:
+    """Under overload more auto-snapshotted streams end than the pool drains: past the backlog
+    cap an ended stream's last frames are dropped (counted) and its decoder freed at once, so
+    memory does not grow with the backlog."""
+    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
+    service = SnapshotService(registry, pool, clock, max_ended_backlog=2)
+    sample = h264_sample()
+    frames: dict[str, int] = {}
+    finals: dict[str, list[bool]] = {}
+    sources = []
+    for i in range(4):
+        name = f"cam{i}"
+        stream = registry.publish(name, PROVIDER_RTMP)
+        frames[name] = 0
+
+        def count(frame: Any, name: str = name) -> None:
+            frames[name] += 1
+
+        source = service.pin(stream, count)
+        finals[name] = []
+        source.after_job(finals[name].append)
+        sources.append(source)
+        push(stream, sample.units[:10])
+    for source in sources:
+        source.stream.end()  # all four end while their jobs wait in the pool
+    assert service.abandoned_ends == 2
+    pool.run_all()
+    assert frames["cam0"] == frames["cam1"] == 10  # drained to their last frame
+    assert frames["cam2"] == frames["cam3"] == 0  # their queued jobs did no work
+    for name, source in zip(frames, sources, strict=True):
+        assert finals[name][-1] is True, "the last job of every stream is reported as final"
+        assert source.decoder.dropped_gops == (1 if name in ("cam2", "cam3") else 0)
+    assert service._ended_backlog == set()
+    # Once the pool has caught up, an ending stream is drained again.
+    stream = registry.publish("late", PROVIDER_RTMP)
+    late: list[Any] = []
+    service.pin(stream, late.append)
+    push(stream, sample.units[:10])
+    stream.end()
+    pool.run_all()
+    assert len(late) == 10 and service.abandoned_ends == 2

@@ -29,6 +29,10 @@ HOT_SECONDS = 15.0
 # Frames a pinned (auto-snapshotted) stream nobody is requesting decodes per pool job: one job
 # per frame costs ~1 % of a core per stream in thread hand-offs alone.
 PINNED_BATCH = 8
+# Ended auto-snapshotted streams whose decoders may still finish their last frames at once. Past
+# this (the pool cannot keep up: more streams end than it drains) a stream's last frames are
+# dropped and counted instead, so memory does not grow with the backlog.
+MAX_ENDED_BACKLOG = 32
 # How many streams at most are decoded ahead of requests (WCSService scales it by cores).
 MAX_HOT_STREAMS = 8
 # Seconds after a stream ends before the decoders' freed memory is handed back to the system:
@@ -58,10 +62,15 @@ class FrameSource:
         on_heat: Callable[[FrameSource], None] = _no_heat,
         pinned_batch: int = PINNED_BATCH,
         on_release: Callable[[FrameSource], None] = _no_heat,
+        may_finish: Callable[[FrameSource], bool] = lambda source: True,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
         self._on_release = on_release
+        self._may_finish = may_finish
+        # Set on the reactor when an ended stream's last frames are given up; read by jobs
+        # still queued in the pool, which then return without decoding.
+        self._abandoned = False
         self.decoder = StreamDecoder(max_pixels=stream.max_picture_pixels)
         self._run = run_in_pool
         self._clock = clock
@@ -154,13 +163,25 @@ class FrameSource:
         for d in waiters:
             d.errback(StreamNotFound(stream.name))
         if self.pinned and stream.gop is not None:
-            # The pictures still held for B-frame reordering are the last frames of the
-            # stream, and the auto-snapshotter counts them too: drain once the decoder is free.
-            self._drain_from = stream.gop
-            if not self._busy:
-                self._drain()
+            if self._may_finish(self):
+                # The pictures still held for B-frame reordering are the last frames of the
+                # stream, and the auto-snapshotter counts them too: drain once it is free.
+                self._drain_from = stream.gop
+                if not self._busy:
+                    self._drain()
+            else:
+                self._abandoned = True
+                if not self._busy:
+                    self._finish_abandoned()
         if not self._busy:
             self._release()
+
+    def _finish_abandoned(self) -> None:
+        """The last frames of an ended stream were given up (no job runs now): count them as
+        a dropped GOP and tell the listeners this was the last job."""
+        self.decoder.dropped_gops += 1
+        for callback in self._after_job:
+            callback(True)
 
     def _release(self) -> None:
         """The stream is over and its last job done: let go of the decoder (codec context,
@@ -222,6 +243,10 @@ class FrameSource:
         if self.stream.ended:
             for d in waiters:
                 d.errback(StreamNotFound(self.stream.name))
+            if self._abandoned:
+                self._finish_abandoned()
+                self._release()
+                return
             self._drain()
             final = not self._busy
             for callback in self._after_job:
@@ -264,6 +289,8 @@ class FrameSource:
         self.decoder.drain()
 
     def _job(self, gop: Gop, end: int, want_png: bool) -> bytes | None:
+        if self._abandoned:
+            return None  # queued before its stream ended and was given up: nothing to do
         if not want_png:
             self.decoder.catch_up(gop, end)
             return None
@@ -294,8 +321,13 @@ class SnapshotService:
         pinned_batch: int = PINNED_BATCH,
         trim_after_s: float = TRIM_AFTER_S,
         release_memory: Callable[[], object] = release_free_memory,
+        max_ended_backlog: int = MAX_ENDED_BACKLOG,
     ) -> None:
         self.registry = registry
+        self._max_ended_backlog = max_ended_backlog
+        # Ended streams whose decoders still hold memory until their last job has run.
+        self._ended_backlog: set[FrameSource] = set()
+        self.abandoned_ends = 0
         self._trim_after_s = trim_after_s
         self._release_memory = release_memory
         self._trim: IDelayedCall | None = None
@@ -321,6 +353,7 @@ class SnapshotService:
                 self._heated,
                 self._pinned_batch,
                 self._released,
+                self._may_finish,
             )
             stream.on_end(self._forget)
         return src
@@ -330,7 +363,23 @@ class SnapshotService:
         if src is not None:
             self._hot.pop(src, None)
 
+    def _may_finish(self, source: FrameSource) -> bool:
+        """An auto-snapshotted stream ended: may its decoder finish its last frames? Not while
+        too many ended streams already wait for the pool (overload)."""
+        if len(self._ended_backlog) >= self._max_ended_backlog:
+            self.abandoned_ends += 1
+            if self.abandoned_ends == 1:
+                log.warn(
+                    "decoding is behind: the last frames of streams that end while "
+                    "{count} ended streams wait for the pool are dropped (counted per stream)",
+                    count=self._max_ended_backlog,
+                )
+            return False
+        self._ended_backlog.add(source)
+        return True
+
     def _released(self, source: FrameSource) -> None:
+        self._ended_backlog.discard(source)
         # A decoder of an ended stream let go of its memory (after its last job, which may run
         # well after the stream ended when the pool is busy).
         if self._trim is None and self._trim_after_s > 0:
