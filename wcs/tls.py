@@ -177,8 +177,12 @@ class HandshakeGuard(ProtocolWrapper):
     def handshakeCompleted(self) -> None:
         self.done = True
         self._cancel()
-        if IHandshakeListener.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.handshakeCompleted()
+        wrapped = self.wrappedProtocol
+        # Only a protocol that handles it itself: a ProtocolWrapper over us (the WSS byte
+        # budget) copies our interfaces from its transport and forwards unknown attributes back
+        # to us, so asking it would call this method again, endlessly.
+        if IHandshakeListener.providedBy(wrapped) and hasattr(type(wrapped), "handshakeCompleted"):
+            wrapped.handshakeCompleted()
 
     def _timed_out(self) -> None:
         self._deadline = None

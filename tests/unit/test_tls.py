@@ -19,6 +19,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -233,12 +234,17 @@ def test_a_peer_that_leaves_before_the_handshake_is_not_a_warning(
     assert not clock.getDelayedCalls()  # nor is the deadline left running
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["app", "app-under-a-wrapper"])
 def test_a_completed_handshake_cancels_the_deadline_and_passes_data(
-    options: ssl.CertificateOptions, log_events: list[LogEvent]
+    options: ssl.CertificateOptions, log_events: list[LogEvent], wrapped: bool
 ) -> None:
+    """Also with a ProtocolWrapper over the guard (the WSS listener's byte budget): it copies
+    the guard's interfaces from its transport and forwards unknown attributes back to it, which
+    made the handshake notification call itself until RecursionError."""
     clock = Clock()
     apps = AppFactory()
-    server_factory = tls_server_factory(options, apps, clock, "wss")
+    app_factory: Any = WrappingFactory(apps) if wrapped else apps
+    server_factory = tls_server_factory(options, app_factory, clock, "wss")
     client_factory = TLSMemoryBIOFactory(
         ssl.CertificateOptions(), True, ClientFactory.forProtocol(Protocol), clock
     )
@@ -258,3 +264,4 @@ def test_a_completed_handshake_cancels_the_deadline_and_passes_data(
     assert b"".join(apps.apps[0].received) == b"hello"
     assert apps.apps[0].lost == []
     assert warnings(log_events) == []
+    assert not [e for e in log_events if "log_failure" in e]
