@@ -1038,7 +1038,8 @@ class _AnyPath(WebSocketResource):
             refusal = self.origins.refusal(origin, host)
             if refusal is not None:
                 log.warn(
-                    "WebSDK {peer}: refused the WebSocket upgrade: {refusal}",
+                    "WebSDK {peer}: refused the WebSocket upgrade: {refusal} "
+                    "(a page allowed to connect belongs in ws_allowed_origins)",
                     peer=peer_of(request.channel.transport if request.channel else None),
                     refusal=refusal,
                 )
