@@ -234,7 +234,9 @@ def main() -> None:
         try:
             points = {"ready": sample(server)}
             port = server.ports["rtmp"]
+            warm_from = time.monotonic() - t0
             warm = asyncio.run(churn(port, tags, args.clients, args.warmup, args.speed))
+            warm_to = time.monotonic() - t0
             settled = settle(server, args.idle)
             points["start"] = sample(server)
             churn_from = time.monotonic() - t0
@@ -257,13 +259,15 @@ def main() -> None:
     }
     # "end" is taken under load: the publishes in flight and the decode jobs queued behind them
     # (their working set); a leak shows after the idle minute, and a backlog that grows without
-    # a cap as a climb from the first to the second half of the churn.
-    under_load = [p[1] for p in series if churn_from <= p[0] <= churn_to]
-    half = len(under_load) // 2
-    first, second = statistics.median(under_load[:half]), statistics.median(under_load[half:])
+    # a cap as a climb under the same load: the warm-up churn against the last half of the
+    # measured one (the first half ramps up again from the settled server).
+    warm_rss = [p[1] for p in series if warm_from <= p[0] <= warm_to]
+    churn_rss = [p[1] for p in series if churn_from <= p[0] <= churn_to]
+    first = statistics.median(warm_rss or [float("nan")])
+    second = statistics.median(churn_rss[len(churn_rss) // 2 :] or [float("nan")])
     load_trend = {
-        "first_half_median_rss_mb": first,
-        "second_half_median_rss_mb": second,
+        "warmup_median_rss_mb": first,
+        "churn_last_half_median_rss_mb": second,
         "change_pct": round((second / first - 1) * 100, 1),
     }
     result = {
@@ -301,8 +305,8 @@ def main() -> None:
         print(f"  {label:<26}{points[at]['rss_mb']:>10}{points[at]['fds']:>8}")
     print(f"  growth from start: {growth}")
     print(
-        f"  under load: median RSS {first:.0f} MB in the first half of the churn, "
-        f"{second:.0f} MB in the second ({load_trend['change_pct']:+.1f} %)"
+        f"  under load: median RSS {first:.0f} MB in the warm-up churn, {second:.0f} MB in the "
+        f"last half of the measured churn ({load_trend['change_pct']:+.1f} %)"
     )
     print(f"  server CPU while idle: {idle_cpu:.1f} % of a core")
     print(f"  flat within 10 %: {result['flat_within_10_pct']}")
