@@ -15,6 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wcs.hooks import Hooks, NoHooks, Refused
+from wcs.limits import LogThrottle
 from wcs.streams import Stream
 
 __all__ = ["FAILURE_DELAY", "INFO_BAD_PASSWORD", "Access", "Client", "Refused"]
@@ -25,8 +26,6 @@ log = Logger(namespace="wcs.access")
 # keeps serving everyone else meanwhile.
 FAILURE_DELAY = 1.0
 INFO_BAD_PASSWORD = "Invalid publish password"
-# Failed password attempts are logged at most this often (never the password itself).
-FAILURE_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,8 @@ class Access:
         self.publish_password = publish_password
         self.node_id = node_id or f"wcs-{uuid.uuid4().hex[:12]}"
         self.failed_passwords = 0
-        self._last_failure_log = float("-inf")
+        # Failed attempts are logged rate-limited, never with the password itself.
+        self._failures = LogThrottle(clock, log)
 
     # -- asking -----------------------------------------------------------------------------------
     def _body(self, client: Client, **extra: Any) -> dict[str, Any]:
@@ -151,14 +151,11 @@ class Access:
     def refuse_later(self, info: str) -> Deferred[None]:
         """A failed credential: counted, logged rate-limited, refused after FAILURE_DELAY."""
         self.failed_passwords += 1
-        now = self.clock.seconds()
-        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
-            self._last_failure_log = now
-            log.warn(
-                "publish refused: {info} ({count} failed attempts since start)",
-                info=info,
-                count=self.failed_passwords,
-            )
+        self._failures.warn(
+            "publish refused: {info} ({count} failed attempts since start)",
+            info=info,
+            count=self.failed_passwords,
+        )
 
         def refuse() -> None:
             raise Refused(info)

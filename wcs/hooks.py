@@ -18,13 +18,13 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from wcs.limits import LogThrottle
+
 log = Logger(namespace="wcs.hooks")
 
 # What we read of a hook app's answer: a JSON object with a reason, never a large document.
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_REASON_CHARS = 200
-# Failures of after-the-fact notifications are logged at most this often (the app may be down).
-NOTIFY_LOG_INTERVAL = 10.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 USER_AGENT = b"wcs-rest-hook"
 
@@ -109,10 +109,11 @@ class RestHooks:
     timeout: float
     fail_open: bool = False
     agent: IAgent | None = None
-    _last_notify_log: float = field(default=float("-inf"), repr=False)
     _notify_failures: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
+        # An app that is down fails every request: its warnings are rate-limited.
+        self._unavailable = LogThrottle(self.reactor, log)
         if self.agent is None:
             pool = HTTPConnectionPool(self.reactor, persistent=True)
             pool.maxPersistentPerHost = 8
@@ -152,14 +153,14 @@ class RestHooks:
             if failure.check(Refused):
                 failure.raiseException()
             why = "timed out" if failure.check(CancelledError) else failure.getErrorMessage()
+            self._unavailable.warn(
+                "REST hook {method} unavailable ({why}); {outcome}",
+                method=method,
+                why=why,
+                outcome="allowed (rest_hook_fail_open)" if self.fail_open else "refused",
+            )
             if self.fail_open:
-                log.warn(
-                    "REST hook {method} unavailable ({why}); allowed (rest_hook_fail_open)",
-                    method=method,
-                    why=why,
-                )
                 return {}
-            log.warn("REST hook {method} unavailable ({why}); refused", method=method, why=why)
             raise Refused("REST hook unavailable")
 
         return self._post(method, body).addCallback(decided).addErrback(unreachable)
@@ -167,14 +168,11 @@ class RestHooks:
     def tell(self, method: str, body: dict[str, Any]) -> None:
         def failed(failure: Failure) -> None:
             self._notify_failures += 1
-            now = self.reactor.seconds()
-            if now - self._last_notify_log >= NOTIFY_LOG_INTERVAL:
-                self._last_notify_log = now
-                log.warn(
-                    "REST hook {method} notification failed: {why} ({count} failed so far)",
-                    method=method,
-                    why=failure.getErrorMessage() or "timed out",
-                    count=self._notify_failures,
-                )
+            self._unavailable.warn(
+                "REST hook {method} notification failed: {why} ({count} failed so far)",
+                method=method,
+                why=failure.getErrorMessage() or "timed out",
+                count=self._notify_failures,
+            )
 
         self._post(method, body).addErrback(failed)

@@ -138,8 +138,20 @@ def test_tell_does_not_wait_and_logs_failures_rate_limited(log_events: list[Any]
     h, agent, clock = hooks(ConnectionRefusedError())
     for _ in range(5):
         h.tell("unPublishStream", {"name": "cam"})
-    clock.advance(11)
-    h.tell("unPublishStream", {"name": "cam"})
-    assert len(agent.requests) == 6
+    assert len(agent.requests) == 5
     lines = [e for e in log_events if "notification failed" in e.get("log_format", "")]
-    assert [e["count"] for e in lines] == [1, 6]
+    assert [e["count"] for e in lines] == [1]  # the first at once, the rest counted
+    clock.advance(11)
+    lines = [e for e in log_events if "notification failed" in e.get("log_format", "")]
+    assert [(e["count"], e.get("throttled")) for e in lines] == [(1, None), (5, 4)]
+
+
+def test_an_app_that_is_down_is_logged_rate_limited(log_events: list[Any]) -> None:
+    h, _, clock = hooks(ConnectionRefusedError())
+    for _ in range(20):
+        h.ask("publishStream", {"name": "cam"}).addErrback(lambda f: None)
+    lines = [e for e in log_events if "unavailable" in e.get("log_format", "")]
+    assert len(lines) == 1 and lines[0]["outcome"] == "refused"
+    clock.advance(11)
+    lines = [e for e in log_events if "unavailable" in e.get("log_format", "")]
+    assert len(lines) == 2 and lines[1]["throttled"] == 19

@@ -468,11 +468,14 @@ def test_failures_are_logged_rate_limited(log_events: list[LogEvent]) -> None:
         assert auth.check("DESCRIBE", URI, basic, "10.0.0.9:4000").failed
         clock.advance(0.1)
     lines = [formatEvent(e) for e in log_events]
-    assert len(lines) == 1 and "failed 1 time(s)" in lines[0] and "10.0.0.9:4000" in lines[0]
+    assert len(lines) == 1 and "10.0.0.9:4000: wrong Basic credentials" in lines[0]
     clock.advance(60)
-    auth.check("DESCRIBE", URI, basic, "10.0.0.8:4000")
     lines = [formatEvent(e) for e in log_events]
-    assert len(lines) == 2 and "failed 100 time(s)" in lines[1] and "10.0.0.8:4000" in lines[1]
+    assert len(lines) == 2 and "[99 such events in the last 60 s]" in lines[1]
+    auth.check("DESCRIBE", URI, basic, "10.0.0.8:4000")
+    clock.advance(60)
+    lines = [formatEvent(e) for e in log_events]
+    assert len(lines) == 3 and "10.0.0.8:4000" in lines[2] and "[1 such events" in lines[2]
     assert "guess" not in " ".join(lines)
 
 

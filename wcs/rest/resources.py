@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from wcs.config import Settings
 from wcs.guard import describe
+from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
@@ -109,10 +110,8 @@ class LoginThrottle:
     ) -> None:
         self.clock = clock
         self.delay = delay
-        self.log_interval = log_interval
         self.failures = 0
-        self._unlogged = 0
-        self._window: IDelayedCall | None = None
+        self._log = LogThrottle(clock, log, log_interval)
 
     def answer_later(self, request: server.Request, answer: Callable[[], None]) -> int:
         """Count and log the failure; run `answer` after the delay (not if the client left)."""
@@ -128,28 +127,11 @@ class LoginThrottle:
 
     def _failed(self, request: server.Request) -> None:
         self.failures += 1
-        if self._window is not None:
-            self._unlogged += 1
-            return
-        log.warn(
-            "REST: failed login from {peer} (user {user!r}); further failures are counted "
-            "for {interval:g} s",
+        self._log.warn(
+            "REST: failed login from {peer} (user {user!r})",
             peer=peer_of(request.channel.transport if request.channel else None),
             user=request.getUser().decode("utf-8", "replace")[:100],
-            interval=self.log_interval,
         )
-        self._window = self.clock.callLater(self.log_interval, self._flush)
-
-    def _flush(self) -> None:
-        self._window = None
-        count, self._unlogged = self._unlogged, 0
-        if count:
-            log.warn(
-                "REST: {count} more failed logins in the last {interval:g} s",
-                count=count,
-                interval=self.log_interval,
-            )
-            self._window = self.clock.callLater(self.log_interval, self._flush)
 
 
 class BadLogin(RestError):

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wcs.limits import LogThrottle
 from wcs.rtsp.numbers import ascii_hex
 
 __all__ = [
@@ -343,8 +344,8 @@ class RtspAuthenticator:
     they support, ffmpeg the last Digest one, and it knows only MD5) and Basic (cameras, VLC,
     ffmpeg with a URL password). Nonces are ``<time>.<HMAC(secret, time)>``: nothing is stored
     per client, they expire after ``nonce_lifetime`` (stale=true), and a forged one fails the
-    HMAC. Every comparison is constant-time. Failed guesses are logged at most once per
-    FAILURE_LOG_INTERVAL, with a count.
+    HMAC. Every comparison is constant-time. Failed guesses are logged rate-limited: the first
+    at once, then a count at most every FAILURE_LOG_INTERVAL.
     """
 
     def __init__(
@@ -365,9 +366,7 @@ class RtspAuthenticator:
         self.realm = realm
         self.nonce_lifetime = nonce_lifetime
         self._secret = secret or secrets.token_bytes(32)
-        self._failures = 0  # since the last failure log line
-        self._last_log: float | None = None
-        self._last_failure = ""
+        self._failures = LogThrottle(clock, log, FAILURE_LOG_INTERVAL)
 
     # -- challenges --------------------------------------------------------------------------
     def nonce(self) -> str:
@@ -479,20 +478,12 @@ class RtspAuthenticator:
         return _OK
 
     def _failed(self, peer: str, reason: str) -> None:
-        self._failures += 1
-        self._last_failure = f"{peer}: {reason}" if peer else reason
-        now = self.clock.seconds()
-        if self._last_log is not None and now - self._last_log < FAILURE_LOG_INTERVAL:
-            return
-        log.warn(
-            "RTSP authentication failed {count} time(s) since the last report (realm {realm}; "
-            "last: {last})",
-            count=self._failures,
+        self._failures.warn(
+            "RTSP authentication failed (realm {realm}): {peer}: {reason}",
             realm=self.realm,
-            last=self._last_failure,
+            peer=peer or "?",
+            reason=reason,
         )
-        self._failures = 0
-        self._last_log = now
 
 
 def _same_resource(digest_uri: str, request_uri: str) -> bool:
