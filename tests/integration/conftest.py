@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -139,13 +140,21 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(workdir: Path, extra: str = "") -> Server:
+def start_server(
+    workdir: Path, extra: str = "", *, nofile: tuple[int, int] | None = None
+) -> Server:
+    """A real `twistd -n wcs` on free loopback ports; `nofile` = (soft, hard) RLIMIT_NOFILE."""
     names = ("http", "https", "rtmp", "rtsp", "ws", "wss")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     config = workdir / "flashphoner.properties"
     config.write_text(
         "ip=127.0.0.1\n" + "".join(f"{name}.port={port}\n" for name, port in ports.items()) + extra
     )
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     proc = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "wcs", "--config", str(config)],
         cwd=workdir,
@@ -153,10 +162,15 @@ def start_server(workdir: Path, extra: str = "") -> Server:
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        preexec_fn=limit if nofile is not None else None,
     )
     server = Server(proc, workdir, ports)
     threading.Thread(target=server._reader, daemon=True).start()
-    server.wait_for_log(r"wcs ready:", timeout=READY_TIMEOUT)
+    try:
+        server.wait_for_log(r"wcs ready:", timeout=READY_TIMEOUT)
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 

@@ -11,10 +11,8 @@ import http.client
 import json
 import os
 import re
-import resource
 import select
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, READY_TIMEOUT, Server, free_ports, publish
+from tests.integration.conftest import Server, publish, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -37,34 +35,7 @@ LIVE_VIDEO = [
 
 
 def start_limited(workdir: Path, soft: int, hard: int, extra: str = "") -> Server:
-    """`twistd -n wcs` (as conftest.start_server) with RLIMIT_NOFILE set before exec."""
-    names = ("http", "https", "rtmp", "rtsp", "ws", "wss")
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    config = workdir / "flashphoner.properties"
-    config.write_text(
-        "ip=127.0.0.1\n" + "".join(f"{name}.port={port}\n" for name, port in ports.items()) + extra
-    )
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    proc = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "wcs", "--config", str(config)],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        preexec_fn=limit,
-    )
-    server = Server(proc, workdir, ports)
-    threading.Thread(target=server._reader, daemon=True).start()
-    try:
-        server.wait_for_log(r"wcs ready:", timeout=READY_TIMEOUT)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return start_server(workdir, extra, nofile=(soft, hard))
 
 
 @contextlib.contextmanager
