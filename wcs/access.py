@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -38,6 +38,10 @@ class Client:
     app_key: str = ""
     custom: Mapping[str, Any] = field(default_factory=dict)
     auth_token: str = ""
+
+    def with_custom(self, extra: Mapping[str, Any]) -> Client:
+        """This client with a request's own `custom` fields over the connection's."""
+        return replace(self, custom={**self.custom, **extra}) if extra else self
 
     @staticmethod
     def session_id_of(peer: Any, local: Any) -> str:
@@ -86,18 +90,21 @@ class Access:
         return self.hooks.ask("connect", self._body(client))
 
     def publish(
-        self, client: Client, name: str, media_session_id: str, password: str | None
+        self,
+        client: Client,
+        name: str,
+        media_session_id: str,
+        password: str | None,
+        *,
+        authenticated: bool = False,
     ) -> Deferred[None]:
-        """Before a publish is accepted: the publish password (if set), then the hook."""
-        checked = self.check_password(password) if self.publish_password is not None else None
+        """Before a publish is accepted: the publish password (unless the protocol checked it
+        itself, `authenticated`: RTSP auth), then the hook."""
         body = self._body(client, name=name, mediaSessionId=media_session_id, published=True)
-
-        def ask_hook(_: object) -> Deferred[None]:
-            return self.hooks.ask("publishStream", body).addCallback(lambda _: None)
-
-        if checked is None:
-            return ask_hook(None)
-        return checked.addCallback(ask_hook)
+        checked = succeed(None) if authenticated else self.check_password(password)
+        return checked.addCallback(lambda _: self.hooks.ask("publishStream", body)).addCallback(
+            lambda _: None
+        )
 
     def play(self, client: Client, name: str, media_session_id: str) -> Deferred[None]:
         body = self._body(client, name=name, mediaSessionId=media_session_id, published=False)

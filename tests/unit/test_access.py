@@ -52,6 +52,9 @@ def test_without_password_or_hooks_everything_is_allowed_at_once() -> None:
 def test_right_password_is_allowed_at_once() -> None:
     access = Access(Clock(), publish_password="s3cret")
     assert outcome(access.publish(CLIENT, "cam", "m1", "s3cret")) == [None]
+    # A protocol that checked the password itself (RTSP Digest) is not asked for it again.
+    assert outcome(access.publish(CLIENT, "cam", "m1", None, authenticated=True)) == [None]
+    assert access.failed_passwords == 0
 
 
 def test_wrong_or_missing_password_is_refused_after_the_delay(log_events: list[Any]) -> None:

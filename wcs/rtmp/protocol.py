@@ -500,15 +500,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             return
         params = query_params(raw)
         password = params.pop("password", None)
-        client = self._client
-        if params:
-            client = Client(
-                client.session_id,
-                client.provider,
-                client.address,
-                client.app_key,
-                {**client.custom, **params},
-            )
+        client = self._client.with_custom(params)
         msid = str(uuid.uuid4())
         self._await(
             self.factory.access.publish(client, name, msid, password),

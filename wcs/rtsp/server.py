@@ -960,7 +960,7 @@ class RTSPServerProtocol(Protocol):
         access = self.factory.access
         # The password (if any) was checked as RTSP auth: the hooks decide the rest.
         decision = self._connect(client).addCallback(
-            lambda _: access.publish(client, name, msid, access.publish_password)
+            lambda _: access.publish(client, name, msid, None, authenticated=True)
         )
 
         def allowed(_: object) -> _Reply:

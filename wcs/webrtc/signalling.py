@@ -660,10 +660,7 @@ class WebSDKSession:
 
     def _client_for(self, obj: Any) -> Client:
         """The session's client, with this stream's own `custom` over the session's."""
-        custom = _custom(obj)
-        if not custom:
-            return self.client
-        return replace(self.client, custom={**self.client.custom, **custom})
+        return self.client.with_custom(_custom(obj))
 
     def message_playStream(self, obj: Any) -> None:
         sdp = _text(obj, "sdp", limit=None)
