@@ -1589,6 +1589,24 @@ def test_teardown_right_after_play_before_the_player_started(
     assert conn.proto.player is None and conn.transport.producer is None
 
 
+def test_pipelined_requests_answered_at_once_are_all_answered(
+    conn: Conn, registry: StreamRegistry
+) -> None:
+    """A DESCRIBE's reply is a Deferred (the play hook may wait), usually fired already: each
+    one re-entered the request loop, so 400 pipelined in one read lost 141 answers to a
+    RecursionError. Replies that are ready are answered inline, in order."""
+    live_stream(registry)
+    count = 2000
+    conn.send(
+        b"".join(build_request("DESCRIBE", BASE, [("CSeq", str(i + 1))]) for i in range(count))
+    )
+    answers = RtspParser().feed(conn.transport.value())
+    assert [(a.status, a.headers["CSeq"]) for a in answers] == [  # type: ignore[union-attr]
+        (200, str(i + 1)) for i in range(count)
+    ]
+    assert not conn.transport.disconnecting
+
+
 def test_a_failing_player_is_closed_and_the_publisher_goes_on(
     factory: RTSPServerFactory,
     registry: StreamRegistry,

@@ -620,12 +620,17 @@ class RTSPServerProtocol(Protocol):
         )
 
     def _wait_for_reply(self, req: RtspRequest, cseq: str, reply: Deferred[_Reply]) -> None:
-        """A reply that waits for the hook app: this connection's input waits behind it."""
-        self._pending = True
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        """A reply that may wait for the hook app: if it has not fired yet, this connection's
+        input waits behind it. One that has is answered now, and the request loop goes on
+        (resuming from here would re-enter it once per pipelined request)."""
+        later = False
+        fired = False
 
         def answered(result: _Reply | Failure) -> None:
-            self._pending = False
+            nonlocal fired
+            fired = True
+            if later:
+                self._pending = False
             if self._closing:
                 return
             if isinstance(result, Failure):
@@ -633,10 +638,16 @@ class RTSPServerProtocol(Protocol):
                 self._request_failed(req, cseq, result.value)
                 return
             self._answer(req, result, cseq)
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-            self._resume()
+            if later:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+                self._resume()
 
+        # Not `reply.called`: a Deferred waiting for another one it returned is "called" too.
         reply.addBoth(answered)
+        if not fired:
+            later = True
+            self._pending = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     @guarded
     def _resume(self) -> None:
