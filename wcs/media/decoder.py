@@ -23,6 +23,24 @@ def can_decode(codec: str) -> bool:
     return codec in DECODERS
 
 
+def open_codec(codec: str, params: VideoParams | None, max_pixels: int) -> Any:
+    """A decoding context for `codec` (an av.VideoCodecContext; PyAV types create() as the base
+    class), fed `params.extradata` when there is any. Raises ValueError for a codec we do not
+    decode. Every decoder of stream video is made here, so none misses the picture limit."""
+    name = DECODERS.get(codec)
+    if name is None:
+        raise ValueError(f"no decoder for codec {codec}")
+    ctx: Any = av.CodecContext.create(name, "r")
+    # FFmpeg refuses (per packet) a picture larger than this, whatever the SPS in-band says.
+    ctx.options = {"max_pixels": str(max_pixels)}
+    if params is not None and params.extradata:
+        ctx.extradata = params.extradata
+    # Frame threading would add one frame of delay per thread: freshness matters more here,
+    # and streams already decode in parallel on the pool.
+    ctx.thread_count = 1
+    return ctx
+
+
 def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     try:
@@ -102,17 +120,7 @@ class StreamDecoder:
         self.dropped_gops = 0  # whole GOPs among them
 
     def _open(self, params: VideoParams) -> None:
-        name = DECODERS.get(params.codec)
-        if name is None:
-            raise ValueError(f"no decoder for codec {params.codec}")
-        ctx = av.CodecContext.create(name, "r")
-        # FFmpeg refuses (per packet) a picture larger than this, whatever the SPS in-band says.
-        ctx.options = {"max_pixels": str(self.max_pixels)}
-        if params.extradata:
-            ctx.extradata = params.extradata
-        # Frame threading would add one frame of delay per thread: freshness matters more here,
-        # and streams already decode in parallel on the pool.
-        ctx.thread_count = 1
+        ctx = open_codec(params.codec, params, self.max_pixels)
         self.reset()
         self._ctx = ctx
         self._params = params
