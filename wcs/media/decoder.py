@@ -65,13 +65,10 @@ def release_free_memory() -> None:
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """A fully decoded picture and where it came from: its GOP, its unit's place in that GOP
-    (decode order) and pts, and whether the GOP's keyframe had been output by then."""
+    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then."""
 
     frame: VideoFrame
     gop_seq: int
-    pts: int
-    pos: int = 0
     after_key: bool = True
 
 
@@ -104,8 +101,8 @@ class StreamDecoder:
         self._index = 0  # decode index of the next packet, for the decoder's whole life
         self._pass_key = -1  # decode index of the keyframe the current pass started at
         self._last_key_out = -1  # decode index of the newest keyframe output so far
-        # decode index -> (gop seq, position in the GOP, unit pts, pass keyframe index)
-        self._pending: dict[int, tuple[int, int, int, int]] = {}
+        # decode index -> (gop seq, position in the GOP, pass keyframe index)
+        self._pending: dict[int, tuple[int, int, int]] = {}
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
         # Packets FFmpeg refused (broken, or a picture over max_pixels) and the newest reason.
@@ -150,7 +147,7 @@ class StreamDecoder:
             if pos == 0:
                 self._pass_key = index
             pending = self._pending
-            pending[index] = (gop_seq, pos, unit.pts, self._pass_key)
+            pending[index] = (gop_seq, pos, self._pass_key)
             if len(pending) > MAX_PENDING:
                 del pending[next(iter(pending))]
             packet = av.Packet(unit.data)
@@ -167,14 +164,14 @@ class StreamDecoder:
             origin = self._pending.pop(frame.pts, None) if frame.pts is not None else None
             if origin is None:
                 continue
-            seq, at, pts, key = origin
+            seq, at, key = origin
             if at == 0:
                 self._last_key_out = max(self._last_key_out, key)
             # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
             if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
-            decoded = self.latest = DecodedFrame(frame, seq, pts, at, key <= self._last_key_out)
+            decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out)
             if self.on_frame is not None and self._first_time(seq, at):
                 self.on_frame(decoded)
 
