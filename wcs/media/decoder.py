@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,15 +40,8 @@ def open_codec(codec: str, params: VideoParams | None, max_pixels: int) -> Any:
     return ctx
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
+# The process's own symbols (libc among them): no find_library, which runs ldconfig at import.
+_MALLOC_TRIM: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_free_memory() -> None:
