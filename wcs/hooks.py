@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -149,21 +150,17 @@ class RestHooks:
             raise Refused(reason)
 
         def unreachable(failure: Failure) -> dict[str, Any]:
-            failure.trap(Exception)
-            if failure.check(Refused):
-                failure.raiseException()
-            why = "timed out" if failure.check(CancelledError) else failure.getErrorMessage()
             self._unavailable.warn(
                 "REST hook {method} unavailable ({why}); {outcome}",
                 method=method,
-                why=why,
+                why=_why(failure),
                 outcome="allowed (rest_hook_fail_open)" if self.fail_open else "refused",
             )
             if self.fail_open:
                 return {}
             raise Refused("REST hook unavailable")
 
-        return self._post(method, body).addCallback(decided).addErrback(unreachable)
+        return self._post(method, body).addCallbacks(decided, unreachable)
 
     def tell(self, method: str, body: dict[str, Any]) -> None:
         def failed(failure: Failure) -> None:
@@ -171,8 +168,15 @@ class RestHooks:
             self._unavailable.warn(
                 "REST hook {method} notification failed: {why} ({count} failed so far)",
                 method=method,
-                why=failure.getErrorMessage() or "timed out",
+                why=_why(failure),
                 count=self._notify_failures,
             )
 
         self._post(method, body).addErrback(failed)
+
+
+def _why(failure: Failure) -> str:
+    """Why the app gave no answer, for the log (addTimeout fails with defer.TimeoutError)."""
+    if failure.check(defer.TimeoutError, defer.CancelledError):
+        return "timed out"
+    return failure.getErrorMessage() or type(failure.value).__name__

@@ -117,7 +117,7 @@ def test_an_app_that_is_down(fail_open: bool) -> None:
 
 
 @pytest.mark.parametrize("fail_open", [False, True])
-def test_an_app_that_is_too_slow(fail_open: bool) -> None:
+def test_an_app_that_is_too_slow(fail_open: bool, log_events: list[Any]) -> None:
     pending: Deferred[Any] = Deferred()
     h, _, clock = hooks(pending, fail_open=fail_open)
     d = h.ask("publishStream", {"name": "cam"})
@@ -132,6 +132,16 @@ def test_an_app_that_is_too_slow(fail_open: bool) -> None:
     else:
         assert isinstance(outcome[0], Failure) and outcome[0].check(Refused)
         assert refused_info(outcome[0]) == "REST hook unavailable"
+    lines = [e for e in log_events if "unavailable" in e.get("log_format", "")]
+    assert [e["why"] for e in lines] == ["timed out"]
+
+
+def test_a_notification_that_times_out_says_so(log_events: list[Any]) -> None:
+    h, _, clock = hooks(Deferred())
+    h.tell("unPublishStream", {"name": "cam"})
+    clock.advance(2.1)
+    lines = [e for e in log_events if "notification failed" in e.get("log_format", "")]
+    assert [e["why"] for e in lines] == ["timed out"]
 
 
 def test_tell_does_not_wait_and_logs_failures_rate_limited(log_events: list[Any]) -> None:

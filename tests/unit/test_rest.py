@@ -10,13 +10,15 @@ import functools
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from twisted.internet import _producer_helpers
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
@@ -26,6 +28,7 @@ from wcs.config import Settings
 from wcs.rest.resources import MAX_BODY, build_site
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamNotFound, StreamRegistry
+from wcs.web import resources as web_resources
 
 SNAPSHOT = "/rest-api/stream/snapshot"
 FIND = "/rest-api/stream/find"
@@ -1040,3 +1043,30 @@ def test_answer_to_a_client_already_not_reading_starts_paused(api: Api) -> None:
     response = parse_response(transport.received)
     assert response is not None and response.status == 200
     assert len(response.body) == len(base64.b64encode(BIG_PNG)) + len('{"data":""}')
+
+
+def test_static_file_to_a_client_already_not_reading_starts_paused(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a pull producer (a /demo file): Twisted drives it through a cooperator task
+    that must start paused too, not write the whole file into the buffer."""
+    content = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "big.js").write_bytes(content)
+    monkeypatch.setattr(web_resources, "DEMO_DIR", tmp_path)
+    cooperator = Cooperator(scheduler=lambda work: api.clock.callLater(0, work))
+    monkeypatch.setattr(_producer_helpers, "cooperate", cooperator.cooperate)
+    transport, channel = slow_connection(api)
+    transport.paused = True
+    channel.pauseProducing()
+    channel.dataReceived(b"GET /demo/big.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    for _ in range(20):
+        api.clock.advance(0)
+    assert len(transport.value()) < 2 * SlowReader.BUFFER  # the headers, not 1 MiB
+    response = None
+    for _ in range(1000):  # the client reads; the file follows a buffer at a time
+        transport.read_all()
+        api.clock.advance(0)
+        if (response := parse_response(transport.received + transport.value())) is not None:
+            break
+    assert transport.most_buffered < 3 * SlowReader.BUFFER
+    assert response is not None and response.status == 200 and response.body == content

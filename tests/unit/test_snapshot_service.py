@@ -16,6 +16,7 @@ from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_RTMP, Stream, StreamNotFound, StreamRegistry
+from wcs.webrtc.peer import StreamTrack
 
 FRAME = 3000  # 90 kHz ticks per frame at 30 fps
 
@@ -345,6 +346,21 @@ def test_decoder_refuses_an_in_band_sps_over_the_limit_and_logs_once(
     assert len(warnings) == 1 and "Invalid data" in warnings[0]["reason"]
     assert not [e for e in log_events if e.get("log_failure") is not None]
     assert not stream.ended
+
+
+@pytest.mark.parametrize("limit", [320 * 240 - 1, None], ids=["over", "within"])
+def test_webrtc_transcoding_refuses_an_in_band_sps_over_the_limit_too(limit: int | None) -> None:
+    """The WebRTC player that re-encodes a B-frame stream decodes with the same context set-up
+    (open_codec): the picture limit the snapshot decoder applies holds there too."""
+    stream = Stream("sneaky", PROVIDER_RTMP, max_picture_pixels=limit or 320 * 240)
+    stream.set_video_params(VideoParams("H264", 64, 64))
+    track = StreamTrack(stream, "H264")
+    frames = [track._decode(unit) for unit in h264_sample().units[:10]]
+    decoded = [f for f in frames if f is not None]
+    if limit is None:
+        assert decoded and (decoded[0].width, decoded[0].height) == (320, 240)
+    else:
+        assert decoded == []
 
 
 def test_decoder_within_the_limit_decodes() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,15 +22,26 @@ def can_decode(codec: str) -> bool:
     return codec in DECODERS
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
+def open_codec(codec: str, params: VideoParams | None, max_pixels: int) -> Any:
+    """A decoding context for `codec` (an av.VideoCodecContext; PyAV types create() as the base
+    class), fed `params.extradata` when there is any. Raises ValueError for a codec we do not
+    decode. Every decoder of stream video is made here, so none misses the picture limit."""
+    name = DECODERS.get(codec)
+    if name is None:
+        raise ValueError(f"no decoder for codec {codec}")
+    ctx: Any = av.CodecContext.create(name, "r")
+    # FFmpeg refuses (per packet) a picture larger than this, whatever the SPS in-band says.
+    ctx.options = {"max_pixels": str(max_pixels)}
+    if params is not None and params.extradata:
+        ctx.extradata = params.extradata
+    # Frame threading would add one frame of delay per thread: freshness matters more here,
+    # and streams already decode in parallel on the pool.
+    ctx.thread_count = 1
+    return ctx
 
 
-_MALLOC_TRIM = _malloc_trim()
+# The process's own symbols (libc among them): no find_library, which runs ldconfig at import.
+_MALLOC_TRIM: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_free_memory() -> None:
@@ -47,13 +57,10 @@ def release_free_memory() -> None:
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """A fully decoded picture and where it came from: its GOP, its unit's place in that GOP
-    (decode order) and pts, and whether the GOP's keyframe had been output by then."""
+    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then."""
 
     frame: VideoFrame
     gop_seq: int
-    pts: int
-    pos: int = 0
     after_key: bool = True
 
 
@@ -86,8 +93,8 @@ class StreamDecoder:
         self._index = 0  # decode index of the next packet, for the decoder's whole life
         self._pass_key = -1  # decode index of the keyframe the current pass started at
         self._last_key_out = -1  # decode index of the newest keyframe output so far
-        # decode index -> (gop seq, position in the GOP, unit pts, pass keyframe index)
-        self._pending: dict[int, tuple[int, int, int, int]] = {}
+        # decode index -> (gop seq, position in the GOP, pass keyframe index)
+        self._pending: dict[int, tuple[int, int, int]] = {}
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
         # Packets FFmpeg refused (broken, or a picture over max_pixels) and the newest reason.
@@ -102,17 +109,7 @@ class StreamDecoder:
         self.dropped_gops = 0  # whole GOPs among them
 
     def _open(self, params: VideoParams) -> None:
-        name = DECODERS.get(params.codec)
-        if name is None:
-            raise ValueError(f"no decoder for codec {params.codec}")
-        ctx = av.CodecContext.create(name, "r")
-        # FFmpeg refuses (per packet) a picture larger than this, whatever the SPS in-band says.
-        ctx.options = {"max_pixels": str(self.max_pixels)}
-        if params.extradata:
-            ctx.extradata = params.extradata
-        # Frame threading would add one frame of delay per thread: freshness matters more here,
-        # and streams already decode in parallel on the pool.
-        ctx.thread_count = 1
+        ctx = open_codec(params.codec, params, self.max_pixels)
         self.reset()
         self._ctx = ctx
         self._params = params
@@ -142,7 +139,7 @@ class StreamDecoder:
             if pos == 0:
                 self._pass_key = index
             pending = self._pending
-            pending[index] = (gop_seq, pos, unit.pts, self._pass_key)
+            pending[index] = (gop_seq, pos, self._pass_key)
             if len(pending) > MAX_PENDING:
                 del pending[next(iter(pending))]
             packet = av.Packet(unit.data)
@@ -159,14 +156,14 @@ class StreamDecoder:
             origin = self._pending.pop(frame.pts, None) if frame.pts is not None else None
             if origin is None:
                 continue
-            seq, at, pts, key = origin
+            seq, at, key = origin
             if at == 0:
                 self._last_key_out = max(self._last_key_out, key)
             # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
             if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
-            decoded = self.latest = DecodedFrame(frame, seq, pts, at, key <= self._last_key_out)
+            decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out)
             if self.on_frame is not None and self._first_time(seq, at):
                 self.on_frame(decoded)
 

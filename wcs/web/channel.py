@@ -226,9 +226,10 @@ class GuardedChannel(http.HTTPChannel):
         super().registerProducer(producer, streaming)
         # Twisted tells a producer to pause only when the transport next says so; over TLS it
         # says so once. A producer that arrives while the client is not reading (the next
-        # request of a keep-alive connection, a WebSocket session) starts paused.
-        if streaming and self._waitingForTransport:
-            producer.pauseProducing()
+        # request of a keep-alive connection, a WebSocket session) starts paused; a pull
+        # producer (a static file) through the push adapter Twisted wrapped it in.
+        if self._waitingForTransport and self._requestProducer is not None:
+            self._requestProducer.pauseProducing()
 
     def loseConnection(self) -> None:
         if self._closing:

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from wcs.guard import describe
 from wcs.media import h264
-from wcs.media.decoder import DECODERS
+from wcs.media.decoder import can_decode, open_codec
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 from wcs.snapshot.service import PoolRunner
 from wcs.streams import Stream
@@ -623,13 +623,9 @@ class StreamTrack(MediaStreamTrack):
         """Worker thread; recv() is awaited by one sender, so one decode runs at a time."""
         params = self.stream.video
         if self._decoder is None or (params is not None and params != self._decoder_params):
-            name = DECODERS.get(unit.codec)
-            if name is None:
+            if not can_decode(unit.codec):
                 return None
-            ctx: Any = av.CodecContext.create(name, "r")
-            if params is not None and params.extradata:
-                ctx.extradata = params.extradata
-            self._decoder = ctx
+            self._decoder = open_codec(unit.codec, params, self.stream.max_picture_pixels)
             self._decoder_params = params
         try:
             frames = self._decoder.decode(_av_packet(unit, unit.data))
