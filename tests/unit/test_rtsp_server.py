@@ -1702,6 +1702,21 @@ def test_the_hooks_decide_an_announce_and_later_requests_wait(
     assert [(m, b["status"]) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
 
 
+def test_a_publisher_gone_before_the_answer_publishes_nothing(
+    registry: StreamRegistry, reactor: FakeReactor
+) -> None:
+    hooks = PendingHooks()
+    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    raw_request(
+        conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
+    )
+    hooks.answer("connect")
+    conn.close()
+    hooks.answer("publishStream")
+    assert registry.get("cam") is None
+    assert not [m for m, _ in hooks.told if m == "StreamStatusEvent"]
+
+
 def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
     registry: StreamRegistry, reactor: FakeReactor
 ) -> None:

@@ -425,6 +425,8 @@ class RTSPServerProtocol(Protocol):
         self._timer = self.reactor.callLater(self.factory.session_timeout, self._check_timeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Closing first: a hook answer that arrives after this must not publish for a gone client.
+        self._closing = True
         self.factory.connections -= 1
         for timer in (self._timer, self._request_timer, self._held):
             if timer is not None and timer.active():
@@ -993,6 +995,8 @@ class RTSPServerProtocol(Protocol):
         aggregate: str,
         track_urls: list[str],
     ) -> _Reply:
+        if self._closing:
+            return _Reply(503, "Connection closing")
         if self.state != INIT:
             return _Reply(455, "Already announced on this connection")
         try:
