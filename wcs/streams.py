@@ -5,22 +5,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS, Gop, GopCache
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 
 log = Logger(namespace="wcs.streams")
 
 MAX_NAME_BYTES = 255
-# A GOP longer than this is not cached (a snapshot then waits for the next keyframe):
-# 60 s at 30 fps, or 32 MiB of compressed video, whichever comes first.
-MAX_GOP_UNITS = 1800
-MAX_GOP_BYTES = 32 * 1024 * 1024
 
 PROVIDER_RTMP = "Flash"
 PROVIDER_RTSP = "RTSP"
@@ -73,17 +69,6 @@ class StreamSink(Protocol):
     def stream_ended(self, stream: Stream) -> None: ...
 
 
-@dataclass(eq=False)
-class Gop:
-    """All video units since one keyframe, in decode order; append-only, so a pool thread may read
-    a prefix while the reactor appends."""
-
-    seq: int
-    params: VideoParams
-    units: list[MediaUnit] = field(default_factory=list)
-    size: int = 0
-
-
 class Stream:
     """One live publish of a name. A new publish of the same name is a new Stream object."""
 
@@ -111,7 +96,7 @@ class Stream:
         self.audio_codec: str | None = None
         self.has_video = False
         self.has_audio = False
-        self.gop: Gop | None = None
+        self._gops = GopCache()
         self.ended = False
         self.end_reason = ""
         self.video_units = 0
@@ -119,7 +104,6 @@ class Stream:
         self.bytes_in = 0
         # Units (or sequence headers) a front-end dropped as malformed; see reject_unit.
         self.rejected_units = 0
-        self._gop_seq = 0
         self._gop_overflow_logged = False
         self._video_refusal_logged = False
         self._sinks: list[StreamSink] = []
@@ -150,7 +134,7 @@ class Stream:
         if pixels <= self.max_picture_pixels:
             self.video_refused = None
             return
-        self.gop = None
+        self._gops.clear()
         self.video_refused = (
             f"{params.width}x{params.height} is over max_picture_pixels ({self.max_picture_pixels})"
         )
@@ -178,9 +162,14 @@ class Stream:
                 reason=reason,
             )
 
+    @property
+    def gop(self) -> Gop | None:
+        """Every video unit since the newest keyframe (None: nothing decodable cached)."""
+        return self._gops.gop
+
     def clear_video(self) -> None:
         """Forget the cached GOP (the source dropped): no snapshot of a picture from before it."""
-        self.gop = None
+        self._gops.clear()
 
     def request_keyframe(self) -> bool:
         """Ask the publisher for a keyframe now; False when its protocol cannot (RTMP, RTSP)."""
@@ -212,27 +201,15 @@ class Stream:
             self.video_refused = None
         if self.video_refused is not None:
             return
-        if unit.keyframe:
-            self._gop_seq += 1
-            self.gop = Gop(self._gop_seq, params, [unit], len(unit.data))
-            return
-        gop = self.gop
-        if gop is None:
-            return  # nothing decodable until the next keyframe
-        if len(gop.units) >= MAX_GOP_UNITS or gop.size + len(unit.data) > MAX_GOP_BYTES:
-            if not self._gop_overflow_logged:
-                self._gop_overflow_logged = True
-                log.warn(
-                    "stream {stream_name}: GOP longer than {units} units / {size} bytes; "
-                    "snapshots wait for the next keyframe",
-                    stream_name=self.name,
-                    units=MAX_GOP_UNITS,
-                    size=MAX_GOP_BYTES,
-                )
-            self.gop = None
-            return
-        gop.units.append(unit)
-        gop.size += len(unit.data)
+        if not self._gops.add(unit, params) and not self._gop_overflow_logged:
+            self._gop_overflow_logged = True
+            log.warn(
+                "stream {stream_name}: GOP longer than {units} units / {size} bytes; "
+                "snapshots wait for the next keyframe",
+                stream_name=self.name,
+                units=MAX_GOP_UNITS,
+                size=MAX_GOP_BYTES,
+            )
 
     def end(self, reason: str = END_PUBLISHER_STOP) -> None:
         """The publish is over: sinks are told once (and see the last GOP while told), then
@@ -252,7 +229,7 @@ class Stream:
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
             sink.stream_ended(self)  # may still read the last GOP (to drain the decoder)
-        self.gop = None
+        self._gops.clear()
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
             cb(self)

@@ -8,10 +8,9 @@ import pytest
 from twisted.logger import LogEvent
 
 from wcs import streams
+from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.streams import (
-    MAX_GOP_BYTES,
-    MAX_GOP_UNITS,
     PROVIDER_RTMP,
     PROVIDER_WEBRTC,
     InvalidName,

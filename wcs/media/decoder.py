@@ -11,8 +11,8 @@ import av
 import av.error
 from av.video.frame import VideoFrame
 
+from wcs.media.gop import Gop
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
-from wcs.streams import Gop
 
 # Codec names of MediaUnit/VideoParams -> FFmpeg decoder names.
 DECODERS = {"H264": "h264", "VP8": "vp8"}

@@ -16,9 +16,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
+from wcs.media.gop import Gop
 from wcs.media.image import frame_to_png
 from wcs.media.units import MediaUnit
-from wcs.streams import Gop, Stream, StreamNotFound, StreamRegistry
+from wcs.streams import Stream, StreamNotFound, StreamRegistry
 
 log = Logger(namespace="wcs.snapshot")
 
