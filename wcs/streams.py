@@ -1,22 +1,30 @@
-"""The stream registry: live streams by name, their codec parameters, GOP cache and consumers."""
+"""The hub: this process's live streams, their codec parameters, GOP cache and readers."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from wcs.directory import (
+    InvalidName,
+    LocalDirectory,
+    NameInUse,
+    StreamDirectory,
+    check_stream_name,
+)
 from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS, Gop, GopCache
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 
 log = Logger(namespace="wcs.streams")
-
-MAX_NAME_BYTES = 255
 
 PROVIDER_RTMP = "Flash"
 PROVIDER_RTSP = "RTSP"
@@ -29,44 +37,160 @@ END_SERVER = "Stopped by server"
 END_IDLE = "Failed by RTP activity"
 
 
-class StreamError(Exception):
-    """Base of the errors the registry raises; `info` is the WebSDK STREAM_STATUS_INFO text."""
-
-    info = "Stream error"
+# A paused reader holds at most this many units by default before it skips to a keyframe.
+MAX_READER_QUEUE = 256
 
 
-class NameInUse(StreamError):
-    info = "Stream name is already in use"
+class Reader:
+    """One consumer's attachment to a stream (a player, a snapshot decoder).
 
+    The stream calls `on_unit(unit)` for each unit, guarded: a reader that raises is logged,
+    detached and counted, and the publisher and every other reader carry on. A paused reader
+    queues up to `max_queue` units; past that it skips to the next keyframe (the one
+    slow-consumer policy of the server), counting what it skipped in `discarded`, and
+    `on_overflow(reader)` is called (a player asks the publisher for a keyframe there).
+    """
 
-class InvalidName(StreamError):
-    info = "Invalid stream name"
+    def __init__(
+        self,
+        stream: Stream,
+        on_unit: Callable[[MediaUnit], object],
+        *,
+        from_keyframe: bool,
+        max_queue: int,
+        on_overflow: Callable[[Reader], object] | None,
+        on_end: Callable[[Stream], object] | None,
+        on_error: Callable[[Reader], object] | None,
+        kind: str | None,
+    ) -> None:
+        self.stream: Stream | None = stream
+        self.kind = kind
+        self.name = stream.name
+        self.delivered = 0
+        self.discarded = 0
+        self.errors = 0
+        self.paused = False
+        self.max_queue = max_queue
+        self._on_unit: Callable[[MediaUnit], object] | None = on_unit
+        self._on_overflow = on_overflow
+        self._on_end = on_end
+        self._on_error = on_error
+        self._queue: deque[MediaUnit] = deque()
+        # Video before the first keyframe cannot be decoded: not delivered, not counted.
+        self._wait_key = from_keyframe
+        self._skipping = False  # after an overflow, until the next keyframe (counted)
 
+    def __repr__(self) -> str:
+        return f"<Reader of {self.name!r} delivered={self.delivered} discarded={self.discarded}>"
 
-class StreamNotFound(StreamError):
-    info = "Stream not found"
+    @property
+    def closed(self) -> bool:
+        return self._on_unit is None
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
-def check_stream_name(name: str) -> str:
-    """Return `name` if it is safe to use as a key and as a folder name, else raise InvalidName."""
-    if not name:
-        raise InvalidName("empty stream name")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidName(f"stream name longer than {MAX_NAME_BYTES} bytes")
-    if name in (".", ".."):
-        raise InvalidName(f"stream name {name!r} is reserved")
-    for ch in name:
-        if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise InvalidName(f"stream name contains forbidden character {ch!r}")
-    return name
+    def pause(self) -> None:
+        """Queue units instead of delivering them (the consumer's buffer is full)."""
+        self.paused = True
 
+    def resume(self) -> None:
+        """Deliver what was queued, then live units again."""
+        self.paused = False
+        queue = self._queue
+        while queue and not self.paused and not self.closed:
+            self._deliver(queue.popleft())
 
-class StreamSink(Protocol):
-    """A consumer of one stream's media (snapshot decoder, auto-snapshotter, player)."""
+    def close(self) -> None:
+        """Detach from the stream and let go of the consumer's callbacks."""
+        stream, self.stream = self.stream, None
+        self._on_unit = self._on_overflow = self._on_end = self._on_error = None
+        self._queue.clear()
+        if stream is not None:
+            stream._detach(self)
 
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None: ...
+    # -- the stream's side ----------------------------------------------------------------------
+    def _offer(self, unit: MediaUnit) -> None:
+        if self.kind is not None and unit.kind != self.kind:
+            return
+        if self._skipping or self._wait_key:
+            if unit.kind == "video" and unit.keyframe:
+                self._skipping = self._wait_key = False
+            elif self._skipping and (unit.kind == "video" or self._has_video()):
+                self.discarded += 1
+                return
+            elif self._wait_key and unit.kind == "video":
+                return
+            else:
+                self._skipping = False  # audio of a stream without video: nothing to wait for
+        queue = self._queue
+        if not self.paused and not queue:
+            self._deliver(unit)
+        elif len(queue) < self.max_queue:
+            queue.append(unit)
+        else:
+            self._overflow()
+            if unit.keyframe if unit.kind == "video" else not self._has_video():
+                self._skipping = False  # the unit to start again from
+                if not self.paused:  # on_overflow may have resumed
+                    self._deliver(unit)
+                    return
+                if self.max_queue > 0:
+                    queue.append(unit)
+                    return
+            self.discarded += 1
 
-    def stream_ended(self, stream: Stream) -> None: ...
+    def skip_to_keyframe(self) -> None:
+        """Drop what is queued and the video up to the next keyframe (counted as discarded)."""
+        self.discarded += len(self._queue)
+        self._queue.clear()
+        self._skipping = True
+
+    def _has_video(self) -> bool:
+        stream = self.stream
+        return stream is not None and stream.has_video
+
+    def _overflow(self) -> None:
+        self.skip_to_keyframe()
+        on_overflow = self._on_overflow
+        if on_overflow is not None:
+            self._guarded(on_overflow, self)
+
+    def _deliver(self, unit: MediaUnit) -> None:
+        on_unit = self._on_unit
+        if on_unit is not None and self._guarded(on_unit, unit):
+            self.delivered += 1
+
+    def _ended(self, stream: Stream) -> None:
+        # What a paused reader still holds are the stream's last units: delivered, not lost.
+        queue = self._queue
+        while queue and not self.closed:
+            self._deliver(queue.popleft())
+        on_end = self._on_end
+        if on_end is not None:
+            self._guarded(on_end, stream)
+        self.close()
+
+    def _guarded(self, callback: Callable[[Any], object], arg: object) -> bool:
+        try:
+            callback(arg)
+        except Exception:
+            self.errors += 1
+            log.failure(
+                "stream {stream_name}: a reader failed and is detached; "
+                "the publisher and other readers carry on",
+                stream_name=self.name,
+            )
+            on_error = self._on_error
+            self.close()
+            if on_error is not None:
+                try:
+                    on_error(self)
+                except Exception:
+                    log.failure("stream {stream_name}: on_error failed", stream_name=self.name)
+            return False
+        return True
 
 
 class Stream:
@@ -106,7 +230,8 @@ class Stream:
         self.rejected_units = 0
         self._gop_overflow_logged = False
         self._video_refusal_logged = False
-        self._sinks: list[StreamSink] = []
+        self._readers: list[Reader] = []
+        self._sink_readers: dict[Any, Reader] = {}
         # Why the current video parameters are refused (too large a picture), else None.
         self.video_refused: str | None = None
         self._on_terminate = on_terminate
@@ -191,8 +316,8 @@ class Stream:
         else:
             self.audio_units += 1
             self.has_audio = True
-        for sink in list(self._sinks):
-            sink.unit_received(self, unit)
+        for reader in list(self._readers):
+            reader._offer(unit)
 
     def _cache_video(self, unit: MediaUnit) -> None:
         params = self.video
@@ -212,8 +337,8 @@ class Stream:
             )
 
     def end(self, reason: str = END_PUBLISHER_STOP) -> None:
-        """The publish is over: sinks are told once (and see the last GOP while told), then
-        the cache is dropped and the registry forgets the name.
+        """The publish is over: readers are told once (and see the last GOP while told), then
+        the cache is dropped and the hub forgets the name.
 
         Everything the stream holds of its front-end and consumers is dropped here, so an ended
         stream and its decoders are freed by reference counting alone (cycles through these
@@ -226,9 +351,10 @@ class Stream:
         self.status = "UNPUBLISHED"
         self._on_terminate = None
         self.keyframe_requester = None
-        sinks, self._sinks = self._sinks, []
-        for sink in sinks:
-            sink.stream_ended(self)  # may still read the last GOP (to drain the decoder)
+        readers, self._readers = self._readers, []
+        self._sink_readers = {}
+        for reader in readers:
+            reader._ended(self)  # may still read the last GOP (to drain the decoder)
         self._gops.clear()
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
@@ -252,13 +378,70 @@ class Stream:
         return self.video_units + self.audio_units + self.rejected_units
 
     # -- consumers ----------------------------------------------------------------------------
-    def add_sink(self, sink: StreamSink) -> None:
-        if not self.ended and sink not in self._sinks:
-            self._sinks.append(sink)
+    def add_reader(
+        self,
+        on_unit: Callable[[MediaUnit], object],
+        *,
+        replay_gop: bool = False,
+        from_keyframe: bool | None = None,
+        max_queue: int = MAX_READER_QUEUE,
+        on_overflow: Callable[[Reader], object] | None = None,
+        on_end: Callable[[Stream], object] | None = None,
+        on_error: Callable[[Reader], object] | None = None,
+        kind: str | None = None,
+    ) -> Reader:
+        """Attach a consumer: `on_unit(unit)` for every unit from now on.
 
-    def remove_sink(self, sink: StreamSink) -> None:
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        `replay_gop` first delivers the cached GOP (a player shows a picture at once).
+        `from_keyframe` (default: as `replay_gop`) holds back video until a keyframe.
+        `kind` ("video", "audio") offers only units of that kind.
+        `on_end(stream)` runs once when the stream ends (it may still read the last GOP);
+        `on_error(reader)` after the reader was detached for raising. A reader added to an
+        ended stream gets `on_end` at once and is closed.
+        """
+        reader = Reader(
+            self,
+            on_unit,
+            from_keyframe=replay_gop if from_keyframe is None else from_keyframe,
+            max_queue=max_queue,
+            on_overflow=on_overflow,
+            on_end=on_end,
+            on_error=on_error,
+            kind=kind,
+        )
+        if self.ended:
+            reader._ended(self)
+            return reader
+        self._readers.append(reader)
+        gop = self.gop
+        if replay_gop and gop is not None:
+            for unit in list(gop.units):
+                if reader.closed:
+                    break
+                reader._offer(unit)
+        return reader
+
+    def _detach(self, reader: Reader) -> None:
+        if reader in self._readers:
+            self._readers.remove(reader)
+
+    @property
+    def readers(self) -> list[Reader]:
+        return list(self._readers)
+
+    # Transitional: the RTSP server's player still attaches as a sink.
+    def add_sink(self, sink: Any) -> None:
+        if not self.ended and sink not in self._sink_readers:
+            self._sink_readers[sink] = self.add_reader(
+                lambda unit: sink.unit_received(self, unit),
+                max_queue=1 << 30,
+                on_end=sink.stream_ended,
+            )
+
+    def remove_sink(self, sink: Any) -> None:
+        reader = self._sink_readers.pop(sink, None)
+        if reader is not None:
+            reader.close()
 
     def on_end(self, callback: Callable[[Stream], object]) -> None:
         if self.ended:
@@ -294,19 +477,29 @@ class Stream:
         }
 
 
-class StreamRegistry:
-    """Live streams by name. A name is held by one publisher at a time."""
+class StreamHub:
+    """This process's live streams by name. A name is held by one publisher at a time: the
+    directory (shared by every hub of a cluster, or this process's own) decides who."""
 
     def __init__(
         self,
         clock_ms: Callable[[], int] | None = None,
         *,
         max_picture_pixels: int = MAX_PICTURE_PIXELS,
+        directory: StreamDirectory | None = None,
+        node: str = "local",
     ) -> None:
         self.max_picture_pixels = max_picture_pixels
+        self.directory: StreamDirectory = directory or LocalDirectory()
+        self.node = node
         self._streams: dict[str, Stream] = {}
+        self._claiming: set[str] = set()
         self._observers: list[Callable[[Stream], None]] = []
         self._clock_ms = clock_ms
+
+    def owner(self, media_session_id: str) -> str:
+        """The directory's owner string of one publish on this hub."""
+        return f"{self.node}/{media_session_id}"
 
     def publish(
         self,
@@ -316,35 +509,53 @@ class StreamRegistry:
         media_session_id: str | None = None,
         on_terminate: Callable[[], None] | None = None,
         watch_idle: bool = True,
-    ) -> Stream:
-        """Register a new live stream; raises InvalidName or NameInUse.
+    ) -> Deferred[Stream]:
+        """A new live stream, once the directory gave this hub its name; fails with InvalidName
+        or NameInUse.
 
         `watch_idle=False` exempts it from the publish idle timeout (a camera pull reconnects).
+        The caller checks, when this fires, that its publisher is still there; if not, it ends
+        the stream at once.
         """
-        check_stream_name(name)
-        if name in self._streams:
-            raise NameInUse(name)
-        kwargs = {} if self._clock_ms is None else {"clock_ms": self._clock_ms}
-        stream = Stream(
-            name,
-            provider,
-            media_session_id=media_session_id,
-            on_terminate=on_terminate,
-            max_picture_pixels=self.max_picture_pixels,
-            watch_idle=watch_idle,
-            **kwargs,
-        )
-        self._streams[name] = stream
-        stream.on_end(self._forget)
-        log.info(
-            "stream {stream_name} published ({provider}, mediaSessionId {msid})",
-            stream_name=name,
-            provider=provider,
-            msid=stream.media_session_id,
-        )
-        for observer in list(self._observers):
-            observer(stream)
-        return stream
+        try:
+            check_stream_name(name)
+        except InvalidName as err:
+            return fail(err)
+        if name in self._streams or name in self._claiming:
+            return fail(NameInUse(name))
+        msid = media_session_id or str(uuid.uuid4())
+        owner = self.owner(msid)
+        self._claiming.add(name)
+
+        def claimed(_: object) -> Stream:
+            self._claiming.discard(name)
+            kwargs = {} if self._clock_ms is None else {"clock_ms": self._clock_ms}
+            stream = Stream(
+                name,
+                provider,
+                media_session_id=msid,
+                on_terminate=on_terminate,
+                max_picture_pixels=self.max_picture_pixels,
+                watch_idle=watch_idle,
+                **kwargs,
+            )
+            self._streams[name] = stream
+            stream.on_end(self._forget)
+            log.info(
+                "stream {stream_name} published ({provider}, mediaSessionId {msid})",
+                stream_name=name,
+                provider=provider,
+                msid=msid,
+            )
+            for observer in list(self._observers):
+                observer(stream)
+            return stream
+
+        def refused(failure: Failure) -> Failure:
+            self._claiming.discard(name)
+            return failure
+
+        return self.directory.claim(name, owner).addCallbacks(claimed, refused)
 
     def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.name) is stream:
@@ -354,6 +565,13 @@ class StreamRegistry:
                 stream_name=stream.name,
                 reason=stream.end_reason,
             )
+        self.directory.release(stream.name, self.owner(stream.media_session_id)).addErrback(
+            lambda f: log.warn(
+                "stream {stream_name}: the directory did not release the name: {reason}",
+                stream_name=stream.name,
+                reason=f.getErrorMessage(),
+            )
+        )
 
     def add_observer(self, callback: Callable[[Stream], None]) -> None:
         """Call `callback(stream)` for every stream published from now on."""
@@ -390,13 +608,13 @@ class PublishIdleWatchdog:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         clock: IReactorTime,
         timeout_ms: int,
         *,
         interval: float = 1.0,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.clock = clock
         self.timeout = timeout_ms / 1000.0
         self.interval = interval
@@ -420,7 +638,7 @@ class PublishIdleWatchdog:
         now = self.clock.seconds()
         seen: dict[Stream, tuple[int, float]] = {}
         idle: list[Stream] = []
-        for stream in self.registry.all():
+        for stream in self.hub.all():
             if not stream.watch_idle or stream.ended:
                 continue
             count = stream.units_in
@@ -442,3 +660,7 @@ class PublishIdleWatchdog:
                 timeout_ms=round(self.timeout * 1000),
             )
             stream.terminate(END_IDLE)
+
+
+# Transitional name, until every module says hub.
+StreamRegistry = StreamHub

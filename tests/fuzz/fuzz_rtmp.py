@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tests.fuzz import target
+from tests.unit.fakes import publish_now
 from wcs.guard import describe
 from wcs.media import h264
 from wcs.media.h264 import H264Error
@@ -158,7 +159,7 @@ class _Protocol(RTMPServerProtocol):
 def rtmp_protocol(data: bytes) -> None:
     clock = Clock()
     registry = StreamRegistry(max_picture_pixels=1920 * 1088)
-    taken = registry.publish("taken", "Flash")  # a publish of this name is refused (BadName)
+    taken = publish_now(registry, "taken", "Flash")  # a publish of this name is refused (BadName)
     factory = RTMPServerFactory(registry, clock=clock, max_buffer=4 * 1024 * 1024)
     proto = _Protocol(registry, clock=clock, buffer_budget=factory.buffer_budget)
     proto.reasons = []

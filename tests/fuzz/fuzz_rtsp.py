@@ -23,6 +23,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from tests.fuzz import target
+from tests.unit.fakes import publish_now
+from wcs.directory import InvalidName
 from wcs.media.h264 import to_annexb
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server as server_module
@@ -43,7 +45,7 @@ from wcs.rtsp.pull import PullUriError, parse_camera_uri
 from wcs.rtsp.rtp import ReceptionStats, RtcpError, RtpError, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import SdpError, h264_sprop, parse_sdp, resolve_control
 from wcs.rtsp.server import RTSPServerFactory, RTSPServerProtocol, stream_name_from_url
-from wcs.streams import InvalidName, Stream, StreamRegistry
+from wcs.streams import Stream, StreamRegistry
 
 # ffmpeg's SPS/PPS for a 320x240 testsrc (the sprop-parameter-sets of its ANNOUNCE).
 SPS = base64.b64decode("Z0LADdoFB+wEQAAAAwBAAAAMo8UKqA==")
@@ -259,7 +261,7 @@ class _UdpReactor(MemoryReactorClock):
 
 def _live_registry() -> StreamRegistry:
     registry = StreamRegistry(max_picture_pixels=1920 * 1088)
-    stream = registry.publish("live", "Flash")
+    stream = publish_now(registry, "live", "Flash")
     stream.set_video_params(VideoParams("H264", 320, 240, to_annexb([SPS, PPS])))
     idr = to_annexb([SPS, PPS, b"\x65\x88" + bytes(64)])
     stream.push(MediaUnit("video", "H264", 0, 0, True, idr, Fraction(1, 1000)))

@@ -25,12 +25,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.fuzz import target
+from tests.unit.fakes import publish_now
 from tests.unit.test_rtsp_client import FakeConnector
 from wcs.config import Settings
+from wcs.directory import StreamError, StreamNotFound
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import StreamError, StreamNotFound, StreamRegistry
+from wcs.streams import StreamRegistry
 from wcs.web import jsonin
 from wcs.web.origin import OriginPolicy, host_of, parse_origin
 from wcs.webrtc.signalling import (
@@ -192,7 +194,7 @@ def websdk_frame(data: bytes) -> None:
                     stream.terminate()
             elif kind == 4:
                 with contextlib.suppress(StreamError):
-                    registry.publish(arg.decode("utf-8", "replace") or "cam", "Flash")
+                    publish_now(registry, arg.decode("utf-8", "replace") or "cam", "Flash")
             elif kind == 5 and session.outbox is not None:
                 session.outbox.pauseProducing()
             elif kind == 6 and session.outbox is not None:
@@ -246,7 +248,7 @@ def _rest_site(data: bytes) -> tuple[Any, Clock, FakeSnapshots]:
     )
     clock = Clock()
     registry = StreamRegistry()
-    registry.publish("cam1", "Flash", media_session_id="msid-1")
+    publish_now(registry, "cam1", "Flash", media_session_id="msid-1")
     snapshots = FakeSnapshots()
     pulls = PullManager(registry, clock, connector=FakeConnector())
     site = build_site(settings, registry, cast(SnapshotService, snapshots), clock, pulls=pulls)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from wcs.hooks import Refused
+from wcs.media.units import MediaUnit
+from wcs.rtsp.pull import Pull, PullManager
+from wcs.streams import Reader, Stream, StreamHub
+
+T = TypeVar("T")
 
 CLOSED = Failure(ConnectionDone())
 
@@ -51,3 +58,45 @@ class RecordingProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = CLOSED) -> None:
         self.lost.append(reason)
+
+
+def publish_now(hub: StreamHub, name: str, provider: str, **kwargs: Any) -> Stream:
+    """`hub.publish`, answered at once by the in-process directory: the new Stream, or the
+    refusal (InvalidName, NameInUse) raised."""
+    results: list[Stream | Failure] = []
+    hub.publish(name, provider, **kwargs).addBoth(results.append)
+    assert results, "the directory did not answer at once"
+    result = results[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    assert isinstance(result, Stream)
+    return result
+
+
+def result_now(d: Deferred[T]) -> T:
+    """The result of a Deferred that must have fired already; its failure raised."""
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "not answered at once"
+    result = results[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result  # type: ignore[return-value]
+
+
+def startup_now(pulls: PullManager, uri: str, to_stream: str | None = None) -> Pull:
+    """`pulls.startup`, answered at once by the in-process directory (its refusal raised)."""
+    return result_now(pulls.startup(uri, to_stream))
+
+
+class RecordingReader:
+    """Reads a stream (`attach`), recording every unit it gets and the end."""
+
+    def __init__(self) -> None:
+        self.units: list[MediaUnit] = []
+        self.ended: list[Stream] = []
+        self.reader: Reader | None = None
+
+    def attach(self, stream: Stream, **options: Any) -> Reader:
+        self.reader = stream.add_reader(self.units.append, on_end=self.ended.append, **options)
+        return self.reader

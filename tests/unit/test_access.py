@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import publish_now
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access, Client, Refused
 
 CLIENT = Client("/10.0.0.5:50000/10.0.0.1:1935", "Flash", "10.0.0.5", "live", {"key": "k1"})
@@ -116,7 +117,7 @@ def test_a_tracked_publish_tells_the_app_when_it_starts_and_ends() -> None:
 
     hooks = RecordingHooks()
     access = Access(Clock(), hooks=hooks, node_id="node-1")
-    stream = StreamRegistry().publish("cam", "Flash", media_session_id="m1")
+    stream = publish_now(StreamRegistry(), "cam", "Flash", media_session_id="m1")
     access.track(CLIENT, stream)
     stream.end("Stopped by publisher stop")
     assert [(m, b.get("status"), b.get("info")) for m, b in hooks.told] == [

@@ -7,6 +7,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
+from tests.unit.fakes import publish_now
 from wcs.media.units import MediaUnit
 from wcs.streams import (
     END_IDLE,
@@ -32,8 +33,8 @@ class Publisher:
         self, registry: StreamRegistry, name: str, provider: str, *, watch_idle: bool = True
     ) -> None:
         self.closed = 0
-        self.stream: Stream = registry.publish(
-            name, provider, on_terminate=self.close, watch_idle=watch_idle
+        self.stream: Stream = publish_now(
+            registry, name, provider, on_terminate=self.close, watch_idle=watch_idle
         )
 
     def close(self) -> None:

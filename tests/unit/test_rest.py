@@ -24,10 +24,12 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from tests.unit.fakes import publish_now
 from wcs.config import Settings
+from wcs.directory import StreamNotFound
 from wcs.rest.resources import MAX_BODY, build_site
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamNotFound, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamRegistry
 from wcs.web import resources as web_resources
 
 SNAPSHOT = "/rest-api/stream/snapshot"
@@ -504,7 +506,7 @@ def test_basic_auth_accepts_the_right_credentials() -> None:
     api.snapshots.last().callback(PNG)
     response = conn.response()
     assert response is not None and response.status == 200
-    api.registry.publish("cam1", PROVIDER_RTMP)
+    publish_now(api.registry, "cam1", PROVIDER_RTMP)
     assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
     assert api.call("GET", FIND_ALL).status == 401
 
@@ -533,13 +535,15 @@ def two(api: Api) -> Api:
         # Whether the stream was still registered when its publisher was asked to leave.
         api.terminated.append((name, api.registry.get(name) is not None))
 
-    api.registry.publish(
+    publish_now(
+        api.registry,
         "cam1",
         PROVIDER_RTMP,
         media_session_id="msid-1",
         on_terminate=functools.partial(on_terminate, "cam1"),
     )
-    cam2 = api.registry.publish(
+    cam2 = publish_now(
+        api.registry,
         "cam2",
         PROVIDER_WEBRTC,
         media_session_id="msid-2",
@@ -629,7 +633,9 @@ def test_terminate(two: Api, query: dict[str, object]) -> None:
 def test_terminate_calls_the_publishers_callback() -> None:
     api = Api()
     called: list[str] = []
-    stream = api.registry.publish("cam1", PROVIDER_RTMP, on_terminate=lambda: called.append("bye"))
+    stream = publish_now(
+        api.registry, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append("bye")
+    )
     assert api.call("POST", TERMINATE, {"name": "cam1"}).status == 200
     assert called == ["bye"]
     assert stream.ended
@@ -685,7 +691,7 @@ def test_failed_login_is_answered_only_after_the_delay() -> None:
     api = Api(AUTH)
     bad = api.start("GET", FIND_ALL, headers=basic("admin", "guess"))
     assert bad.response() is None
-    api.registry.publish("cam1", PROVIDER_RTMP)
+    publish_now(api.registry, "cam1", PROVIDER_RTMP)
     # Meanwhile the reactor serves everyone else at once.
     assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
     api.clock.advance(LOGIN_FAILURE_DELAY - 0.01)
@@ -860,7 +866,7 @@ def test_body_trickling_in_is_cut_off_at_the_deadline(api: Api) -> None:
 
 
 def test_each_request_of_a_keep_alive_connection_has_its_own_deadline(api: Api) -> None:
-    api.registry.publish("cam1", PROVIDER_RTMP)
+    publish_now(api.registry, "cam1", PROVIDER_RTMP)
     conn = api.send(raw_request("GET", FIND_ALL))
     for _ in range(5):  # requests keep coming, each in time: the connection stays
         api.clock.advance(HEADER_DEADLINE - 1)
@@ -996,7 +1002,7 @@ def test_state_changing_request_origin_rule(
     settings: Settings, origin: str | None, status: int
 ) -> None:
     api = Api(settings)
-    api.registry.publish("cam1", PROVIDER_RTMP)
+    publish_now(api.registry, "cam1", PROVIDER_RTMP)
     headers = {"Origin": origin} if origin else {}
     assert api.call("POST", TERMINATE, {"name": "cam1"}, headers).status == status
     assert (api.registry.get("cam1") is None) == (status == 200)

@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 from twisted.internet.error import ConnectionRefusedError, NoRouteError, TCPTimedOutError
 
+from tests.unit.fakes import publish_now
 from tests.unit.test_rest import CREATED_MS, Api, assert_wcs_error
 from tests.unit.test_rtsp_client import FakeConnector, camera_sdp, video_rtp
 from wcs.rest.resources import build_site
@@ -88,7 +89,7 @@ def test_startup_into_a_taken_name_is_409(api: RtspApi) -> None:
     assert api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"}).status == 200
     response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "door"})
     assert_wcs_error(response, 409, "Stream name is already in use", STARTUP)
-    api.registry.publish("rtmp1", PROVIDER_RTMP)
+    publish_now(api.registry, "rtmp1", PROVIDER_RTMP)
     response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "rtmp1"})
     assert response.status == 409
     assert len(api.connector.attempts) == 1

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import PendingHooks
+from tests.unit.fakes import PendingHooks, RecordingReader
 from tests.unit.media_fixtures import h264_sample
 from wcs import streams
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
@@ -194,18 +194,6 @@ def full_session(client: Client) -> bytes:
 # -- the server side ----------------------------------------------------------------------------
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.units: list[MediaUnit] = []
-        self.ended = 0
-
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        self.units.append(unit)
-
-    def stream_ended(self, stream: Stream) -> None:
-        self.ended += 1
-
-
 class Harness:
     """One server connection on a StringTransport; decodes what the server writes."""
 
@@ -221,7 +209,7 @@ class Harness:
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
         self.client = Client()
-        self.sink = RecordingSink()
+        self.sink = RecordingReader()
         self.registry.add_observer(self._observe)
         self.server_handshake = b""
         self._out = bytearray()
@@ -232,7 +220,7 @@ class Harness:
         # Only this connection's publish (a shared registry tells every harness).
         if self.proto.stream is None and not self._streams:
             self._streams.append(stream)
-            stream.add_sink(self.sink)
+            self.sink.attach(stream)
 
     def feed(self, data: bytes, *, bytewise: bool = False) -> None:
         if bytewise:
@@ -421,7 +409,7 @@ def test_unpublish_ends_the_stream(command: str) -> None:
     assert stream.ended
     assert stream.end_reason == "Stopped by publisher stop"
     assert h.registry.get("cam1") is None
-    assert h.sink.ended == 1
+    assert len(h.sink.ended) == 1
     status = statuses(h.received())
     assert [s["code"] for s in status] == ["NetStream.Unpublish.Success"]
     assert not h.dropped
@@ -429,7 +417,7 @@ def test_unpublish_ends_the_stream(command: str) -> None:
     h.feed(h.client.command("deleteStream", 7.0, None, 1.0))
     assert statuses(h.received()) == []
     h.lose()
-    assert h.sink.ended == 1
+    assert len(h.sink.ended) == 1
 
 
 def test_connection_lost_mid_publish_ends_the_stream() -> None:
@@ -442,7 +430,7 @@ def test_connection_lost_mid_publish_ends_the_stream() -> None:
     assert stream.ended
     assert stream.end_reason == "Stopped by publisher stop"
     assert h.registry.get("cam1") is None
-    assert h.sink.ended == 1
+    assert len(h.sink.ended) == 1
     assert h.factory.connections == 0
     assert h.clock.getDelayedCalls() == []
 
@@ -513,7 +501,7 @@ def test_terminate_from_the_server_drops_the_publisher() -> None:
     assert stream.ended and stream.end_reason == "Stopped by server"
     h.lose()
     assert stream.end_reason == "Stopped by server"
-    assert h.sink.ended == 1
+    assert len(h.sink.ended) == 1
 
 
 def test_second_publish_on_one_connection_drops_it() -> None:

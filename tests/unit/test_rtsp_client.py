@@ -20,7 +20,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import startup_now
 from tests.unit.media_fixtures import h264_sample
+from wcs.directory import InvalidName, NameInUse
 from wcs.media.h264 import split_annexb
 from wcs.rtsp.auth import parse_challenges
 from wcs.rtsp.client import (
@@ -60,7 +62,7 @@ from wcs.rtsp.pull import (
     parse_camera_uri,
 )
 from wcs.rtsp.rtp import Bye, ReceiverReport, RtpPacket, SourceDescription, parse_rtcp
-from wcs.streams import InvalidName, NameInUse, StreamRegistry
+from wcs.streams import StreamRegistry
 
 URL = "rtsp://10.0.0.2:554/stream1"
 BASE = "rtsp://10.0.0.2:554/stream1/"
@@ -311,7 +313,7 @@ def test_session_from_options_to_play() -> None:
 
 
 def test_rtp_from_the_camera_becomes_stream_units(env: Env) -> None:
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     stream = pull.stream
     assert env.registry.get("door") is stream and stream.provider == "RTSP"
     assert stream.status == PENDING and pull.status == PENDING
@@ -678,7 +680,7 @@ def test_unusable_describe_sdp_fails_the_pull_with_its_reason(
     "the camera closed the connection" on every reconnect; now the pull says why."""
     sdp = camera_sdp().replace(old, new, 1)
     assert sdp != camera_sdp()
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     _, cam = env.connector.accept()
     cam.answer(cam.request("OPTIONS"))
     cam.answer(cam.request("DESCRIBE"), headers=[("Content-Type", "application/sdp")], body=sdp)
@@ -836,30 +838,30 @@ def retry_delays(env: Env, pull: Pull, count: int) -> list[float]:
 
 
 def test_startup_connects_to_host_and_port(env: Env) -> None:
-    pull = env.manager.startup("rtsp://user:pw@cam.local:8554/live/ch1?x=1", "door")
+    pull = startup_now(env.manager, "rtsp://user:pw@cam.local:8554/live/ch1?x=1", "door")
     attempt = env.connector.attempts[0]
     assert (attempt.host, attempt.port) == ("cam.local", 8554)
     assert pull.uri == "rtsp://cam.local:8554/live/ch1?x=1" and pull.name == "door"
-    assert env.manager.startup("rtsp://cam.local/x").client is not None
+    assert startup_now(env.manager, "rtsp://cam.local/x").client is not None
     assert env.connector.attempts[1].port == 554
     assert pull.to_json()["uri"] == "rtsp://cam.local:8554/live/ch1?x=1"
     assert "pw" not in repr(pull.to_json())
 
 
 def test_startup_refusals(env: Env) -> None:
-    env.manager.startup(URL, "door")
+    startup_now(env.manager, URL, "door")
     with pytest.raises(NameInUse):
-        env.manager.startup(URL, "door")
+        startup_now(env.manager, URL, "door")
     with pytest.raises(InvalidName):
-        env.manager.startup(URL, "a/b")
+        startup_now(env.manager, URL, "a/b")
     with pytest.raises(PullUriError):
-        env.manager.startup("http://x/y", "other")
+        startup_now(env.manager, "http://x/y", "other")
     assert [p.name for p in env.manager.find_all()] == ["door"]
     assert len(env.connector.attempts) == 1
 
 
 def test_reconnect_backoff_doubles_to_the_cap_and_resets_after_a_good_session(env: Env) -> None:
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     assert retry_delays(env, pull, 7) == [1, 2, 4, 8, 16, 30, 30]
     assert pull.status == RECONNECTING and pull.info == CONNECT_FAILED
     assert pull.stream.status == RECONNECTING
@@ -885,7 +887,7 @@ def test_reconnect_backoff_doubles_to_the_cap_and_resets_after_a_good_session(en
 
 
 def test_camera_refusing_us_is_failed_and_retried(env: Env) -> None:
-    pull = env.manager.startup("rtsp://u:wrong@10.0.0.2/stream1", "door")
+    pull = startup_now(env.manager, "rtsp://u:wrong@10.0.0.2/stream1", "door")
     _, cam = env.connector.accept()
     cam.answer(cam.request("OPTIONS"))
     challenge = [("WWW-Authenticate", 'Digest realm="r", nonce="a"')]
@@ -900,7 +902,7 @@ def test_camera_refusing_us_is_failed_and_retried(env: Env) -> None:
 
 
 def test_redirect_is_followed_with_the_credentials(env: Env) -> None:
-    pull = env.manager.startup("rtsp://u:p@10.0.0.2/stream1", "door")
+    pull = startup_now(env.manager, "rtsp://u:p@10.0.0.2/stream1", "door")
     _, cam = env.connector.accept()
     cam.answer(cam.request("OPTIONS"))
     cam.answer(cam.request("DESCRIBE"), 302, headers=[("Location", "rtsp://10.0.0.3:8554/real")])
@@ -913,7 +915,7 @@ def test_redirect_is_followed_with_the_credentials(env: Env) -> None:
 
 
 def test_terminate_sends_teardown_and_stops_reconnecting(env: Env) -> None:
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     cam = play_session(env)
     stream = pull.stream
     assert env.manager.terminate(URL) is pull
@@ -928,7 +930,7 @@ def test_terminate_sends_teardown_and_stops_reconnecting(env: Env) -> None:
 
 
 def test_stream_terminate_stops_the_pull(env: Env) -> None:
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     cam = play_session(env)
     pull.stream.terminate()  # /stream/terminate
     cam.request("TEARDOWN")
@@ -939,13 +941,13 @@ def test_stream_terminate_stops_the_pull(env: Env) -> None:
 
 
 def test_terminate_while_connecting_or_waiting(env: Env) -> None:
-    pull = env.manager.startup(URL, "a")
+    pull = startup_now(env.manager, URL, "a")
     attempt = env.connector.attempts[0]
     env.manager.terminate("a")
     assert attempt.deferred.called  # the connection attempt was cancelled
     attempt.deferred.addErrback(lambda f: None)
 
-    pull = env.manager.startup(URL, "b")
+    pull = startup_now(env.manager, URL, "b")
     env.connector.refuse()
     assert env.clock.getDelayedCalls()
     env.manager.terminate("b")
@@ -953,9 +955,9 @@ def test_terminate_while_connecting_or_waiting(env: Env) -> None:
 
 
 def test_stop_all_waits_for_teardown(env: Env) -> None:
-    env.manager.startup(URL, "a")
+    startup_now(env.manager, URL, "a")
     cam = play_session(env)
-    env.manager.startup("rtsp://10.0.0.9/x", "b")  # still connecting
+    startup_now(env.manager, "rtsp://10.0.0.9/x", "b")  # still connecting
     done = env.manager.stop_all()
     assert not done.called
     teardown = cam.request("TEARDOWN")
@@ -965,13 +967,13 @@ def test_stop_all_waits_for_teardown(env: Env) -> None:
 
 
 def test_when_playing(env: Env) -> None:
-    pull = env.manager.startup(URL, "a")
+    pull = startup_now(env.manager, URL, "a")
     d = pull.when_playing()
     assert not d.called
     play_session(env)
     assert d.result is pull
     assert pull.when_playing().result is pull
-    other = env.manager.startup("rtsp://10.0.0.9/x", "b")
+    other = startup_now(env.manager, "rtsp://10.0.0.9/x", "b")
     failed = other.when_playing()
     errors: list[Failure] = []
     failed.addErrback(errors.append)
@@ -979,16 +981,16 @@ def test_when_playing(env: Env) -> None:
     assert errors and errors[0].check(RtspClientError)
 
 
-def test_find_resolve_and_get_or_start(env: Env) -> None:
-    pull = env.manager.startup("rtsp://u:p@10.0.0.2:554/stream1")
+def test_find_resolve_and_default_names(env: Env) -> None:
+    pull = startup_now(env.manager, "rtsp://u:p@10.0.0.2:554/stream1")
     assert pull.name == "10.0.0.2:554_stream1"
     for key in ("10.0.0.2:554_stream1", URL, "rtsp://u:p@10.0.0.2:554/stream1"):
         assert env.manager.find(key) is pull
     assert env.manager.resolve(URL) == pull.name
     assert env.manager.resolve("rtsp://other/x") == "rtsp://other/x"
     assert env.manager.resolve("plain") == "plain"
-    assert env.manager.get_or_start(URL) is pull
-    assert env.manager.get_or_start("rtsp://10.0.0.5/a").name == "10.0.0.5_a"
+    assert env.manager.find(URL) is pull
+    assert startup_now(env.manager, "rtsp://10.0.0.5/a").name == "10.0.0.5_a"
 
 
 @pytest.mark.parametrize(
@@ -1042,7 +1044,7 @@ def test_good_camera_uris() -> None:
 
 
 def test_redirect_loops_and_bad_targets_fall_back_to_backoff(env: Env) -> None:
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     for hop in range(6):
         _, cam = env.connector.accept()
         cam.answer(cam.request("OPTIONS"))
@@ -1073,7 +1075,7 @@ def test_connector_raising_is_a_failed_attempt() -> None:
     def broken(host: str, port: int, client: RTSPClientProtocol) -> Deferred[object]:
         raise ValueError("bad host name")
 
-    pull = PullManager(registry, clock, connector=broken).startup(URL, "door")
+    pull = startup_now(PullManager(registry, clock, connector=broken), URL, "door")
     assert pull.status == RECONNECTING and pull.info == CONNECT_FAILED
     assert len(clock.getDelayedCalls()) == 1
 
@@ -1083,7 +1085,7 @@ def test_anything_raising_on_camera_input_fails_the_session_with_a_reason(
 ) -> None:
     """The layer guard: an exception from the camera's bytes closes this connection, the pull
     reports why and reconnects by its policy; nothing reaches the reactor."""
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     _client, cam = env.connector.accept()
     cam.handshake(sdp=camera_sdp(audio=False))
 
@@ -1106,7 +1108,7 @@ def test_camera_malformed_units_are_counted_and_a_long_run_reconnects() -> None:
     registry = StreamRegistry(max_picture_pixels=1000)  # the camera's 160x120 is too large
     clock = Clock()
     connector = FakeConnector()
-    pull = PullManager(registry, clock, connector=connector).startup(URL, "door")
+    pull = startup_now(PullManager(registry, clock, connector=connector), URL, "door")
     _, cam = connector.accept()
     cam.handshake(sdp=camera_sdp(audio=False))
     stream = pull.stream
@@ -1138,7 +1140,7 @@ def test_an_ended_pull_is_freed_without_the_garbage_collector(env: Env) -> None:
     gc.collect()
     gc.disable()
     try:
-        pull = env.manager.startup(URL, "door")
+        pull = startup_now(env.manager, URL, "door")
         cam = play_session(env)
         client = pull.client
         assert client is not None and pull._ingest is not None
@@ -1165,5 +1167,5 @@ def test_an_ended_pull_is_freed_without_the_garbage_collector(env: Env) -> None:
 
 def test_camera_pulls_are_exempt_from_the_publish_idle_timeout(env: Env) -> None:
     """Finding 18: a pull reconnects by its own policy; the idle watchdog must leave it be."""
-    pull = env.manager.startup(URL, "door")
+    pull = startup_now(env.manager, URL, "door")
     assert pull.stream.watch_idle is False

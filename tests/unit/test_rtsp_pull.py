@@ -23,6 +23,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import startup_now
 from tests.unit.test_rtsp_client import URL, Cam, FakeConnector, camera_sdp, video_rtp
 from wcs.rtsp.pull import (
     CONNECT_FAILED,
@@ -97,7 +98,7 @@ def failed_with(pull: Pull) -> tuple[str, str, str]:
 def test_every_connect_failure_reads_the_same(error: Exception, log_events: list[LogEvent]) -> None:
     """Finding 12: a refused and a filtered port answered differently (a port scanner)."""
     pulls, connector, _, _ = manager()
-    pull = pulls.startup(URL, "door")
+    pull = startup_now(pulls, URL, "door")
     connector.attempts[-1].deferred.errback(error)
     assert failed_with(pull) == (
         RECONNECTING,
@@ -136,7 +137,7 @@ def no_answer(cam: Cam) -> None:
 def test_an_open_port_that_is_no_rtsp_server_reads_the_same(peer: object) -> None:
     """Until the peer has answered in RTSP, REST cannot tell an open port from a closed one."""
     pulls, connector, _, _ = manager()
-    pull = pulls.startup(URL, "door")
+    pull = startup_now(pulls, URL, "door")
     _, cam = connector.accept()
     peer(cam)  # type: ignore[operator]
     assert failed_with(pull)[:2] == (RECONNECTING, CONNECT_FAILED)
@@ -144,7 +145,7 @@ def test_an_open_port_that_is_no_rtsp_server_reads_the_same(peer: object) -> Non
 
 def test_a_camera_that_answered_reports_what_went_wrong() -> None:
     pulls, connector, _, _ = manager()
-    pull = pulls.startup(URL, "door")
+    pull = startup_now(pulls, URL, "door")
     _, cam = connector.accept()
     cam.answer(cam.request("OPTIONS"))
     cam.answer(cam.request("DESCRIBE"), 404)
@@ -164,15 +165,15 @@ def test_addresses_outside_the_allowed_networks_are_never_connected() -> None:
             "both": ["127.0.0.1", "fd00::5"],
         },
     )
-    inside = pulls.startup("rtsp://cam.lan:8554/live", "a")
+    inside = startup_now(pulls, "rtsp://cam.lan:8554/live", "a")
     assert [(a.host, a.port) for a in connector.attempts] == [("10.0.0.7", 8554)]
     assert inside.status != FAILED
     for uri in ("rtsp://evil.example/x", "rtsp://192.168.1.1/x", "rtsp://127.0.0.1/x"):
-        pull = pulls.startup(uri)
+        pull = startup_now(pulls, uri)
         assert failed_with(pull)[:2] == (FAILED, NOT_ALLOWED)
     assert len(connector.attempts) == 1  # not a packet to any of them
     # A name with an allowed and a disallowed address: only the allowed one is used.
-    pulls.startup("rtsp://both/x")
+    startup_now(pulls, "rtsp://both/x")
     assert connector.attempts[-1].host == "fd00::5"
     assert resolver.asked == ["cam.lan", "evil.example", "192.168.1.1", "127.0.0.1", "both"]
     # Refused again after the backoff, by the same check.
@@ -183,15 +184,15 @@ def test_addresses_outside_the_allowed_networks_are_never_connected() -> None:
 def test_not_allowed_reads_the_same_whether_or_not_the_host_is_there() -> None:
     """The check comes before any connection: no timing or text tells a live host apart."""
     pulls, connector, _, _ = manager(("10.0.0.0/8",))
-    up = pulls.startup("rtsp://192.168.0.10/x", "up")
-    down = pulls.startup("rtsp://192.168.0.11/x", "down")
+    up = startup_now(pulls, "rtsp://192.168.0.10/x", "up")
+    down = startup_now(pulls, "rtsp://192.168.0.11/x", "down")
     assert failed_with(up)[1:] == failed_with(down)[1:] == (NOT_ALLOWED, f"{FAILED}|{NOT_ALLOWED}")
     assert connector.attempts == []
 
 
 def test_a_name_that_does_not_resolve_is_a_connect_failure() -> None:
     pulls, connector, _, _ = manager(("10.0.0.0/8",))
-    pull = pulls.startup("rtsp://nowhere.example/x")
+    pull = startup_now(pulls, "rtsp://nowhere.example/x")
     assert failed_with(pull)[:2] == (RECONNECTING, CONNECT_FAILED)
     assert connector.attempts == []
 
@@ -200,7 +201,7 @@ def test_every_redirect_is_checked_too() -> None:
     pulls, connector, resolver, clock = manager(
         ("10.0.0.0/24",), {"cam.lan": ["10.0.0.2"], "inner.lan": ["10.0.0.3"], "db": ["10.9.0.1"]}
     )
-    pull = pulls.startup("rtsp://u:p@cam.lan/stream1", "door")
+    pull = startup_now(pulls, "rtsp://u:p@cam.lan/stream1", "door")
     _, cam = connector.accept()
     cam.answer(cam.request("OPTIONS"))
     cam.answer(cam.request("DESCRIBE"), 302, headers=[("Location", "rtsp://inner.lan/real")])
@@ -241,7 +242,7 @@ def test_address_allowed(address: str, allowed: bool) -> None:
 
 def test_no_networks_means_any_and_no_resolution_step() -> None:
     pulls, connector, resolver, _ = manager()
-    pulls.startup("rtsp://cam.local:8554/x", "a")
+    startup_now(pulls, "rtsp://cam.local:8554/x", "a")
     assert [(a.host, a.port) for a in connector.attempts] == [("cam.local", 8554)]
     assert resolver.asked == []
 
@@ -319,7 +320,7 @@ def test_camera_uris_urlsplit_or_int_would_get_wrong(uri: str, message: str) -> 
 
 def test_a_redirect_to_a_bad_port_fails_that_attempt() -> None:
     pulls, connector, _, clock = manager()
-    pull = pulls.startup(URL, "door")
+    pull = startup_now(pulls, URL, "door")
     _, cam = connector.accept()
     cam.answer(cam.request("OPTIONS"))
     cam.answer(cam.request("DESCRIBE"), 302, headers=[("Location", "rtsp://cam:\u00b2/x")])

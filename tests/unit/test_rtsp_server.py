@@ -19,10 +19,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import PendingHooks
+from tests.unit.fakes import PendingHooks, RecordingReader, publish_now
 from tests.unit.media_fixtures import h264_sample
-from tests.unit.test_rtmp_protocol import RecordingSink as Sink
 from wcs.access import Access
+from wcs.directory import InvalidName
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server
@@ -57,7 +57,7 @@ from wcs.rtsp.server import (
     UdpPortPool,
     stream_name_from_url,
 )
-from wcs.streams import PROVIDER_RTSP, InvalidName, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
 
 PEER = IPv4Address("TCP", "10.0.0.7", 50000)
 BASE = "rtsp://127.0.0.1:554/live/cam"
@@ -296,8 +296,8 @@ def test_full_tcp_publish_feeds_the_stream(
     assert conn.request("RECORD", BASE + "?token=abc").status == 200
     assert stream.video is not None and (stream.video.width, stream.video.height) == (320, 240)
     assert stream.audio_codec == "AAC"
-    sink = Sink()
-    stream.add_sink(sink)
+    sink = RecordingReader()
+    sink.attach(stream)
     _, _, units = media()
     # Interleaved frames split at awkward places, as TCP delivers them.
     data = b"".join(build_interleaved(0, p) for p in rtp_packets())
@@ -314,7 +314,7 @@ def test_full_tcp_publish_feeds_the_stream(
     r = conn.request("TEARDOWN", BASE)
     assert r.status == 200
     assert stream.ended and stream.end_reason == "Stopped by publisher stop"
-    assert registry.get("cam") is None and sink.ended == 1
+    assert registry.get("cam") is None and sink.ended == [stream]
     assert not conn.transport.disconnecting
     conn.close()
 
@@ -1034,7 +1034,7 @@ def test_factory_wiring(registry: StreamRegistry, reactor: FakeReactor) -> None:
 def live_stream(registry: StreamRegistry, name: str = "cam") -> Stream:
     """A published stream with real H.264 parameters, as RTMP or RTSP ingest leaves it."""
     sps, pps, _ = media()
-    stream = registry.publish(name, "Flash")
+    stream = publish_now(registry, name, "Flash")
     info = h264.parse_sps(sps)
     stream.set_video_params(
         VideoParams("H264", info.width, info.height, h264.to_annexb([sps, pps]))
@@ -1106,7 +1106,7 @@ def test_describe_live_stream(conn: Conn, registry: StreamRegistry) -> None:
 def test_describe_errors(conn: Conn, registry: StreamRegistry) -> None:
     r = conn.request("DESCRIBE")
     assert r.status == 404 and r.reason == "Stream not found"
-    registry.publish("radio", "Flash").set_audio_codec("AAC")
+    publish_now(registry, "radio", "Flash").set_audio_codec("AAC")
     assert conn.request("DESCRIBE", BASE.replace("cam", "radio")).status == 415
     assert conn.request("DESCRIBE", "rtsp://h/").status == 400
 
@@ -1224,7 +1224,7 @@ def test_player_connection_close_detaches(
     stream = start_playing(conn, registry, reactor)
     player = conn.proto.player
     conn.close()
-    assert player is not None and player not in stream._sinks
+    assert player is not None and stream.readers == []
     assert not stream.ended
 
 

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
 import wcs.snapshot.auto as auto_mod
+from tests.unit.fakes import publish_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from tests.unit.test_snapshot_service import ManualPool, result_of
 from wcs.media.units import VideoParams
@@ -61,7 +62,7 @@ class Env:
         self.auto.start()
 
     def publish(self, name: str, sample: Sample, units: int | None = None) -> Stream:
-        stream = self.registry.publish(name, PROVIDER_RTMP)
+        stream = publish_now(self.registry, name, PROVIDER_RTMP)
         for unit in sample.units[:units]:
             stream.push(unit)
         return stream
@@ -99,7 +100,7 @@ def test_bframes_frames_counted_in_display_order_once_even_with_drains(
 ) -> None:
     sample = h264_sample(bframes=True)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
     requests = []
     for i, unit in enumerate(sample.units):
         stream.push(unit)
@@ -210,7 +211,7 @@ def test_disk_full_is_counted_and_logged_once_then_writing_resumes(
 ) -> None:
     sample = h264_sample(bframes=False)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
 
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -263,7 +264,7 @@ def test_decoder_behind_real_time_drops_whole_gops_and_logs_once(
     sample = h264_sample(bframes=False)  # 3 GOPs of 30
     pool = ManualPool()
     env = Env(tmp_path, rate=1, retention=0, pool=pool)
-    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
     stream.push(sample.units[0])  # the first job starts on the keyframe ...
     for unit in sample.units[1:]:
         stream.push(unit)  # ... and the whole stream arrives before it runs
@@ -330,7 +331,7 @@ def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
     sample = h264_sample(bframes=False)
     pool = ManualPool()
     env = Env(tmp_path, rate=1, retention=0, pool=pool, batch=4)
-    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
     for unit in sample.units[:10]:
         stream.push(unit)
         pool.run_all()

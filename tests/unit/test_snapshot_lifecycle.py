@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import publish_now
 from tests.unit.media_fixtures import flv_clip, h264_sample, png_rgb
 from tests.unit.test_snapshot_auto import Env
 from tests.unit.test_snapshot_service import result_of
@@ -73,7 +74,9 @@ class Publisher:
 
     def __init__(self, env: Env, name: str) -> None:
         self.dropped = False
-        self.stream = env.registry.publish(name, PROVIDER_RTMP, on_terminate=lambda: self.drop())
+        self.stream = publish_now(
+            env.registry, name, PROVIDER_RTMP, on_terminate=lambda: self.drop()
+        )
         self.stream.keyframe_requester = self.request_keyframe
 
     def drop(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from tests.unit.fakes import publish_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from tests.unit.test_snapshot_auto import Env
 from tests.unit.test_snapshot_service import ManualPool, result_of
@@ -61,7 +62,7 @@ def test_every_request_gets_a_fresh_picture_of_the_newest_gop(jump: str, bframes
     units = JUMPS[jump](sample)
     registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
     service = SnapshotService(registry, pool, clock, hot_seconds=10)
-    stream = registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(registry, "cam", PROVIDER_RTMP)
     key_pts = -1  # original pts of the newest keyframe pushed
     checked = 0
     for i, unit in enumerate(units):
@@ -86,7 +87,7 @@ def test_every_request_gets_a_fresh_picture_of_the_newest_gop(jump: str, bframes
 def test_auto_snapshots_count_every_picture_once(tmp_path: Path, jump: str, bframes: bool) -> None:
     sample = h264_sample(bframes=bframes)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = env.registry.publish("cam", PROVIDER_RTMP)
+    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
     requests = []
     for i, unit in enumerate(JUMPS[jump](sample)):
         stream.push(unit)

@@ -7,19 +7,12 @@ import functools
 import pytest
 from twisted.logger import LogEvent
 
-from wcs import streams
+from tests.unit.fakes import RecordingReader, publish_now
+from wcs import directory
+from wcs.directory import InvalidName, NameInUse, StreamError, check_stream_name
 from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.streams import (
-    PROVIDER_RTMP,
-    PROVIDER_WEBRTC,
-    InvalidName,
-    NameInUse,
-    Stream,
-    StreamError,
-    StreamRegistry,
-    check_stream_name,
-)
+from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, Reader, Stream, StreamRegistry
 
 H264 = VideoParams(codec="H264", width=320, height=240, extradata=b"\0\0\0\1gsps\0\0\0\1hpps")
 
@@ -30,18 +23,6 @@ def video(dts: int, keyframe: bool = False, data: bytes = b"v", codec: str = "H2
 
 def audio(dts: int, data: bytes = b"a") -> MediaUnit:
     return MediaUnit("audio", "AAC", dts, dts, True, data)
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.units: list[tuple[Stream, MediaUnit]] = []
-        self.ended: list[Stream] = []
-
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        self.units.append((stream, unit))
-
-    def stream_ended(self, stream: Stream) -> None:
-        self.ended.append(stream)
 
 
 # -- names --------------------------------------------------------------------------------------
@@ -100,7 +81,7 @@ def test_check_stream_name_refuses(name: str) -> None:
 
 def test_error_infos_are_the_websdk_texts() -> None:
     assert NameInUse.info == "Stream name is already in use"
-    assert streams.StreamNotFound.info == "Stream not found"
+    assert directory.StreamNotFound.info == "Stream not found"
 
 
 # -- registry -----------------------------------------------------------------------------------
@@ -108,7 +89,7 @@ def test_error_infos_are_the_websdk_texts() -> None:
 
 def test_publish_get_and_end_forgets() -> None:
     registry = StreamRegistry(clock_ms=lambda: 1234)
-    stream = registry.publish("cam1", PROVIDER_RTMP)
+    stream = publish_now(registry, "cam1", PROVIDER_RTMP)
     assert registry.get("cam1") is stream
     assert registry.all() == [stream]
     assert len(registry) == 1
@@ -131,9 +112,9 @@ def test_publish_get_and_end_forgets() -> None:
 
 def test_name_in_use_is_refused_and_first_stream_untouched() -> None:
     registry = StreamRegistry()
-    first = registry.publish("cam1", PROVIDER_RTMP)
+    first = publish_now(registry, "cam1", PROVIDER_RTMP)
     with pytest.raises(NameInUse) as info:
-        registry.publish("cam1", PROVIDER_WEBRTC)
+        publish_now(registry, "cam1", PROVIDER_WEBRTC)
     assert info.value.info == "Stream name is already in use"
     assert registry.get("cam1") is first
     assert not first.ended
@@ -146,17 +127,17 @@ def test_invalid_name_is_refused_before_registration() -> None:
     registry.add_observer(seen.append)
     for bad in ("", "..", "a/b", "x" * 256):
         with pytest.raises(InvalidName):
-            registry.publish(bad, PROVIDER_RTMP)
+            publish_now(registry, bad, PROVIDER_RTMP)
     assert len(registry) == 0
     assert seen == []
 
 
 def test_republish_gives_a_new_stream_with_a_new_media_session_id() -> None:
     registry = StreamRegistry()
-    old = registry.publish("cam1", PROVIDER_RTMP)
+    old = publish_now(registry, "cam1", PROVIDER_RTMP)
     old.push(video(0, keyframe=True))
     old.end()
-    new = registry.publish("cam1", PROVIDER_RTMP)
+    new = publish_now(registry, "cam1", PROVIDER_RTMP)
     assert new is not old
     assert new.media_session_id != old.media_session_id
     assert registry.get("cam1") is new
@@ -170,7 +151,7 @@ def test_republish_gives_a_new_stream_with_a_new_media_session_id() -> None:
 
 def test_given_media_session_id_is_kept() -> None:
     registry = StreamRegistry()
-    stream = registry.publish("cam1", PROVIDER_WEBRTC, media_session_id="abc-123")
+    stream = publish_now(registry, "cam1", PROVIDER_WEBRTC, media_session_id="abc-123")
     assert stream.media_session_id == "abc-123"
     assert registry.by_media_session_id("abc-123") is stream
     assert registry.by_media_session_id("other") is None
@@ -178,7 +159,7 @@ def test_given_media_session_id_is_kept() -> None:
 
 def test_media_session_ids_are_unique() -> None:
     registry = StreamRegistry()
-    ids = {registry.publish(f"s{i}", PROVIDER_RTMP).media_session_id for i in range(50)}
+    ids = {publish_now(registry, f"s{i}", PROVIDER_RTMP).media_session_id for i in range(50)}
     assert len(ids) == 50
 
 
@@ -186,12 +167,12 @@ def test_observers_are_called_for_each_publish() -> None:
     registry = StreamRegistry()
     seen: list[Stream] = []
     registry.add_observer(seen.append)
-    a = registry.publish("a", PROVIDER_RTMP)
+    a = publish_now(registry, "a", PROVIDER_RTMP)
     with pytest.raises(NameInUse):
-        registry.publish("a", PROVIDER_RTMP)
-    b = registry.publish("b", PROVIDER_RTMP)
+        publish_now(registry, "a", PROVIDER_RTMP)
+    b = publish_now(registry, "b", PROVIDER_RTMP)
     a.end()
-    a2 = registry.publish("a", PROVIDER_RTMP)
+    a2 = publish_now(registry, "a", PROVIDER_RTMP)
     assert seen == [a, b, a2]
 
 
@@ -199,7 +180,9 @@ def test_terminate_all_ends_every_stream_through_its_publisher() -> None:
     registry = StreamRegistry()
     calls: list[str] = []
     for name in ("a", "b", "c"):
-        registry.publish(name, PROVIDER_RTMP, on_terminate=functools.partial(calls.append, name))
+        publish_now(
+            registry, name, PROVIDER_RTMP, on_terminate=functools.partial(calls.append, name)
+        )
     everything = registry.all()
     registry.terminate_all()
     assert sorted(calls) == ["a", "b", "c"]
@@ -207,65 +190,152 @@ def test_terminate_all_ends_every_stream_through_its_publisher() -> None:
     assert len(registry) == 0
 
 
-# -- sinks and lifecycle ------------------------------------------------------------------------
+# -- readers and lifecycle ----------------------------------------------------------------------
 
 
-def test_sinks_get_units_in_order_and_stream_ended_once() -> None:
+def test_readers_get_units_in_order_and_the_end_once() -> None:
     stream = Stream("cam1", PROVIDER_RTMP)
-    sink1, sink2 = RecordingSink(), RecordingSink()
-    stream.add_sink(sink1)
-    stream.add_sink(sink2)
-    stream.add_sink(sink1)  # adding twice does not duplicate
+    sink1, sink2 = RecordingReader(), RecordingReader()
+    sink1.attach(stream)
+    sink2.attach(stream)
     units = [video(0, keyframe=True), audio(5), video(33), audio(26)]
     for unit in units:
         stream.push(unit)
     for sink in (sink1, sink2):
-        assert [u for _, u in sink.units] == units
-        assert all(s is stream for s, _ in sink.units)
+        assert sink.units == units
+        assert sink.reader is not None and sink.reader.delivered == 4
     stream.end()
     stream.end("again")
     assert sink1.ended == [stream]
     assert sink2.ended == [stream]
     assert stream.end_reason == "Stopped by publisher stop"
-    # After the end nothing is delivered or accepted.
+    # After the end nothing is delivered or accepted; a late reader is told the end at once.
     stream.push(video(66, keyframe=True))
-    late = RecordingSink()
-    stream.add_sink(late)
+    late = RecordingReader()
+    late.attach(stream)
     stream.end()
     assert len(sink1.units) == 4
-    assert late.units == [] and late.ended == []
+    assert late.units == [] and late.ended == [stream]
+    assert late.reader is not None and late.reader.closed
     assert stream.video_units == 2
+    assert stream.readers == []
 
 
-def test_remove_sink_stops_delivery() -> None:
+def test_closing_a_reader_stops_delivery() -> None:
     stream = Stream("cam1", PROVIDER_RTMP)
-    sink = RecordingSink()
-    stream.add_sink(sink)
+    sink = RecordingReader()
+    reader = sink.attach(stream)
     stream.push(audio(0))
-    stream.remove_sink(sink)
-    stream.remove_sink(sink)  # removing an absent sink is harmless
+    reader.close()
+    reader.close()  # closing twice is harmless
     stream.push(audio(1))
     stream.end()
-    assert [u.dts for _, u in sink.units] == [0]
+    assert [u.dts for u in sink.units] == [0]
     assert sink.ended == []
 
 
-def test_a_sink_may_remove_itself_while_receiving() -> None:
+def test_a_reader_may_close_itself_while_receiving() -> None:
     stream = Stream("cam1", PROVIDER_RTMP)
-    other = RecordingSink()
+    other = RecordingReader()
+    once: list[MediaUnit] = []
 
-    class OneShot(RecordingSink):
-        def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-            super().unit_received(stream, unit)
-            stream.remove_sink(self)
+    def one_shot(unit: MediaUnit) -> None:
+        once.append(unit)
+        reader.close()
 
-    once = OneShot()
-    stream.add_sink(once)
-    stream.add_sink(other)
+    reader = stream.add_reader(one_shot)
+    other.attach(stream)
     stream.push(audio(0))
     stream.push(audio(1))
-    assert len(once.units) == 1
+    assert len(once) == 1
     assert len(other.units) == 2
+
+
+def test_a_raising_reader_is_detached_and_counted_and_the_others_carry_on(
+    log_events: list[LogEvent],
+) -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    before, after = RecordingReader(), RecordingReader()
+    before.attach(stream)
+    errors: list[Reader] = []
+
+    def broken(unit: MediaUnit) -> None:
+        raise ValueError("a player's bug")
+
+    bad = stream.add_reader(broken, on_error=errors.append)
+    after.attach(stream)
+    units = [video(0, keyframe=True), video(33), audio(40)]
+    for unit in units:
+        stream.push(unit)  # nothing escapes into the publisher
+    assert before.units == units and after.units == units
+    assert (bad.errors, bad.delivered, bad.closed) == (1, 0, True)
+    assert errors == [bad] and stream.readers == [before.reader, after.reader]
+    failures = [e for e in log_events if "log_failure" in e]
+    assert len(failures) == 1  # logged once, with its traceback
+    assert "a reader failed" in failures[0]["log_format"]
+
+
+def test_a_slow_reader_skips_to_the_next_keyframe_and_counts_what_it_skipped() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    sink = RecordingReader()
+    overflows: list[Reader] = []
+    reader = sink.attach(stream, max_queue=3, on_overflow=overflows.append)
+    stream.push(video(0, keyframe=True))
+    reader.pause()
+    for dts in (33, 66, 99):
+        stream.push(video(dts))  # queued
+    assert reader.queued == 3 and sink.units == [video(0, keyframe=True)]
+    stream.push(video(133))  # the fourth overflows: the queue and this unit go
+    stream.push(video(166))  # and video up to the next keyframe
+    stream.push(audio(170))
+    assert overflows == [reader] and reader.queued == 0
+    assert reader.discarded == 6
+    key = video(200, keyframe=True)
+    stream.push(key)  # the flow starts again here, queued while paused
+    stream.push(video(233))
+    reader.resume()
+    assert sink.units == [video(0, keyframe=True), key, video(233)]
+    assert (reader.delivered, reader.discarded) == (3, 6)
+
+
+def test_a_paused_audio_only_reader_starts_again_at_once_after_an_overflow() -> None:
+    stream = Stream("radio", PROVIDER_RTMP)
+    sink = RecordingReader()
+    reader = sink.attach(stream, max_queue=2)
+    reader.pause()
+    for dts in range(4):
+        stream.push(audio(dts))
+    assert reader.discarded == 2 and reader.queued == 2  # no keyframe to wait for
+    reader.resume()
+    assert [u.dts for u in sink.units] == [2, 3]
+
+
+def test_replay_gop_starts_a_reader_at_the_cached_keyframe() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.push(video(0))  # before any keyframe: not cached
+    gop = [video(33, keyframe=True), video(66), audio(70), video(99)]
+    for unit in gop:
+        stream.push(unit)
+    player, live = RecordingReader(), RecordingReader()
+    player.attach(stream, replay_gop=True, kind="video")
+    live.attach(stream, from_keyframe=True)  # no replay: waits for the next keyframe
+    stream.push(video(133))
+    stream.push(audio(140))
+    assert player.units == [gop[0], gop[1], gop[3], video(133)]
+    assert live.units == [audio(140)]
+    stream.push(video(166, keyframe=True))
+    assert live.units[-1] == video(166, keyframe=True)
+
+
+def test_a_paused_reader_gets_what_it_holds_before_the_end() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    sink = RecordingReader()
+    reader = sink.attach(stream)
+    reader.pause()
+    stream.push(video(0, keyframe=True))
+    stream.push(video(33))
+    stream.end()
+    assert [u.dts for u in sink.units] == [0, 33] and sink.ended == [stream]
 
 
 def test_on_end_callbacks() -> None:
@@ -388,7 +458,7 @@ def test_end_drops_the_gop() -> None:
 
 def test_to_json_fields() -> None:
     registry = StreamRegistry(clock_ms=lambda: 1640836780816)
-    stream = registry.publish("cam1", PROVIDER_RTMP)
+    stream = publish_now(registry, "cam1", PROVIDER_RTMP)
     fresh = stream.to_json()
     assert fresh == fresh | {
         "mediaSessionId": stream.media_session_id,
@@ -437,10 +507,10 @@ def test_terminate_calls_on_terminate_then_ends() -> None:
         # The publisher is asked to leave while the stream is still live and registered.
         seen.append((holder[0].ended, registry.get("cam1")))
 
-    stream = registry.publish("cam1", PROVIDER_RTMP, on_terminate=on_terminate)
+    stream = publish_now(registry, "cam1", PROVIDER_RTMP, on_terminate=on_terminate)
     holder.append(stream)
-    sink = RecordingSink()
-    stream.add_sink(sink)
+    sink = RecordingReader()
+    sink.attach(stream)
     stream.terminate()
     assert seen == [(False, stream)]
     assert stream.ended
@@ -456,7 +526,7 @@ def test_terminate_without_callback_still_ends() -> None:
 
 
 def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) -> None:
-    stream = StreamRegistry().publish("cam", "Flash")
+    stream = publish_now(StreamRegistry(), "cam", "Flash")
     stream.reject_unit("truncated avcC")
     stream.reject_unit("bad NAL")
     assert stream.rejected_units == 2
@@ -467,7 +537,7 @@ def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) 
 def test_terminate_lets_the_end_reason_through() -> None:
     registry = StreamRegistry()
     called: list[int] = []
-    stream = registry.publish("cam1", PROVIDER_RTMP, on_terminate=lambda: called.append(1))
+    stream = publish_now(registry, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append(1))
     stream.terminate("Failed by RTP activity")
     stream.terminate()  # already ended: the publisher is not asked twice, the reason stays
     assert called == [1]
@@ -481,7 +551,7 @@ def test_video_over_max_picture_pixels_is_refused_and_logged_once(
     log_events: list[LogEvent],
 ) -> None:
     registry = StreamRegistry(max_picture_pixels=1920 * 1080)
-    stream = registry.publish("big", PROVIDER_RTMP)
+    stream = publish_now(registry, "big", PROVIDER_RTMP)
     assert stream.max_picture_pixels == 1920 * 1080
     stream.set_video_params(H264)
     stream.push(video(0, keyframe=True))
@@ -530,13 +600,13 @@ def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> 
     """An ended stream must hold nothing that refers back to its publisher or consumers (such
     cycles kept whole decoders alive until a full garbage collection)."""
     counter = {"n": 1}
-    stream = StreamRegistry().publish("cam1", PROVIDER_RTMP, on_terminate=lambda: None)
+    stream = publish_now(StreamRegistry(), "cam1", PROVIDER_RTMP, on_terminate=lambda: None)
     stream.keyframe_requester = lambda: None
     stream.json_extras["autoSnapshot"] = lambda: dict(counter)
-    stream.add_sink(RecordingSink())
+    RecordingReader().attach(stream)
     stream.on_end(lambda s: None)
     stream.end()
     counter["n"] = 2
     assert stream._on_terminate is None and stream.keyframe_requester is None
-    assert stream._sinks == [] and stream._on_end == [] and stream.json_extras == {}
+    assert stream._readers == [] and stream._on_end == [] and stream.json_extras == {}
     assert stream.to_json()["autoSnapshot"] == {"n": 1}

@@ -145,8 +145,7 @@ def test_h264_ingest_gives_decodable_annexb_units() -> None:
     stream = Stream("cam", "WebRTC")
     ingest, plis = ingest_for(stream, clock)
     pushed: list[MediaUnit] = []
-    stream.add_sink(type("S", (), {"unit_received": lambda s, st, u: pushed.append(u),
-                                   "stream_ended": lambda s, st: None})())  # fmt: skip
+    stream.add_reader(pushed.append)
     for unit in sample.units:
         ts = int(unit.pts * unit.time_base * VIDEO_CLOCK)
         ingest.video("H264", unit.data, ts)
@@ -328,7 +327,7 @@ def test_track_skips_to_a_keyframe_when_the_player_lags() -> None:
         packet = await track.recv()
         assert bytes(packet).endswith(units[60].data)
         track.stop()
-        assert track not in stream._sinks
+        assert stream.readers == []
 
     run_track(body)
 

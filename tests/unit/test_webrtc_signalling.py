@@ -19,16 +19,17 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from tests.unit.fakes import PendingHooks
+from tests.unit.fakes import PendingHooks, publish_now
 from tests.unit.test_rest import SlowReader, parse_response
 from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.config import Settings
+from wcs.directory import StreamNotFound
 from wcs.media.units import MediaUnit
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import PROVIDER_WEBRTC, Stream, StreamNotFound, StreamRegistry
+from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
 from wcs.webrtc.peer import PeerError
 from wcs.webrtc.signalling import (
     KEEPALIVE_TIMEOUT,
@@ -320,7 +321,7 @@ def test_publish_answer_then_publishing_then_unpublish(env: Env) -> None:
 
 
 def test_publish_name_in_use_and_invalid_name(env: Env) -> None:
-    other = env.registry.publish("cam", "Flash")
+    other = publish_now(env.registry, "cam", "Flash")
     session, ws = env.session()
     send(session, "publishStream", {"mediaSessionId": "m1", "name": "cam", "sdp": OFFER})
     send(session, "publishStream", {"mediaSessionId": "m2", "name": "a/b", "sdp": OFFER})
@@ -403,7 +404,7 @@ def test_stream_and_msid_limits(env: Env) -> None:
 
 # -- play -----------------------------------------------------------------------------------------
 def test_play_then_publisher_leaves(env: Env) -> None:
-    source = env.registry.publish("cam", "Flash")
+    source = publish_now(env.registry, "cam", "Flash")
     session, ws = env.session()
     send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
     (peer,) = env.peers.players
@@ -422,7 +423,7 @@ def test_play_then_publisher_leaves(env: Env) -> None:
 
 
 def test_stop_stream(env: Env) -> None:
-    source = env.registry.publish("cam", "Flash")
+    source = publish_now(env.registry, "cam", "Flash")
     session, ws = env.session()
     send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
     send(session, "stopStream", {"mediaSessionId": "p1", "name": "cam"})
@@ -448,7 +449,7 @@ def test_play_missing_stream_and_rtsp(env: Env) -> None:
 
 
 def test_rtsp_pull_is_injectable(env: Env) -> None:
-    pulled = env.registry.publish("door", "RTSP")
+    pulled = publish_now(env.registry, "door", "RTSP")
     asked: list[str] = []
 
     def pull(uri: str) -> Deferred[Stream]:
@@ -466,7 +467,7 @@ def test_rtsp_pull_is_injectable(env: Env) -> None:
 
 # -- snapshot, availableStream --------------------------------------------------------------------
 def test_snapshot_completed(env: Env) -> None:
-    env.registry.publish("cam", "Flash")
+    publish_now(env.registry, "cam", "Flash")
     session, ws = env.session()
     send(session, "snapshot", {"name": "cam", "mediaSessionId": "s1"})
     ((name, d),) = env.snapshots.requests
@@ -524,7 +525,7 @@ def test_snapshot_failure_of_own_publish_does_not_fail_the_publish(env: Env) -> 
 def test_snapshot_asks_for_a_keyframe_when_none_is_cached(env: Env) -> None:
     # The asking is the snapshot service's (shared with REST): use the real one here.
     env.factory.snapshots = SnapshotService(env.registry, ManualPool(), env.clock)
-    stream = env.registry.publish("cam", "WebRTC")
+    stream = publish_now(env.registry, "cam", "WebRTC")
     asked: list[int] = []
     stream.keyframe_requester = lambda: asked.append(1)
     session, _ = env.session()
@@ -547,7 +548,7 @@ def test_snapshots_in_flight_are_bounded(env: Env) -> None:
 
 
 def test_available_stream(env: Env) -> None:
-    env.registry.publish("cam", "Flash")
+    publish_now(env.registry, "cam", "Flash")
     session, ws = env.session()
     send(session, "availableStream", {"mediaSessionId": "a1", "name": "cam"})
     send(session, "availableStream", {"mediaSessionId": "a2", "name": "nope"})

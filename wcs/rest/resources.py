@@ -16,12 +16,13 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from wcs.config import Settings
+from wcs.directory import InvalidName, NameInUse, StreamNotFound
 from wcs.guard import describe
 from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import InvalidName, NameInUse, Stream, StreamNotFound, StreamRegistry
+from wcs.streams import Stream, StreamRegistry
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
 from wcs.web.origin import OriginPolicy
@@ -405,20 +406,22 @@ class RtspApi:
     def __init__(self, pulls: PullManager) -> None:
         self.pulls = pulls
 
-    def startup(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
+    def startup(self, request: server.Request, body: dict[str, Any]) -> Deferred[dict[str, object]]:
         uri = _required_str(body, "uri")
         to_stream = body.get("toStream")
         if to_stream is not None and not isinstance(to_stream, str):
             raise RestError(400, "'toStream' must be a string")
-        try:
-            pull = self.pulls.startup(uri, to_stream or None)
-        except PullUriError as err:
-            raise RestError(400, str(err)) from None
-        except InvalidName as err:
-            raise RestError(400, f"Invalid stream name: {err}") from None
-        except NameInUse:
-            raise RestError(409, NameInUse.info) from None
-        return pull.to_json()
+
+        def refused(failure: Failure) -> None:
+            err = failure.trap(PullUriError, InvalidName, NameInUse)
+            if err is PullUriError:
+                raise RestError(400, failure.getErrorMessage())
+            if err is InvalidName:
+                raise RestError(400, f"Invalid stream name: {failure.getErrorMessage()}")
+            raise RestError(409, NameInUse.info)
+
+        started = self.pulls.startup(uri, to_stream or None)
+        return started.addCallbacks(lambda pull: pull.to_json(), refused)
 
     def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
         pulls = self.pulls.find_all()

@@ -15,13 +15,14 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from wcs.access import Access, Client, Refused
+from wcs.directory import StreamError, check_stream_name
 from wcs.guard import guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtmp import amf0, chunks, flv
 from wcs.rtmp.chunks import BufferBudget, ChunkDecoder, ChunkEncoder, Message
 from wcs.rtmp.handshake import HandshakeError, ServerHandshake
-from wcs.streams import PROVIDER_RTMP, Stream, StreamError, StreamRegistry, check_stream_name
+from wcs.streams import PROVIDER_RTMP, Stream, StreamRegistry
 
 log = Logger(namespace="wcs.rtmp")
 
@@ -299,21 +300,26 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             )
 
     def _await(
-        self, decision: Deferred[Any], accepted: Callable[[], None], refused: Callable[[str], None]
+        self,
+        decision: Deferred[Any],
+        accepted: Callable[[Any], None],
+        refused: Callable[[Refused | StreamError], None],
     ) -> None:
-        """Go on with `accepted()` or `refused(info)` once `decision` fires; messages that
+        """Go on with `accepted(result)` or `refused(error)` once `decision` fires; messages that
         arrive meanwhile are held and handled after, in order."""
         self._waiting = True
 
         def decided(result: object) -> None:
             self._waiting = False
             if self._dropping or self._lost:
+                if isinstance(result, Stream):
+                    result.end()  # named for a publisher that left meanwhile
                 return
             if isinstance(result, Failure):
-                result.trap(Refused)
-                refused(result.value.info)  # type: ignore[union-attr]
+                result.trap(Refused, StreamError)
+                refused(result.value)  # type: ignore[arg-type]
             else:
-                accepted()
+                accepted(result)
             self._release_held()
 
         decision.addBoth(decided)
@@ -433,8 +439,8 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         )
         self._await(
             self.factory.access.connect(self._client),
-            lambda: self._connect_accepted(txn),
-            lambda info: self._connect_refused(txn, info),
+            lambda _: self._connect_accepted(txn),
+            lambda err: self._connect_refused(txn, err.info),
         )
 
     def _connect_refused(self, txn: float, info: str) -> None:
@@ -502,10 +508,23 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         password = params.pop("password", None)
         client = self._client.with_custom(params)
         msid = str(uuid.uuid4())
+        decision = self.factory.access.publish(client, name, msid, password)
+        # Allowed: the directory is asked for the name, and the reply waits for it too.
+        decision.addCallback(
+            lambda _: self.registry.publish(
+                name, PROVIDER_RTMP, media_session_id=msid, on_terminate=self._terminated
+            )
+        )
         self._await(
-            self.factory.access.publish(client, name, msid, password),
-            lambda: self._start_publish(client, name, msid),
-            lambda info: self._refuse_publish(name, "NetStream.Publish.Unauthorized", info),
+            decision,
+            lambda stream: self._start_publish(client, stream),
+            lambda err: self._refuse_publish(
+                name,
+                "NetStream.Publish.BadName"
+                if isinstance(err, StreamError)
+                else "NetStream.Publish.Unauthorized",
+                err.info,
+            ),
         )
 
     def _refuse_publish(self, name: str, code: str, info: str) -> None:
@@ -520,15 +539,10 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         # connection closes after the write instead of being reset under it.
         self.drop(f"publish refused: {info}", flush=True)
 
-    def _start_publish(self, client: Client, name: str, msid: str) -> None:
-        try:
-            self.stream = self.registry.publish(
-                name, PROVIDER_RTMP, media_session_id=msid, on_terminate=self._terminated
-            )
-        except StreamError as err:
-            self._refuse_publish(name, "NetStream.Publish.BadName", err.info)
-            return
-        self.factory.access.track(client, self.stream)
+    def _start_publish(self, client: Client, stream: Stream) -> None:
+        self.stream = stream
+        name = stream.name
+        self.factory.access.track(client, stream)
         self._avc_ready = False
         self._bad_media_run = 0
         log.info(

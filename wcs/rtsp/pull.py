@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wcs.directory import MAX_NAME_BYTES, StreamError, check_stream_name
 from wcs.rtsp.auth import AuthError, split_userinfo
 from wcs.rtsp.client import (
     AUTH,
@@ -43,14 +44,7 @@ from wcs.rtsp.client import (
 from wcs.rtsp.ingest import RtpIngest, Track
 from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import RtpPacket
-from wcs.streams import (
-    MAX_NAME_BYTES,
-    PROVIDER_RTSP,
-    Stream,
-    StreamError,
-    StreamRegistry,
-    check_stream_name,
-)
+from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
 
 __all__ = [
     "CONNECT_FAILED",
@@ -593,6 +587,7 @@ class PullManager:
         self.allowed_networks = parse_networks(allowed_networks)
         self._resolver = resolver
         self._pulls: dict[str, Pull] = {}
+        self._starting = 0  # pulls whose name the directory has not answered for yet
 
     def connect(self, host: str, port: int, client: RTSPClientProtocol) -> Deferred[Any]:
         """Connect `client` to the camera at host:port. With allowed networks, the name is
@@ -621,63 +616,75 @@ class PullManager:
 
         return d.addCallback(resolved)
 
-    def startup(self, uri: str, to_stream: str | None = None) -> Pull:
-        """Pull `uri` as stream `to_stream` (default: :func:`default_stream_name`).
+    def startup(self, uri: str, to_stream: str | None = None) -> Deferred[Pull]:
+        """Pull `uri` as stream `to_stream` (default: :func:`default_stream_name`), once the
+        directory gave the name to this server.
 
-        Raises PullUriError (bad URI), wcs.streams.InvalidName (bad name), NameInUse (taken).
+        Fails with PullUriError (bad URI), wcs.directory.InvalidName (bad name) or NameInUse.
         """
-        clean, url = parse_camera_uri(uri)
-        if to_stream is None or to_stream == "":
-            name = default_stream_name(clean)
-        else:
-            name = check_stream_name(to_stream)
-        if len(self._pulls) >= self.max_pulls:
-            raise PullUriError(f"at most {self.max_pulls} camera pulls at once")
+        try:
+            clean, url = parse_camera_uri(uri)
+            if to_stream is None or to_stream == "":
+                name = default_stream_name(clean)
+            else:
+                name = check_stream_name(to_stream)
+            if len(self._pulls) + self._starting >= self.max_pulls:
+                raise PullUriError(f"at most {self.max_pulls} camera pulls at once")
+        except (PullUriError, StreamError) as err:
+            return fail(err)
         holder: list[Pull] = []
+        self._starting += 1
         # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect). A pull has
         # its own reconnect policy: the publish idle watchdog leaves it alone.
-        stream = self.registry.publish(
+        published = self.registry.publish(
             name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder), watch_idle=False
         )
-        stream.status = PENDING
-        pull = Pull(self, clean, url, stream, self.reactor, self.connector, self.config)
-        holder.append(pull)
-        self._pulls[name] = pull
-        # However the stream ends (terminate, registry shutdown), the pull ends with it.
-        stream.on_end(lambda s: self._ended(pull, holder))
-        log.info("RTSP pull {stream_name}: started for {uri}", stream_name=name, uri=clean)
-        pull.start()
-        return pull
+
+        def start(stream: Stream) -> Pull:
+            self._starting -= 1
+            stream.status = PENDING
+            pull = Pull(self, clean, url, stream, self.reactor, self.connector, self.config)
+            holder.append(pull)
+            self._pulls[name] = pull
+            # However the stream ends (terminate, hub shutdown), the pull ends with it.
+            stream.on_end(lambda s: self._ended(pull, holder))
+            log.info("RTSP pull {stream_name}: started for {uri}", stream_name=name, uri=clean)
+            pull.start()
+            return pull
+
+        def refused(failure: Failure) -> Failure:
+            self._starting -= 1
+            return failure
+
+        return published.addCallbacks(start, refused)
 
     def stream_for_player(self, uri: str, timeout: float = PLAYER_WAIT) -> Deferred[Stream]:
         """The live stream of camera `uri` for a WebSDK player (`playStream` of an rtsp:// name):
         an existing pull's, or a new pull's once media flows. A pull started here that fails
         its first attempt (or `timeout`) is stopped again: nobody is left to watch it."""
-        try:
-            pull = self.find(uri)
-            started_here = pull is None
-            if pull is None:
-                pull = self.startup(uri)
-        except PullUriError as err:
-            return fail(PlayerPullError("Rtsp has wrong format", str(err)))
-        except StreamError as err:
-            return fail(err)
-        d = pull.when_playing(fail_fast=started_here)
-        d.addTimeout(timeout, self.reactor)
+        found = self.find(uri)
+        started_here = found is None
+        start = self.startup(uri) if found is None else succeed(found)
 
-        def failed(failure: Failure) -> Failure:
-            if started_here and pull.wanted:
-                self.terminate(pull.name)
-            reason = failure.getErrorMessage() or "timed out"
-            if failure.check(defer.TimeoutError):
-                reason = f"no media within {timeout:g} s"
-            return Failure(PlayerPullError(f"Failed to play RTSP stream: {reason}", reason))
+        def wrong_uri(failure: Failure) -> Failure:
+            failure.trap(PullUriError)
+            return Failure(PlayerPullError("Rtsp has wrong format", failure.getErrorMessage()))
 
-        return d.addCallbacks(lambda p: p.stream, failed)
+        def started(pull: Pull) -> Deferred[Stream]:
+            d = pull.when_playing(fail_fast=started_here)
+            d.addTimeout(timeout, self.reactor)
 
-    def get_or_start(self, uri: str) -> Pull:
-        """The pull of `uri` if one exists (any name), else a new one under the default name."""
-        return self.find(uri) or self.startup(uri)
+            def failed(failure: Failure) -> Failure:
+                if started_here and pull.wanted:
+                    self.terminate(pull.name)
+                reason = failure.getErrorMessage() or "timed out"
+                if failure.check(defer.TimeoutError):
+                    reason = f"no media within {timeout:g} s"
+                return Failure(PlayerPullError(f"Failed to play RTSP stream: {reason}", reason))
+
+            return d.addCallbacks(lambda p: p.stream, failed)
+
+        return start.addCallbacks(started, wrong_uri)
 
     def find(self, key: str) -> Pull | None:
         """A pull by stream name, or by camera URI (with or without credentials)."""

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wcs.access import Access, Client, Refused
+from wcs.directory import InvalidName, StreamError, StreamNotFound, check_stream_name
 from wcs.guard import describe, guarded
 from wcs.media import h264
 from wcs.media.units import MediaUnit
@@ -55,15 +56,7 @@ from wcs.rtsp.sdp import (
     parse_sdp,
     resolve_control,
 )
-from wcs.streams import (
-    PROVIDER_RTSP,
-    InvalidName,
-    Stream,
-    StreamError,
-    StreamNotFound,
-    StreamRegistry,
-    check_stream_name,
-)
+from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -976,39 +969,50 @@ class RTSPServerProtocol(Protocol):
             lambda _: access.publish(client, name, msid, None, authenticated=True)
         )
 
-        def allowed(_: object) -> _Reply:
-            return self._announced(req, client, app, name, msid, tracks, aggregate, track_urls)
+        def allowed(_: object) -> Deferred[_Reply]:
+            if self._closing:
+                return succeed(_Reply(503, "Connection closing"))
+            if self.state != INIT:
+                return succeed(_Reply(455, "Already announced on this connection"))
+            return self.registry.publish(name, PROVIDER_RTSP, media_session_id=msid).addCallbacks(
+                lambda stream: self._announced(
+                    req, client, app, stream, tracks, aggregate, track_urls
+                ),
+                lambda failure: self._publish_refused(failure, name),
+            )
 
         def refused(failure: Failure) -> _Reply:
             return self._refuse_announce(req, self._refused(failure))
 
         return decision.addCallbacks(allowed, refused)
 
+    def _publish_refused(self, failure: Failure, name: str) -> _Reply:
+        failure.trap(StreamError)
+        err = failure.value
+        assert isinstance(err, StreamError)
+        log.warn(
+            "RTSP {peer}: publish of {stream_name!r} refused: {info}",
+            peer=self.peer,
+            stream_name=name,
+            info=err.info,
+        )
+        return _Reply(400 if isinstance(err, InvalidName) else 403, err.info)
+
     def _announced(
         self,
         req: RtspRequest,
         client: Client,
         app: str,
-        name: str,
-        msid: str,
+        stream: Stream,
         tracks: list[Track],
         aggregate: str,
         track_urls: list[str],
     ) -> _Reply:
-        if self._closing:
-            return _Reply(503, "Connection closing")
-        if self.state != INIT:
+        if self._closing or self.state != INIT:
+            stream.end()  # named for a client that left (or announced) meanwhile
+            if self._closing:
+                return _Reply(503, "Connection closing")
             return _Reply(455, "Already announced on this connection")
-        try:
-            stream = self.registry.publish(name, PROVIDER_RTSP, media_session_id=msid)
-        except StreamError as err:
-            log.warn(
-                "RTSP {peer}: publish of {stream_name!r} refused: {info}",
-                peer=self.peer,
-                stream_name=name,
-                info=err.info,
-            )
-            return _Reply(400 if isinstance(err, InvalidName) else 403, err.info)
         self.stream = stream
         # Whatever ends the stream from the server's side (/stream/terminate, shutdown, the
         # publish idle watchdog, with or without RECORD) closes this connection with its reason.
@@ -1022,7 +1026,7 @@ class RTSPServerProtocol(Protocol):
         log.info(
             "RTSP {peer}: announced {stream_name} (app {app}): {tracks}",
             peer=self.peer,
-            stream_name=name,
+            stream_name=stream.name,
             app=app,
             tracks=_describe(tracks),
             user_agent=req.headers.get("User-Agent"),

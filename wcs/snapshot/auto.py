@@ -12,10 +12,11 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from wcs.directory import InvalidName, check_stream_name
 from wcs.media.decoder import DecodedFrame, StreamDecoder
 from wcs.media.image import frame_to_png
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import InvalidName, Stream, StreamRegistry, check_stream_name
+from wcs.streams import Stream, StreamRegistry
 
 log = Logger(namespace="wcs.snapshot.auto")
 

@@ -15,11 +15,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wcs.directory import StreamNotFound
 from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
 from wcs.media.gop import Gop
 from wcs.media.image import frame_to_png
 from wcs.media.units import MediaUnit
-from wcs.streams import Stream, StreamNotFound, StreamRegistry
+from wcs.streams import Reader, Stream, StreamRegistry
 
 log = Logger(namespace="wcs.snapshot")
 
@@ -78,7 +79,7 @@ class FrameSource:
         self._hot_seconds = hot_seconds
         self._pinned_batch = pinned_batch
         self._hot_until = float("-inf")
-        self._attached = False
+        self._reader: Reader | None = None
         self._busy = False
         self._waiters: list[Deferred[bytes | None]] = []
         # (gop seq, units) and waiters of the running job, when it makes a PNG.
@@ -121,9 +122,16 @@ class FrameSource:
         return self._frame_listener is not None
 
     def _attach(self) -> None:
-        if not self._attached:
-            self._attached = True
-            self.stream.add_sink(self)
+        if self._reader is None:
+            # The GOP cache is what a job decodes: the reader only says that it grew.
+            self._reader = self.stream.add_reader(
+                self._unit, kind="video", on_end=self._stream_ended
+            )
+
+    def _detach(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def _frame_decoded(self, frame: DecodedFrame) -> None:
         listener = self._frame_listener
@@ -140,9 +148,8 @@ class FrameSource:
         """Stop decoding ahead of requests; the next request decodes from where it stopped."""
         self._hot_until = float("-inf")
 
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        if unit.kind != "video":
-            return
+    def _unit(self, unit: MediaUnit) -> None:
+        stream = self.stream
         gop = stream.gop
         if (
             self.pinned
@@ -153,13 +160,12 @@ class FrameSource:
         ):
             return  # nobody is asking: decode a few frames per job, not one
         if not self.hot and not self._waiters:
-            self._attached = False
-            stream.remove_sink(self)
+            self._detach()
             return
         self._kick()
 
-    def stream_ended(self, stream: Stream) -> None:
-        self._attached = False
+    def _stream_ended(self, stream: Stream) -> None:
+        self._reader = None  # closed by the stream after this
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(StreamNotFound(stream.name))

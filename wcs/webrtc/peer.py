@@ -39,7 +39,7 @@ from wcs.media import h264
 from wcs.media.decoder import can_decode, open_codec
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 from wcs.snapshot.service import PoolRunner
-from wcs.streams import Stream
+from wcs.streams import Reader, Stream
 
 log = Logger(namespace="wcs.webrtc.peer")
 
@@ -543,7 +543,6 @@ class StreamTrack(MediaStreamTrack):
         self.codec = codec
         self._run_in_pool = run_in_pool  # the service's pool; None: asyncio's default executor
         self._queue: asyncio.Queue[MediaUnit | None] = asyncio.Queue()
-        self._wait_key = True
         # H.264 with B-frames (pts != dts) is re-encoded: browsers' WebRTC decoders show only
         # its keyframes (measured in Chromium), so relaying it would look frozen.
         self.reordered = False
@@ -552,50 +551,63 @@ class StreamTrack(MediaStreamTrack):
         self._ended = False
         self.relayed = 0
         self.transcoded = 0
-        stream.add_sink(self)
-        stream.on_end(self.stream_ended)  # also when it has already ended
+        # One unit at a time is handed to recv(); the rest wait in the reader, which skips to
+        # the next keyframe (and asks the publisher for one) when the player falls behind.
+        self._reader = stream.add_reader(
+            self._unit,
+            from_keyframe=True,
+            kind="video",
+            max_queue=MAX_PLAY_QUEUE,
+            on_overflow=self._fell_behind,
+            on_end=self._stream_ended,
+            on_error=lambda reader: self._stream_ended(stream),
+        )
         stream.request_keyframe()
 
-    # -- StreamSink (reactor thread) --------------------------------------------------------------
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        if unit.kind != "video" or self.readyState != "live":
+    # -- the stream's reader (reactor thread) -----------------------------------------------------
+    def _unit(self, unit: MediaUnit) -> None:
+        if self.readyState != "live":
             return
         if not self.reordered and unit.pts != unit.dts and unit.codec == self.codec:
             self.reordered = True
             log.info(
                 "WebRTC player of {stream_name}: the source has B-frames: transcoding",
-                stream_name=stream.name,
+                stream_name=self.stream.name,
             )
-            self._skip_to_keyframe()
-        if self._wait_key and not unit.keyframe:
-            return
-        if self._queue.qsize() >= MAX_PLAY_QUEUE:
-            # The player (or the encoder) is not keeping up: skip to the next keyframe.
-            self._skip_to_keyframe()
-            stream.request_keyframe()
-            return
-        self._wait_key = False
+            self._drop_waiting()
+            if not unit.keyframe:
+                self._reader.skip_to_keyframe()
+                return
         self._queue.put_nowait(unit)
+        self._reader.pause()  # until recv() has taken it
 
-    def _skip_to_keyframe(self) -> None:
+    def _fell_behind(self, reader: Reader) -> None:
+        self._drop_waiting()
+        reader.resume()
+        self.stream.request_keyframe()
+
+    def _drop_waiting(self) -> None:
         while not self._queue.empty():
-            self._queue.get_nowait()
-        self._wait_key = True
+            if self._queue.get_nowait() is None:  # the end stays the end
+                self._queue.put_nowait(None)
+                return
 
-    def stream_ended(self, stream: Stream) -> None:
+    def _stream_ended(self, stream: Stream) -> None:
         if not self._ended:
             self._ended = True
             self._queue.put_nowait(None)
 
     def stop(self) -> None:
         super().stop()
-        self.stream.remove_sink(self)
+        self._reader.close()
 
     # -- aiortc side ------------------------------------------------------------------------------
     async def recv(self) -> Any:
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
+            if self._queue.empty():
+                self._reader.resume()
             unit = await self._queue.get()
             if unit is None:
                 self.stop()
@@ -695,30 +707,26 @@ class PlayPeer(_Peer):
     async def _first_video(self) -> VideoParams | None:
         """A player that arrives right after the publish waits (briefly) for the source codec,
         so that it can be relayed rather than transcoded."""
-        waiter = _FirstVideo(asyncio.get_running_loop().create_future())
-        self.stream.add_sink(waiter)
+        future: asyncio.Future[VideoParams | None] = asyncio.get_running_loop().create_future()
+        stream = self.stream
+
+        def settle(video: VideoParams | None) -> None:
+            if not future.done():
+                future.set_result(video)
+
+        reader = stream.add_reader(
+            lambda unit: settle(stream.video),
+            kind="video",
+            on_end=lambda s: settle(None),
+            on_error=lambda r: settle(None),
+        )
         try:
-            return await asyncio.wait_for(waiter.future, SOURCE_CODEC_WAIT)
+            return await asyncio.wait_for(future, SOURCE_CODEC_WAIT)
         except TimeoutError:
             return None
         finally:
-            self.stream.remove_sink(waiter)
+            reader.close()
 
     def _closing(self) -> None:
         if self.track is not None:
             self.track.stop()
-
-
-class _FirstVideo:
-    """A stream sink resolving its future with the stream's video parameters on first video."""
-
-    def __init__(self, future: asyncio.Future[VideoParams | None]) -> None:
-        self.future = future
-
-    def unit_received(self, stream: Stream, unit: MediaUnit) -> None:
-        if unit.kind == "video" and not self.future.done():
-            self.future.set_result(stream.video)
-
-    def stream_ended(self, stream: Stream) -> None:
-        if not self.future.done():
-            self.future.set_result(None)

@@ -30,10 +30,11 @@ from zope.interface import implementer
 
 from wcs.access import Access, Client, Refused
 from wcs.config import Settings
+from wcs.directory import StreamError, StreamNotFound
 from wcs.guard import describe, guarded
 from wcs.rest.errors import error_json
 from wcs.snapshot.service import PoolRunner, SnapshotTimeout
-from wcs.streams import PROVIDER_WEBRTC, Stream, StreamError, StreamNotFound, StreamRegistry
+from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
 from wcs.web.origin import OriginPolicy
@@ -636,15 +637,27 @@ class WebSDKSession:
     def _publish(self, media: _Media, client: Client, sdp: str) -> None:
         if not self._active(media):
             return
-        try:
-            stream = self.factory.registry.publish(
-                media.name, PROVIDER_WEBRTC, media_session_id=media.msid
-            )
-        except StreamError as err:
-            self._finish(media, "FAILED", err.info)
+        # PUBLISHING is sent once the directory gave the name to this server.
+        self.factory.registry.publish(
+            media.name, PROVIDER_WEBRTC, media_session_id=media.msid
+        ).addCallbacks(
+            lambda stream: self._published(media, client, sdp, stream),
+            lambda f: self._name_refused(media, f),
+        )
+
+    @guarded
+    def _published(self, media: _Media, client: Client, sdp: str, stream: Stream) -> None:
+        if not self._active(media):
+            stream.end()  # named for a publish that was stopped (or a session gone) meanwhile
             return
         self.factory.access.track(client, stream)
         self._start_peer(media, stream, sdp)
+
+    @guarded
+    def _name_refused(self, media: _Media, failure: Failure) -> None:
+        failure.trap(StreamError)
+        if self._active(media):
+            self._finish(media, "FAILED", failure.value.info)  # type: ignore[union-attr]
 
     @guarded
     def _refused(self, media: _Media, failure: Failure) -> None:
