@@ -244,13 +244,7 @@ class EncodedIngest:
                     raise err from None
                 raise PictureTooLarge(str(err)) from None
             self._refused = None
-            video = VideoParams(
-                codec="H264",
-                width=info.width,
-                height=info.height,
-                extradata=extradata,
-                profile=h264.codec_string(info),
-            )
+            video = h264.h264_video_params_of(info, sps, pps)
             self.stream.set_video_params(video)
             log.info(
                 "WebRTC {stream_name}: video H.264 {width}x{height} {profile}",
