@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 from wcs.guard import describe
 from wcs.media import h264
 from wcs.media.decoder import can_decode, open_codec
+from wcs.media.pool import PoolRunner
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
-from wcs.snapshot.service import PoolRunner
 from wcs.streams import Stream
 
 log = Logger(namespace="wcs.webrtc.peer")
