@@ -1,4 +1,5 @@
-"""Tests for wcs.media.h264: framing, avcC, RBSP escapes and SPS parsing (real x264 streams too)."""
+"""Tests for wcs.media.h264: framing, avcC, RBSP escapes, SPS parsing (also of real x264
+streams) and VideoParams from parameter sets."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from wcs.media.h264 import (
     codec_string,
     contains_idr,
     escape_rbsp,
+    h264_video_params,
+    h264_video_params_of,
     nal_type,
     parse_avcc,
     parse_sps,
@@ -38,6 +41,7 @@ from wcs.media.h264 import (
     to_annexb,
     unescape_rbsp,
 )
+from wcs.media.units import VideoParams
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
@@ -858,3 +862,46 @@ def test_sps_larger_than_the_pixel_limit_is_refused() -> None:
     assert parse_sps(sps, max_pixels=1280 * 720).width == 1280
     with pytest.raises(H264Error, match=r"1280x720 is larger than the limit of 921599 pixels"):
         parse_sps(sps, max_pixels=1280 * 720 - 1)
+
+
+# ---------------------------------------------------------------------------
+# VideoParams from parameter sets
+# ---------------------------------------------------------------------------
+
+
+def test_h264_video_params_from_one_sps_and_pps() -> None:
+    assert h264_video_params(SPS_BASELINE, PPS_BASELINE) == VideoParams(
+        codec="H264",
+        width=320,
+        height=240,
+        extradata=to_annexb([SPS_BASELINE, PPS_BASELINE]),
+        profile="avc1.42c00d",
+    )
+
+
+def test_h264_video_params_refuses_what_parse_sps_refuses() -> None:
+    huge = SpsFields(profile_idc=66, width_mbs=1000, height_map_units=1000).nal()
+    with pytest.raises(H264Error, match=r"16000x16000 is larger than the limit of 35651584"):
+        h264_video_params(huge, PPS_BASELINE)
+    assert h264_video_params(huge, PPS_BASELINE, max_pixels=16000 * 16000).width == 16000
+    with pytest.raises(H264Error):
+        h264_video_params(PPS_BASELINE, PPS_BASELINE)  # not an SPS
+
+
+def test_h264_video_params_of_keeps_every_parameter_set() -> None:
+    # An avcC record (RTMP) or a browser's access unit may carry several SPS and PPS: the
+    # picture is the first SPS's, the extradata all of them, SPS first.
+    sps2 = SpsFields(profile_idc=66, sps_id=1).nal()
+    pps2 = b"\x68\xce\x38\x80"
+    info = parse_sps(SPS_BASELINE)
+    params = h264_video_params_of(info, [SPS_BASELINE, sps2], [PPS_BASELINE, pps2])
+    assert params == VideoParams(
+        codec="H264",
+        width=320,
+        height=240,
+        extradata=to_annexb([SPS_BASELINE, sps2, PPS_BASELINE, pps2]),
+        profile=codec_string(info),
+    )
+    assert h264_video_params_of(info, [SPS_BASELINE], [PPS_BASELINE]) == h264_video_params(
+        SPS_BASELINE, PPS_BASELINE
+    )

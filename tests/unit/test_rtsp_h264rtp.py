@@ -18,6 +18,7 @@ from wcs.media.h264 import (
     NAL_PPS,
     NAL_SPS,
     codec_string,
+    h264_video_params,
     nal_type,
     parse_sps,
     split_annexb,
@@ -29,7 +30,6 @@ from wcs.rtsp.h264rtp import (
     H264AccessUnit,
     H264Depacketizer,
     H264Packetizer,
-    h264_video_params,
 )
 from wcs.rtsp.rtp import RtpPacket
 

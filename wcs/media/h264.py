@@ -1,4 +1,4 @@
-"""H.264 bitstream helpers: NAL framing (Annex B, AVCC), avcC records and SPS parsing.
+"""H.264 bitstream helpers: NAL framing (Annex B, AVCC), avcC records, SPS parsing, VideoParams.
 
 Pure functions over bytes; references are to ITU-T H.264 (2021) and ISO/IEC 14496-15.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from wcs.media.units import MAX_PICTURE_PIXELS
+from wcs.media.units import MAX_PICTURE_PIXELS, VideoParams
 
 __all__ = [
     "NAL_AUD",
@@ -26,6 +26,8 @@ __all__ = [
     "codec_string",
     "contains_idr",
     "escape_rbsp",
+    "h264_video_params",
+    "h264_video_params_of",
     "nal_type",
     "parse_avcc",
     "parse_sps",
@@ -527,3 +529,26 @@ def parse_sps(nal: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> SpsInfo:
 def codec_string(sps: SpsInfo) -> str:
     """RFC 6381 codec string, e.g. ``avc1.64001f`` (profile, constraint flags, level in hex)."""
     return f"avc1.{sps.profile_idc:02x}{sps.constraint_flags:02x}{sps.level_idc:02x}"
+
+
+# ---------------------------------------------------------------------------
+# Stream parameters
+# ---------------------------------------------------------------------------
+
+
+def h264_video_params(sps: bytes, pps: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> VideoParams:
+    """VideoParams for Stream.set_video_params from one SPS and PPS; raises H264Error for an
+    unreadable SPS or a picture larger than `max_pixels`."""
+    return h264_video_params_of(parse_sps(sps, max_pixels), [sps], [pps])
+
+
+def h264_video_params_of(info: SpsInfo, sps: Sequence[bytes], pps: Sequence[bytes]) -> VideoParams:
+    """VideoParams from parameter sets whose (first) SPS the caller already parsed as `info`:
+    the extradata is every SPS then every PPS, in Annex B."""
+    return VideoParams(
+        codec="H264",
+        width=info.width,
+        height=info.height,
+        extradata=to_annexb([*sps, *pps]),
+        profile=codec_string(info),
+    )

@@ -692,13 +692,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._avc_ready = True
         self._length_size = config.length_size
         self._bad_media_run = 0
-        params = VideoParams(
-            codec="H264",
-            width=sps.width,
-            height=sps.height,
-            extradata=h264.to_annexb([*config.sps, *config.pps]),
-            profile=h264.codec_string(sps),
-        )
+        params = h264.h264_video_params_of(sps, config.sps, config.pps)
         if stream.video != params:
             stream.set_video_params(params)
             log.info(

@@ -21,7 +21,7 @@ from wcs.media.h264 import (
     NAL_STAP_A,
     H264Error,
     SpsInfo,
-    codec_string,
+    h264_video_params_of,
     parse_sps,
     split_annexb,
     to_annexb,
@@ -38,7 +38,6 @@ __all__ = [
     "H264AccessUnit",
     "H264Depacketizer",
     "H264Packetizer",
-    "h264_video_params",
 ]
 
 log = Logger(namespace="wcs.rtsp.h264rtp")
@@ -69,22 +68,6 @@ _COUNTERS: Final = (
     "rejected",
 )
 _MASK32: Final = 0xFFFFFFFF
-
-
-def h264_video_params(sps: bytes, pps: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> VideoParams:
-    """VideoParams for Stream.set_video_params from one SPS and PPS (sprop or in-band);
-    raises H264Error for an unreadable SPS or a picture larger than `max_pixels`."""
-    return _video_params(sps, pps, parse_sps(sps, max_pixels))
-
-
-def _video_params(sps: bytes, pps: bytes, info: SpsInfo) -> VideoParams:
-    return VideoParams(
-        codec="H264",
-        width=info.width,
-        height=info.height,
-        extradata=to_annexb([sps, pps]),
-        profile=codec_string(info),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +103,7 @@ class H264AccessUnit:
 
     def video_params(self) -> VideoParams:
         """VideoParams for Stream.set_video_params, from the SPS the depacketizer accepted."""
-        return _video_params(self.sps, self.pps, self.sps_info)
+        return h264_video_params_of(self.sps_info, [self.sps], [self.pps])
 
 
 class _Au:
@@ -249,7 +232,7 @@ class H264Depacketizer:
         """VideoParams of the current SPS and PPS, once both are known."""
         if self._sps is None or self._pps is None or self._sps_info is None:
             return None
-        return _video_params(self._sps, self._pps, self._sps_info)
+        return h264_video_params_of(self._sps_info, [self._sps], [self._pps])
 
     def stats(self) -> dict[str, int]:
         """The counters, for logging."""

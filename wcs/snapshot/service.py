@@ -8,7 +8,7 @@ request only pays for the last frame or two and the PNG.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,13 +19,13 @@ from wcs.directory import StreamNotFound
 from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
 from wcs.media.gop import Gop
 from wcs.media.image import frame_to_png
+from wcs.media.pool import PoolRunner
 from wcs.media.units import MediaUnit
 from wcs.streams import Reader, Stream, StreamRegistry
 
 log = Logger(namespace="wcs.snapshot")
 
 T = TypeVar("T")
-PoolRunner = Callable[..., "Deferred[Any]"]
 
 HOT_SECONDS = 15.0
 # Frames a pinned (auto-snapshotted) stream nobody is requesting decodes per pool job: one job

@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 from wcs.guard import describe
 from wcs.media import h264
 from wcs.media.decoder import can_decode, open_codec
+from wcs.media.pool import PoolRunner
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
-from wcs.snapshot.service import PoolRunner
 from wcs.streams import Reader, Stream
 
 log = Logger(namespace="wcs.webrtc.peer")
@@ -244,13 +244,7 @@ class EncodedIngest:
                     raise err from None
                 raise PictureTooLarge(str(err)) from None
             self._refused = None
-            video = VideoParams(
-                codec="H264",
-                width=info.width,
-                height=info.height,
-                extradata=extradata,
-                profile=h264.codec_string(info),
-            )
+            video = h264.h264_video_params_of(info, sps, pps)
             self.stream.set_video_params(video)
             log.info(
                 "WebRTC {stream_name}: video H.264 {width}x{height} {profile}",

@@ -32,8 +32,9 @@ from wcs.access import Access, Client, Refused
 from wcs.config import Settings
 from wcs.directory import StreamError, StreamNotFound
 from wcs.guard import describe, guarded
+from wcs.media.pool import PoolRunner
 from wcs.rest.errors import error_json
-from wcs.snapshot.service import PoolRunner, SnapshotTimeout
+from wcs.snapshot.service import SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
