@@ -53,10 +53,9 @@ from wcs.rtsp.server import (
     SESSION_TIMEOUT,
     RTSPServerFactory,
     RTSPServerProtocol,
-    UdpPoolExhausted,
-    UdpPortPool,
     stream_name_from_url,
 )
+from wcs.rtsp.udp import UdpPoolExhausted, UdpPortPool
 from wcs.streams import PROVIDER_RTSP, InvalidName, Stream, StreamRegistry
 
 PEER = IPv4Address("TCP", "10.0.0.7", 50000)

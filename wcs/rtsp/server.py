@@ -16,9 +16,8 @@ from typing import Any, Final
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -55,6 +54,7 @@ from wcs.rtsp.sdp import (
     parse_sdp,
     resolve_control,
 )
+from wcs.rtsp.udp import MAX_UDP_PAIRS, UdpPair, UdpPoolExhausted, UdpPortPool
 from wcs.streams import (
     PROVIDER_RTSP,
     InvalidName,
@@ -68,14 +68,10 @@ from wcs.streams import (
 __all__ = [
     "MAX_CONNECTIONS",
     "MAX_SESSION_UDP_PAIRS",
-    "MAX_UDP_PAIRS",
     "REQUEST_DEADLINE",
     "SESSION_TIMEOUT",
     "RTSPServerFactory",
     "RTSPServerProtocol",
-    "UdpPair",
-    "UdpPoolExhausted",
-    "UdpPortPool",
     "stream_name_from_url",
 ]
 
@@ -89,8 +85,6 @@ SESSION_TIMEOUT: Final = 60
 # byte at a time would otherwise hold a connection forever, each complete request counting as
 # activity. Interleaved RTP/RTCP frames are not requests and never run against it.
 REQUEST_DEADLINE: Final = 10.0
-# Pairs of UDP ports (RTP + RTCP) the whole server may hold for UDP tracks at once.
-MAX_UDP_PAIRS: Final = 256
 # A wrong login is answered after this many seconds (without blocking the reactor: the
 # connection's further input waits); after MAX_AUTH_FAILURES the connection is closed.
 AUTH_FAILURE_DELAY: Final = 1.0
@@ -99,8 +93,6 @@ MAX_AUTH_FAILURES: Final = 5
 MAX_HELD_EVENTS: Final = 64
 # UDP pairs one publish session may hold: a video and an audio track, and a spare.
 MAX_SESSION_UDP_PAIRS: Final = 4
-# With ephemeral ports, how often to retry when the port after the one the kernel gave is taken.
-UDP_BIND_ATTEMPTS: Final = 16
 # An ANNOUNCE SDP is a few hundred bytes; the parser's body limit also bounds SET_PARAMETER.
 MAX_BODY: Final = 65536
 SERVER_NAME: Final = "wcs"
@@ -130,111 +122,6 @@ ANNOUNCED: Final = "announced"  # name reserved, tracks being set up
 RECORDING: Final = "recording"
 PLAY_READY: Final = "play-ready"  # a player's track is set up
 PLAYING: Final = "playing"
-
-
-class UdpPoolExhausted(Exception):
-    """No UDP port pair is free (the pool's limit is reached or nothing can be bound)."""
-
-
-class _UdpReceiver(DatagramProtocol):
-    """Hands every datagram of one port to a callback (the session the port belongs to)."""
-
-    noisy = False
-
-    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
-        self.on_datagram = on_datagram
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.on_datagram(datagram, addr)
-
-
-@dataclass(eq=False)
-class UdpPair:
-    """Two bound UDP ports (RTP on `rtp_port`, RTCP on `rtcp_port` = rtp_port + 1) of one track."""
-
-    rtp_port: int
-    rtcp_port: int
-    ports: tuple[IListeningPort, IListeningPort]
-    pool: UdpPortPool
-    released: bool = False
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        for port in self.ports:
-            port.stopListening()
-        self.pool.in_use -= 1
-
-
-class UdpPortPool:
-    """Bounded RTP/RTCP port pairs on `interface`: ephemeral ports, or pairs from `port_range`.
-
-    ffmpeg sends RTCP to the RTP port + 1 whatever the server_port says, so pairs are consecutive.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        interface: str,
-        *,
-        max_pairs: int = MAX_UDP_PAIRS,
-        port_range: tuple[int, int] | None = None,
-    ) -> None:
-        if max_pairs < 1:
-            raise ValueError("max_pairs must be at least 1")
-        if port_range is not None and not 0 < port_range[0] < port_range[1] <= 65535:
-            raise ValueError(f"bad UDP port range {port_range}")
-        self.reactor = reactor
-        self.interface = interface
-        self.max_pairs = max_pairs
-        self.port_range = port_range
-        self.in_use = 0
-        self._cursor = port_range[0] if port_range else 0
-
-    def allocate(
-        self,
-        on_rtp: Callable[[bytes, tuple[str, int]], None],
-        on_rtcp: Callable[[bytes, tuple[str, int]], None],
-    ) -> UdpPair:
-        """Bind a pair and deliver its datagrams to the callbacks; raises UdpPoolExhausted."""
-        if self.in_use >= self.max_pairs:
-            raise UdpPoolExhausted(f"all {self.max_pairs} UDP port pairs are in use")
-        for rtp_port in self._candidates():
-            rtp = self._listen(rtp_port, on_rtp)
-            if rtp is None:
-                continue
-            bound = rtp.getHost().port  # type: ignore[attr-defined]
-            rtcp = self._listen(bound + 1, on_rtcp) if bound < 65535 else None
-            if rtcp is None:
-                rtp.stopListening()
-                continue
-            self.in_use += 1
-            return UdpPair(bound, bound + 1, (rtp, rtcp), self)
-        raise UdpPoolExhausted("no free pair of consecutive UDP ports")
-
-    def _candidates(self) -> list[int]:
-        if self.port_range is None:
-            return [0] * UDP_BIND_ATTEMPTS
-        low, high = self.port_range
-        start = low + (low & 1)  # RTP on even ports (RFC 3550 11)
-        evens = list(range(start, high, 2))  # high - 1 is the last possible RTP port
-        # Start after the last pair handed out, so a just-released pair is not reused at once.
-        first = next((i for i, p in enumerate(evens) if p >= self._cursor), 0)
-        return evens[first:] + evens[:first]
-
-    def _listen(
-        self, port: int, callback: Callable[[bytes, tuple[str, int]], None]
-    ) -> IListeningPort | None:
-        try:
-            listening: IListeningPort = self.reactor.listenUDP(
-                port, _UdpReceiver(callback), interface=self.interface
-            )
-        except CannotListenError:
-            return None
-        if self.port_range is not None:
-            self._cursor = port + 2 - (port & 1)
-        return listening
 
 
 def stream_name_from_url(url: str) -> tuple[str, str]:
