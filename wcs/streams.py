@@ -21,6 +21,7 @@ from wcs.directory import (
     StreamDirectory,
     check_stream_name,
 )
+from wcs.guard import describe
 from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS, Gop, GopCache
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 
@@ -69,6 +70,7 @@ class Reader:
         self.delivered = 0
         self.discarded = 0
         self.errors = 0
+        self.error = ""  # why it was detached, when a callback raised
         self.paused = False
         self.max_queue = max_queue
         self._on_unit: Callable[[MediaUnit], object] | None = on_unit
@@ -175,12 +177,14 @@ class Reader:
     def _guarded(self, callback: Callable[[Any], object], arg: object) -> bool:
         try:
             callback(arg)
-        except Exception:
+        except Exception as err:
             self.errors += 1
+            self.error = describe(err)
             log.failure(
-                "stream {stream_name}: a reader failed and is detached; "
+                "stream {stream_name}: a reader failed and is detached ({reason}); "
                 "the publisher and other readers carry on",
                 stream_name=self.name,
+                reason=self.error,
             )
             on_error = self._on_error
             self.close()
@@ -231,7 +235,6 @@ class Stream:
         self._gop_overflow_logged = False
         self._video_refusal_logged = False
         self._readers: list[Reader] = []
-        self._sink_readers: dict[Any, Reader] = {}
         # Why the current video parameters are refused (too large a picture), else None.
         self.video_refused: str | None = None
         self._on_terminate = on_terminate
@@ -352,7 +355,6 @@ class Stream:
         self._on_terminate = None
         self.keyframe_requester = None
         readers, self._readers = self._readers, []
-        self._sink_readers = {}
         for reader in readers:
             reader._ended(self)  # may still read the last GOP (to drain the decoder)
         self._gops.clear()
@@ -428,20 +430,6 @@ class Stream:
     @property
     def readers(self) -> list[Reader]:
         return list(self._readers)
-
-    # Transitional: the RTSP server's player still attaches as a sink.
-    def add_sink(self, sink: Any) -> None:
-        if not self.ended and sink not in self._sink_readers:
-            self._sink_readers[sink] = self.add_reader(
-                lambda unit: sink.unit_received(self, unit),
-                max_queue=1 << 30,
-                on_end=sink.stream_ended,
-            )
-
-    def remove_sink(self, sink: Any) -> None:
-        reader = self._sink_readers.pop(sink, None)
-        if reader is not None:
-            reader.close()
 
     def on_end(self, callback: Callable[[Stream], object]) -> None:
         if self.ended:

@@ -28,6 +28,7 @@ from wcs.directory import InvalidName
 from wcs.media.h264 import to_annexb
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtsp import server as server_module
+from wcs.rtsp import session as session_module
 from wcs.rtsp.auth import (
     AuthError,
     RtspAuthenticator,
@@ -282,12 +283,14 @@ def rtsp_server(data: bytes) -> None:
     frames, and as UDP datagrams to any port a SETUP bound), with time passing between pieces.
     A first byte "A" turns playback credentials on (admin/s3cret, nonces of a fixed secret).
     Session ids are all zeros, as in the seeds."""
+    # The connection's (media session ids, hook tokens) and the sessions' (Session ids).
     random_secrets = server_module.secrets
     server_module.secrets = _FixedSecrets  # type: ignore[assignment]
+    session_module.secrets = _FixedSecrets  # type: ignore[assignment]
     try:
         _serve(data)
     finally:
-        server_module.secrets = random_secrets
+        server_module.secrets = session_module.secrets = random_secrets
 
 
 def _serve(data: bytes) -> None:

@@ -25,13 +25,14 @@ from wcs.access import Access
 from wcs.directory import InvalidName
 from wcs.media import h264
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rtsp import server
+from wcs.rtsp import egress
 from wcs.rtsp.auth import (
     RtspAuthenticator,
     authorization_header,
     choose_challenge,
     parse_challenges,
 )
+from wcs.rtsp.egress import Player
 from wcs.rtsp.h264rtp import H264AccessUnit, H264Depacketizer, H264Packetizer
 from wcs.rtsp.ingest import MAX_BAD_RUN
 from wcs.rtsp.message import (
@@ -53,10 +54,10 @@ from wcs.rtsp.server import (
     SESSION_TIMEOUT,
     RTSPServerFactory,
     RTSPServerProtocol,
-    UdpPoolExhausted,
-    UdpPortPool,
     stream_name_from_url,
 )
+from wcs.rtsp.session import PlayerSession, PublisherSession
+from wcs.rtsp.udp import UdpPoolExhausted, UdpPortPool
 from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
 
 PEER = IPv4Address("TCP", "10.0.0.7", 50000)
@@ -233,6 +234,19 @@ class Conn:
         assert self.setup(tcp.format("2-3"), uri + "/streamid=1").status == 200
         assert self.request("RECORD", uri, [("Range", "npt=0.000-")]).status == 200
 
+    @property
+    def publisher(self) -> PublisherSession:
+        """The connection's publish session (there must be one)."""
+        session = self.proto.session
+        assert isinstance(session, PublisherSession)
+        return session
+
+    @property
+    def player(self) -> Player | None:
+        """The connection's RTP egress, once PLAY started one."""
+        session = self.proto.session
+        return session.player if isinstance(session, PlayerSession) else None
+
     def close(self) -> None:
         if not self.lost:
             self.lost = True
@@ -385,7 +399,7 @@ def test_interleaved_channels_that_are_no_pair_are_reassigned(conn: Conn, channe
     assert conn.announce().status == 200
     r = conn.setup(f"RTP/AVP/TCP;interleaved={channels};mode=record")
     assert r.status == 200 and parse_transport(r.headers["Transport"])[0].interleaved == (0, 1)
-    assert conn.proto.channels == {0: (0, False), 1: (0, True)}
+    assert conn.publisher.channels == {0: (0, False), 1: (0, True)}
 
 
 # -- names ----------------------------------------------------------------------------------------
@@ -884,7 +898,7 @@ def test_udp_publish(
         reactor.udp[rtp_port].deliver(p, host="10.9.9.9")
         reactor.udp[rtp_port].deliver(p, port=40002)
     assert stream.video_units == 11
-    assert conn.proto.transports[0].stray == 2 * len(intruder)
+    assert conn.publisher.transports[0].stray == 2 * len(intruder)
     assert (
         sum(
             "ignoring RTP from 10.9.9.9:40000 (not the publisher)" in m
@@ -1178,28 +1192,33 @@ def test_play_udp_only_is_461_and_play_before_setup_455(
 def test_slow_player_drops_to_next_keyframe(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server, "MAX_PLAYER_BACKLOG", 20000)
+    monkeypatch.setattr(egress, "MAX_PLAYER_QUEUE", 5)
     stream = start_playing(conn, registry, reactor)
-    player = conn.proto.player
+    player = conn.player
     assert conn.transport.producer is player
-    assert player is not None
+    assert player is not None and player.reader is not None
     units = video_units()
     gop_starts = [i for i, u in enumerate(units) if u.keyframe]
-    player.pauseProducing()  # the transport's buffer is full
+    assert gop_starts[1] > 6  # the first GOP overflows the queue
+    player.pauseProducing()  # the transport's buffer is full: the reader queues
+    before = len(conn.transport.value())
     for u in units[: gop_starts[1] + 3]:
         stream.push(u)
-    assert player.dropped_units > 0
-    player.resumeProducing()  # drained: resume at the next keyframe
+    assert len(conn.transport.value()) == before  # nothing written while paused
+    # The first GOP overflowed: what was queued and the rest of that GOP are skipped.
+    assert player.reader.discarded == gop_starts[1]
     conn.transport.clear()
-    stream.push(units[gop_starts[1] + 3])  # not a keyframe: still skipped
-    for u in units[gop_starts[2] :]:
-        stream.push(u)
+    player.resumeProducing()  # drained: resume at the keyframe it skipped to
+    stream.push(units[gop_starts[1] + 3])
     aus = played(conn.transport.value())
     assert (
-        aus
+        len(aus) == 4
         and aus[0].keyframe
-        and list(aus[0].nals) == h264.split_annexb(units[gop_starts[2]].data)
+        and list(aus[0].nals) == h264.split_annexb(units[gop_starts[1]].data)
     )
+    assert not any(a.keyframe for a in aus[1:])
+    conn.close()
+    assert player.dropped_units == gop_starts[1]
 
 
 def test_stream_end_closes_the_player(
@@ -1222,7 +1241,7 @@ def test_player_connection_close_detaches(
     conn: Conn, registry: StreamRegistry, reactor: FakeReactor
 ) -> None:
     stream = start_playing(conn, registry, reactor)
-    player = conn.proto.player
+    player = conn.player
     conn.close()
     assert player is not None and stream.readers == []
     assert not stream.ended
@@ -1258,12 +1277,12 @@ def test_media_path_raising_closes_only_that_connection(
     other.publish_tcp(BASE.replace("cam", "other"))
     tcp = Conn(factory)
     tcp.publish_tcp()
-    assert tcp.proto.ingest is not None
+    assert tcp.publisher.ingest is not None
 
     def broken(index: int, data: bytes) -> None:
         raise KeyError("ingest bug")
 
-    monkeypatch.setattr(tcp.proto.ingest, "rtp", broken)
+    monkeypatch.setattr(tcp.publisher.ingest, "rtp", broken)
     tcp.send(build_interleaved(0, rtp_packets(1)[0]))  # does not raise
     assert tcp.transport.disconnecting
     assert any("closing connection: KeyError: 'ingest bug'" in m for m in messages(log_events))
@@ -1279,8 +1298,8 @@ def test_media_path_raising_closes_only_that_connection(
     (spec,) = parse_transport(r.headers["Transport"])
     assert spec.server_port is not None
     assert udp.request("RECORD", BASE.replace("cam", "udp")).status == 200
-    assert udp.proto.ingest is not None
-    monkeypatch.setattr(udp.proto.ingest, "rtcp", broken)
+    assert udp.publisher.ingest is not None
+    monkeypatch.setattr(udp.publisher.ingest, "rtcp", broken)
     reactor.udp[spec.server_port[1]].deliver(b"\x80\xc9\x00\x01\x00\x00\x00\x01", "10.0.0.9")
     assert udp.transport.disconnecting
     # The healthy publisher never noticed.
@@ -1422,16 +1441,17 @@ def test_ended_sessions_are_freed_without_the_garbage_collector(
         assert play_setup(player).status == 200
         assert player.request("PLAY").status == 200
         reactor.advance(0)
-        assert player.proto.player is not None
+        assert player.player is not None
         objects = []
         for conn in (tcp, udp):
-            assert conn.proto.ingest is not None and conn.proto.stream is not None
-            objects += [conn.proto, conn.proto.stream, conn.proto.ingest]
-            objects += [t.depacketizer for t in conn.proto.ingest.tracks if t.depacketizer]
+            assert conn.publisher.ingest is not None and conn.publisher.stream is not None
+            objects += [conn.proto, conn.publisher, conn.publisher.stream, conn.publisher.ingest]
+            objects += [t.depacketizer for t in conn.publisher.ingest.tracks if t.depacketizer]
         objects += [
             player.proto,
-            player.proto.player,
-            *(t.udp for t in udp.proto.transports.values()),
+            player.proto.session,
+            player.player,
+            *(t.udp for t in udp.publisher.transports.values()),
         ]
         refs = [weakref.ref(o) for o in objects]
         del objects, port
@@ -1492,7 +1512,7 @@ def test_playback_needs_the_credentials_when_set(
     auth = [("Authorization", login(conn, challenge, "PLAY", BASE, "s3cret"))]
     assert conn.request("PLAY", headers=auth).status == 200
     reactor.advance(0)
-    assert conn.proto.player is not None
+    assert conn.player is not None
     # Basic works as well (what a camera-style client sends up front).
     other = Conn(guarded_factory)
     basic = "Basic " + base64.b64encode(b"admin:s3cret").decode()
@@ -1586,7 +1606,7 @@ def test_teardown_right_after_play_before_the_player_started(
     assert [a.status for a in answers] == [200, 200]  # type: ignore[union-attr]
     assert not conn.transport.disconnecting
     reactor.advance(0)  # the player's start, now moot
-    assert conn.proto.player is None and conn.transport.producer is None
+    assert conn.player is None and conn.transport.producer is None
 
 
 def test_pipelined_requests_answered_at_once_are_all_answered(
@@ -1625,12 +1645,12 @@ def test_a_failing_player_is_closed_and_the_publisher_goes_on(
     play_setup(player)
     assert player.request("PLAY").status == 200
     reactor.advance(0)
-    assert player.proto.player is not None
+    assert player.player is not None
 
     def broken(data: bytes, pts: int) -> list[RtpPacket]:
         raise OverflowError("packetizer bug")
 
-    monkeypatch.setattr(player.proto.player.packetizer, "packetize", broken)
+    monkeypatch.setattr(player.player.packetizer, "packetize", broken)
     for p in packets[10:]:
         publisher.send(build_interleaved(0, p))  # does not raise
     assert player.transport.disconnecting and not publisher.transport.disconnecting
