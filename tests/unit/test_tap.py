@@ -119,7 +119,7 @@ def test_unknown_keys_are_logged_and_ignored(
     assert service.reactor is fake_reactor
     assert service.settings.snapshot_auto_rate == 7
     assert service.settings.http_port is None
-    assert service.listeners == []
+    assert service.descriptions == {}
     assert not service.running
     warnings = [e for e in log_events if e.get("log_level") == LogLevel.warn and "key" in e]
     assert sorted(e["key"] for e in warnings) == ["foo.bar", "snapshot_auto_rate_typo"]
@@ -132,7 +132,7 @@ def test_no_config_gives_the_defaults(fake_reactor: Clock, log_events: list[LogE
     service = tap.makeService(options())
     assert isinstance(service, WCSService)
     assert service.settings.http_port == 8081
-    assert {lst.label for lst in service.listeners} >= {"http", "rtmp"}
+    assert set(service.descriptions) >= {"http", "rtmp"}
     assert not [e for e in log_events if e.get("log_level") == LogLevel.warn and "key" in e]
 
 
