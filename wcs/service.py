@@ -8,15 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from wcs.access import Access
 from wcs.config import Settings
@@ -41,62 +44,26 @@ POOL_THREADS = 4
 PER_IP_LISTENERS = frozenset({"http", "https", "ws", "wss"})
 
 
-class ListenerService(Service):
-    """Listens on one TCP port while running; remembers the bound port.
+def listen_description(ip: str, port: int) -> str:
+    """The strports description of a TCP listener on `ip`:`port` (0: a port the OS picks)."""
+    kind = "tcp6" if ":" in ip else "tcp"
+    return f"{kind}:{port}:interface={quoteStringArgument(ip)}"
 
-    The factory is made at start, after twistd has changed into --rundir, so relative paths
-    (TLS files) resolve there. A port that cannot be bound stops start-up with a message.
-    """
 
-    def __init__(
-        self,
-        reactor: Any,
-        label: str,
-        ip: str,
-        port: int,
-        make_factory: Callable[[], IProtocolFactory],
-    ) -> None:
-        self.name = label
-        self.label = label
-        self._reactor = reactor
-        self._ip = ip
-        self._port_number = port
-        self._make_factory = make_factory
+@implementer(IStreamServerEndpoint)
+class _KeepsPort:
+    """An endpoint that remembers the port it listens on, so the bound number can be read."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self.endpoint = endpoint
         self.port: IListeningPort | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        endpoint_cls = TCP6ServerEndpoint if ":" in self._ip else TCP4ServerEndpoint
-        endpoint = endpoint_cls(self._reactor, self._port_number, interface=self._ip)
-        outcome: list[IListeningPort | Failure] = []
-        endpoint.listen(self._make_factory()).addBoth(outcome.append)
-        # TCP endpoints bind synchronously: the outcome is known now, before the reactor runs.
-        if outcome and isinstance(outcome[0], Failure):
-            reason = outcome[0].getErrorMessage()
-            log.critical(
-                "wcs cannot listen on {label} port {port}: {reason}",
-                label=self.label,
-                port=self._port_number,
-                reason=reason,
-            )
-            raise SystemExit(
-                f"wcs: cannot listen on {self.label} port {self._ip}:{self._port_number}: {reason}"
-            )
-        if outcome:
-            port = outcome[0]
-            assert not isinstance(port, Failure)
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def keep(port: IListeningPort) -> IListeningPort:
             self.port = port
+            return port
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
-
-    @property
-    def bound_port(self) -> int | None:
-        return self.port.getHost().port if self.port is not None else None  # type: ignore[attr-defined]
+        return self.endpoint.listen(factory).addCallback(keep)
 
 
 class WCSService(MultiService):
@@ -142,7 +109,12 @@ class WCSService(MultiService):
             reactor, settings.max_connections, settings.max_connections_per_ip
         )
         self._tls_options: ssl.CertificateOptions | None = None
-        self.listeners: list[ListenerService] = []
+        # The listeners, by label: planned here, made and bound at start (see _listen).
+        self.descriptions: dict[str, str] = {}
+        self._wanted: dict[str, tuple[int, Callable[[], IProtocolFactory]]] = {}
+        self.factories: dict[str, IProtocolFactory] = {}
+        self.listeners: dict[str, StreamServerEndpointService] = {}
+        self.ports: dict[str, IListeningPort] = {}
         self._build_listeners()
 
     def run_in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -192,11 +164,10 @@ class WCSService(MultiService):
             ("wss", s.wss_port, lambda: ws_site(True)),
         ]
         for label, port, make in wanted:
-            if port:
-                limited = self._limited(label, make)
-                listener = ListenerService(self.reactor, label, s.ip, port, limited)
-                listener.setServiceParent(self)
-                self.listeners.append(listener)
+            # None is a disabled listener; 0 (tests) binds a port the OS picks.
+            if port is not None:
+                self.descriptions[label] = listen_description(s.ip, port)
+                self._wanted[label] = (port, self._limited(label, make))
 
     def _rtsp_factory(self) -> IProtocolFactory:
         s = self.settings
@@ -229,6 +200,50 @@ class WCSService(MultiService):
         """`make`, its factory counted against the connection caps (the outermost wrapper)."""
         per_ip = label in PER_IP_LISTENERS
         return lambda: self.connections.wrap(make(), label, per_ip=per_ip)
+
+    def _make_factories(self) -> None:
+        """Each listener's factory, kept in `factories`. At start, not in __init__: twistd has
+        changed into --rundir by then, so relative TLS paths resolve there. An unusable TLS
+        pair raises SystemExit."""
+        for label, (_, make) in self._wanted.items():
+            self.factories[label] = make()
+
+    def _listen(self) -> None:
+        """Bind every listener, in order, each a strports service child of this one. A port
+        that cannot be bound stops start-up with a message."""
+        s = self.settings
+        for label, description in self.descriptions.items():
+            port_number = self._wanted[label][0]
+            factory = self.factories[label]
+            listener = strports.service(description, factory, reactor=self.reactor)
+            kept = _KeepsPort(listener.endpoint)
+            listener.endpoint = kept
+            listener.setName(label)
+            listener.setServiceParent(self)
+            self.listeners[label] = listener
+            try:
+                # A strports service raises a failed listen here, and TCP endpoints bind
+                # synchronously: the outcome is known before the reactor runs. Whatever the
+                # failure, it stops start-up.
+                listener.privilegedStartService()
+            except Exception as err:
+                reason = Failure(err).getErrorMessage()
+                log.critical(
+                    "wcs cannot listen on {label} port {port}: {reason}",
+                    label=label,
+                    port=port_number,
+                    reason=reason,
+                )
+                raise SystemExit(
+                    f"wcs: cannot listen on {label} port {s.ip}:{port_number}: {reason}"
+                ) from None
+            assert kept.port is not None
+            self.ports[label] = kept.port
+
+    @property
+    def bound_ports(self) -> dict[str, int]:
+        """The port number each listening listener is bound to, by label."""
+        return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
 
     def fit_connections_to_open_files(self) -> int:
         """Raise the soft open-file limit to the hard one and lower the connection cap to leave
@@ -268,7 +283,9 @@ class WCSService(MultiService):
             )
             self.auto.start()
         self.fit_connections_to_open_files()
-        super().startService()  # the listeners: raises SystemExit if a port cannot be bound
+        self._make_factories()  # raises SystemExit if the TLS pair is unusable
+        self._listen()  # raises SystemExit if a port cannot be bound
+        super().startService()  # the listeners are bound already: this marks them running
         self.pool.start()
         self.idle_watchdog.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
@@ -285,7 +302,7 @@ class WCSService(MultiService):
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def _ready(self) -> None:
-        ports = ", ".join(f"{lst.label}={lst.bound_port}" for lst in self.listeners)
+        ports = ", ".join(f"{label}={port}" for label, port in self.bound_ports.items())
         log.info("wcs ready: {ports} (pid {pid})", ports=ports or "no listeners", pid=os.getpid())
 
     def stopService(self) -> Deferred[None] | None:
@@ -296,6 +313,7 @@ class WCSService(MultiService):
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.registry.terminate_all()
         stopped = super().stopService()
+        self.ports.clear()
         if stopped is not None:
             waiting.append(stopped)
         return DeferredList(waiting, consumeErrors=True).addCallback(lambda _: None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -10,12 +12,23 @@ from twisted.python import usage
 
 log = Logger(namespace="wcs")
 
+# The Settings fields of the listeners' ports, for --ephemeral-ports.
+PORT_FIELDS = ("http_port", "https_port", "rtmp_port", "rtsp_port", "ws_port", "wss_port")
+
 
 class Options(usage.Options):
-    synopsis = "[--config PATH]"
+    synopsis = "[--config PATH] [--ephemeral-ports]"
     longdesc = "WCS-compatible streaming server: RTMP ingest, PNG snapshots over REST."
     optParameters = [
         ["config", "c", None, "Path to flashphoner.properties (default: built-in defaults)."],
+    ]
+    optFlags = [
+        [
+            "ephemeral-ports",
+            None,
+            "Bind every enabled listener to a port the OS picks (for tests); "
+            "the 'wcs ready:' line lists them.",
+        ],
     ]
 
 
@@ -54,4 +67,8 @@ def makeService(options: Options) -> IService:
         raise SystemExit(f"wcs: configuration error: {err}") from None
     for key in unknown:
         log.warn("unknown configuration key {key} ignored", key=key)
+    if options["ephemeral-ports"]:
+        # Port 0 in Settings is a port the OS picks (a 0 in the file disables the listener).
+        enabled: dict[str, Any] = {f: 0 for f in PORT_FIELDS if getattr(settings, f) is not None}
+        settings = dataclasses.replace(settings, **enabled)
     return WCSService(settings, reactor)

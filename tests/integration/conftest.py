@@ -1,4 +1,5 @@
-"""Integration fixtures: a real `twistd -n wcs` on free loopback ports, real ffmpeg encoders."""
+"""Integration fixtures: a real `twistd -n wcs` on loopback ports the OS picks, real ffmpeg
+encoders."""
 
 from __future__ import annotations
 
@@ -28,10 +29,16 @@ from PIL import Image
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 30.0
+# twistd options for `wcs`: every enabled listener on a port the OS picks, read back from the
+# `wcs ready:` line (nothing to race, unlike ports found free beforehand and released).
+TWISTD = ["-n", "--pidfile=", "--logfile=-"]
+WCS_EPHEMERAL = ["wcs", "--ephemeral-ports"]
+READY = re.compile(r"wcs ready: (.*) \(pid \d+\)")
 
 
 def free_ports(n: int) -> list[int]:
-    """Ports the kernel picks as free (bound to port 0 together, then released for the server)."""
+    """Ports the kernel picks as free (bound to port 0 together, then released), for a port
+    nothing listens on; a server's own ports come from `ready_ports` instead."""
     socks = []
     try:
         for _ in range(n):
@@ -42,6 +49,15 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def ready_ports(line: str) -> dict[str, int]:
+    """The bound ports listed by a `wcs ready: http=..., rtmp=... (pid N)` line."""
+    m = READY.search(line)
+    assert m, f"not a ready line: {line!r}"
+    if m[1] == "no listeners":
+        return {}
+    return {label: int(port) for label, port in (p.split("=") for p in m[1].split(", "))}
 
 
 @dataclass
@@ -143,20 +159,17 @@ class Server:
 def start_server(
     workdir: Path, extra: str = "", *, nofile: tuple[int, int] | None = None
 ) -> Server:
-    """A real `twistd -n wcs` on free loopback ports; `nofile` = (soft, hard) RLIMIT_NOFILE."""
-    names = ("http", "https", "rtmp", "rtsp", "ws", "wss")
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    """A real `twistd -n wcs` on loopback ports the OS picks (every listener, unless `extra`
+    disables one); `nofile` = (soft, hard) RLIMIT_NOFILE."""
     config = workdir / "flashphoner.properties"
-    config.write_text(
-        "ip=127.0.0.1\n" + "".join(f"{name}.port={port}\n" for name, port in ports.items()) + extra
-    )
+    config.write_text("ip=127.0.0.1\n" + extra)
 
     def limit() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     proc = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "wcs", "--config", str(config)],
+        [str(BIN / "twistd"), *TWISTD, *WCS_EPHEMERAL, "--config", str(config)],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -164,13 +177,14 @@ def start_server(
         bufsize=1,
         preexec_fn=limit if nofile is not None else None,
     )
-    server = Server(proc, workdir, ports)
+    server = Server(proc, workdir, {})
     threading.Thread(target=server._reader, daemon=True).start()
     try:
-        server.wait_for_log(r"wcs ready:", timeout=READY_TIMEOUT)
+        ready = server.wait_for_log(READY.pattern, timeout=READY_TIMEOUT)
     except BaseException:
         server.stop()
         raise
+    server.ports.update(ready_ports(ready[0]))
     return server
 
 

@@ -13,24 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, Server, free_ports, read_until_closed
+from tests.integration.conftest import BIN, TWISTD, WCS_EPHEMERAL, Server, read_until_closed
 from wcs.tls import HANDSHAKE_TIMEOUT, ensure_self_signed
 
 pytestmark = pytest.mark.integration
 
 
-def write_config(path: Path, http: int, https: int, rtmp: int, *, extra: str = "") -> Path:
-    path.write_text(
-        "ip=127.0.0.1\n"
-        f"http.port={http}\nhttps.port={https}\nrtmp.port={rtmp}\n"
-        "ws.port=0\nwss.port=0\nrtsp.port=0\n" + extra
-    )
+def write_config(path: Path, *, extra: str = "") -> Path:
+    """HTTP, HTTPS and RTMP at their defaults (--ephemeral-ports moves them to ports the OS
+    picks), unless `extra` sets them; WS, WSS and RTSP disabled."""
+    path.write_text("ip=127.0.0.1\nws.port=0\nwss.port=0\nrtsp.port=0\n" + extra)
     return path
 
 
 def run_twistd(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "wcs", "--config", str(config)],
+        [str(BIN / "twistd"), *TWISTD, *WCS_EPHEMERAL, "--config", str(config)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -39,12 +37,13 @@ def run_twistd(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_port_in_use_stops_startup_with_a_message(tmp_path: Path) -> None:
-    http, https = free_ports(2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         rtmp = taken.getsockname()[1]
-        config = write_config(tmp_path / "wcs.properties", http, https, rtmp)
+        # Only the RTMP listener, on the port held here: no other port to find free and race for.
+        only_rtmp = f"http.port=\nhttps.port=\nrtmp.port={rtmp}\n"
+        config = write_config(tmp_path / "wcs.properties", extra=only_rtmp)
         proc = subprocess.run(
             [
                 str(BIN / "twistd"),
@@ -71,11 +70,11 @@ def test_tls_files_are_made_in_rundir(tmp_path: Path) -> None:
     rundir.mkdir()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    config = write_config(rundir / "wcs.properties", *free_ports(3))
+    config = write_config(rundir / "wcs.properties")
     proc = subprocess.Popen(
         [
             str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", f"--rundir={rundir}",
-            "wcs", "--config", str(config),
+            "wcs", "--ephemeral-ports", "--config", str(config),
         ],
         cwd=elsewhere,
         stdout=subprocess.PIPE,
@@ -103,8 +102,7 @@ def test_mismatched_tls_pair_stops_startup_naming_both_files(tmp_path: Path) -> 
     cert, _ = ensure_self_signed(str(tmp_path / "a"))
     _, key = ensure_self_signed(str(tmp_path / "b"))
     extra = f"https.cert={cert}\nhttps.key={key}\n"
-    http, https, rtmp = free_ports(3)
-    config = write_config(tmp_path / "wcs.properties", http, https, rtmp, extra=extra)
+    config = write_config(tmp_path / "wcs.properties", extra=extra)
     proc = run_twistd(config, tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
@@ -119,8 +117,7 @@ def test_unusable_tls_file_stops_startup_naming_it(tmp_path: Path, broken: str) 
     bad = Path(cert if broken == "cert" else key)
     bad.write_text("-----BEGIN NONSENSE-----\n")
     extra = f"https.cert={cert}\nhttps.key={key}\n"
-    http, https, rtmp = free_ports(3)
-    config = write_config(tmp_path / "wcs.properties", http, https, rtmp, extra=extra)
+    config = write_config(tmp_path / "wcs.properties", extra=extra)
     proc = run_twistd(config, tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output

@@ -1,20 +1,26 @@
-"""WCSService wiring: every listener is counted by the one connection limiter, TLS listeners get
-the checked pair and the handshake guard, and the cap is fitted to the open-file limit."""
+"""WCSService wiring: every listener is a strports service counted by the one connection limiter,
+TLS listeners get the checked pair and the handshake guard, a port that cannot be bound stops
+start-up, and the cap is fitted to the open-file limit."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from wcs import service as service_module
 from wcs.config import Settings
 from wcs.limits import LimitedFactory
-from wcs.service import WCSService
+from wcs.service import WCSService, listen_description
 from wcs.tls import HandshakeGuardFactory, ensure_self_signed
 from wcs.webrtc.signalling import ByteBudgetFactory
 
@@ -32,7 +38,8 @@ def make(**settings: object) -> WCSService:
 
 def test_every_listener_is_wrapped_outermost_by_the_one_limiter() -> None:
     service = make(max_connections=50, max_connections_per_ip=7)
-    factories: dict[str, Any] = {lst.label: lst._make_factory() for lst in service.listeners}
+    service._make_factories()
+    factories: dict[str, Any] = dict(service.factories)
     assert set(factories) == {"http", "https", "rtmp", "rtsp", "ws", "wss"}
     for label, factory in factories.items():
         assert isinstance(factory, LimitedFactory), label
@@ -55,12 +62,92 @@ def test_a_mismatched_pair_stops_start_up_naming_both_files(tmp_path: Path) -> N
     cert, _ = ensure_self_signed(str(tmp_path / "a"))
     _, key = ensure_self_signed(str(tmp_path / "b"))
     service = make(https_cert=cert, https_key=key)
-    https = next(lst for lst in service.listeners if lst.label == "https")
     with pytest.raises(SystemExit) as info:
-        https._make_factory()
+        service._make_factories()
     message = str(info.value.code)
     assert cert in message and key in message
     assert "do not match" in message
+
+
+LISTENING = {"http": 1, "https": 2, "rtmp": 3, "rtsp": 4, "ws": 5, "wss": 6}
+
+
+def test_each_port_is_a_strports_service_whose_factory_and_port_are_kept(
+    monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    monkeypatch.setattr(service_module, "raise_open_file_limit", lambda: 65536)
+    reactor = MemoryReactorClock()
+    service = WCSService(Settings(**PORTS, wss_port=6, ip="127.0.0.1"), reactor)  # type: ignore[arg-type]
+    assert service.descriptions == {
+        label: f"tcp:{port}:interface=127.0.0.1" for label, port in LISTENING.items()
+    }
+    assert (service.factories, service.listeners, service.ports) == ({}, {}, {})
+    service.startService()
+    try:
+        assert service.running
+        assert list(service.listeners) == list(LISTENING)
+        for label, listener in service.listeners.items():
+            assert isinstance(listener, StreamServerEndpointService)
+            assert listener.running and listener.parent is service and listener.name == label
+            assert listener.factory is service.factories[label]
+        bound = [(port, factory, interface) for port, factory, _, interface in reactor.tcpServers]
+        assert bound == [
+            (port, service.factories[label], "127.0.0.1") for label, port in LISTENING.items()
+        ]
+        assert service.bound_ports == LISTENING
+        service._ready()  # what the reactor calls once running (not run here: it sets SIGTERM)
+        ready = [formatEvent(e) for e in log_events if "wcs ready" in formatEvent(e)]
+        ports = "http=1, https=2, rtmp=3, rtsp=4, ws=5, wss=6"
+        assert ready == [f"wcs ready: {ports} (pid {os.getpid()})"]
+        service.stopService()
+        assert service.ports == {}
+        assert not any(listener.running for listener in service.listeners.values())
+    finally:
+        service.pool.stop()
+
+
+def test_port_zero_asks_the_os_and_none_disables() -> None:
+    service = make(http_port=0, https_port=None, ws_port=None, wss_port=None, rtsp_port=None)
+    assert service.descriptions == {
+        "http": "tcp:0:interface=0.0.0.0",
+        "rtmp": "tcp:3:interface=0.0.0.0",
+    }
+
+
+def test_listen_descriptions_parse_back_to_the_address() -> None:
+    reactor = MemoryReactorClock()
+    v4 = serverFromString(reactor, listen_description("127.0.0.1", 8081))
+    assert isinstance(v4, TCP4ServerEndpoint)
+    assert (v4._port, v4._interface) == (8081, "127.0.0.1")
+    assert listen_description("::1", 0) == "tcp6:0:interface=\\:\\:1"
+    v6 = serverFromString(reactor, listen_description("::1", 0))
+    assert isinstance(v6, TCP6ServerEndpoint)
+    assert (v6._port, v6._interface) == (0, "::1")
+
+
+class RtmpPortTaken(MemoryReactorClock):
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port == 3:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def test_a_port_that_cannot_be_bound_stops_start_up_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    monkeypatch.setattr(service_module, "raise_open_file_limit", lambda: 65536)
+    reactor = RtmpPortTaken()
+    service = WCSService(Settings(**PORTS, wss_port=6, ip="127.0.0.1"), reactor)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit) as info:
+        service.startService()
+    reason = "Couldn't listen on 127.0.0.1:3: [Errno 98] Address already in use."
+    assert info.value.code == f"wcs: cannot listen on rtmp port 127.0.0.1:3: {reason}"
+    critical = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.critical]
+    assert critical == [f"wcs cannot listen on rtmp port 3: {reason}"]
+    # The ports before it were bound, none after it was tried, and nothing else started.
+    assert [port for port, *_ in reactor.tcpServers] == [1, 2]
+    assert set(service.ports) == {"http", "https"}
+    assert not service.running
 
 
 def test_the_cap_is_fitted_to_the_open_file_limit(

@@ -119,7 +119,7 @@ def test_unknown_keys_are_logged_and_ignored(
     assert service.reactor is fake_reactor
     assert service.settings.snapshot_auto_rate == 7
     assert service.settings.http_port is None
-    assert service.listeners == []
+    assert service.descriptions == {}
     assert not service.running
     warnings = [e for e in log_events if e.get("log_level") == LogLevel.warn and "key" in e]
     assert sorted(e["key"] for e in warnings) == ["foo.bar", "snapshot_auto_rate_typo"]
@@ -132,8 +132,24 @@ def test_no_config_gives_the_defaults(fake_reactor: Clock, log_events: list[LogE
     service = tap.makeService(options())
     assert isinstance(service, WCSService)
     assert service.settings.http_port == 8081
-    assert {lst.label for lst in service.listeners} >= {"http", "rtmp"}
+    assert set(service.descriptions) >= {"http", "rtmp"}
     assert not [e for e in log_events if e.get("log_level") == LogLevel.warn and "key" in e]
+
+
+def test_ephemeral_ports_bind_every_enabled_listener_to_a_port_the_os_picks(
+    fake_reactor: Clock, tmp_path: Path
+) -> None:
+    assert not options()["ephemeral-ports"]
+    config = tmp_path / "flashphoner.properties"
+    config.write_text("ip=127.0.0.1\nhttp.port=8081\nws.port=0\nwss.port=\n")
+    service = tap.makeService(options("--config", str(config), "--ephemeral-ports"))
+    assert isinstance(service, WCSService)
+    s = service.settings
+    assert (s.http_port, s.https_port, s.rtmp_port, s.rtsp_port) == (0, 0, 0, 0)
+    assert (s.ws_port, s.wss_port) == (None, None)  # disabled in the file: still disabled
+    assert service.descriptions == {
+        label: "tcp:0:interface=127.0.0.1" for label in ("http", "https", "rtmp", "rtsp")
+    }
 
 
 # -- the reactor, in subprocesses ---------------------------------------------------------------
