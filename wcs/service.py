@@ -136,7 +136,14 @@ class WCSService(MultiService):
 
     def _build_listeners(self) -> None:
         s = self.settings
-        site = build_site(s, self.registry, self.snapshots, self.reactor, pulls=self.pulls)
+        site = build_site(
+            s,
+            self.registry,
+            self.snapshots,
+            self.reactor,
+            pulls=self.pulls,
+            bound_ports=lambda: self.bound_ports,
+        )
         self.signalling = signalling = SignallingFactory(
             self.registry,
             self.snapshots,

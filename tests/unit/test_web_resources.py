@@ -101,6 +101,15 @@ def test_index_links_every_page_with_this_servers_ws_port(sdk: Path) -> None:
     assert "WebSDK 9.9.9 is installed" in body
 
 
+def test_index_links_the_ws_port_actually_bound(sdk: Path) -> None:
+    """With port 0 (--ephemeral-ports) the configured port is not the one to link."""
+    index = resources.DemoIndex(Settings(), bound_ports=lambda: {"http": 1, "ws": 43210})
+    request = DummyRequest([b""])
+    body = index.render_GET(request).decode()
+    assert "?urlServer=ws%3A%2F%2Fdummy%3A43210" in body
+    assert "%3A8080" not in body
+
+
 def test_index_without_ws_port_links_plain_pages(sdk: Path) -> None:
     api = Api(dataclasses.replace(Settings(), ws_port=None))
     body = get(api, "/demo/").body.decode()

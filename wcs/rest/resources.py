@@ -481,15 +481,19 @@ def build_site(
     snapshots: SnapshotService,
     reactor: Any = None,
     pulls: PullManager | None = None,
+    bound_ports: Callable[[], dict[str, int]] | None = None,
 ) -> server.Site:
-    """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel)."""
+    """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel).
+
+    `bound_ports()` gives the listening ports by label (the demo links name the WebSocket
+    port actually bound); without it, the configured ones."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     root = Resource()
     root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots, reactor, pulls))
-    root.putChild(b"demo", build_demo(settings))
+    root.putChild(b"demo", build_demo(settings, bound_ports))
     cors = settings.rest_access_control_allow_origin
     return GuardedSite(
         root,

@@ -9,6 +9,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -126,14 +127,17 @@ def _static(path: Path) -> static.File:
 class DemoResource(Resource):
     """`/demo/`: an index of the pages, the pages themselves and the SDK under `/demo/sdk/`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, bound_ports: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
+        self.bound_ports = bound_ports
         self.sdk = WebSdkResource()
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
         if path == b"":
-            return DemoIndex(self.settings)
+            return DemoIndex(self.settings, self.bound_ports)
         if path == SDK_SEGMENT:
             return self.sdk
         # Only names listed from the folder itself: no `..`, no other folder, no hidden file.
@@ -151,13 +155,19 @@ class DemoIndex(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, bound_ports: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
+        self.bound_ports = bound_ports
 
     def _url_server(self, request: server.Request) -> str | None:
         secure = request.isSecure()
-        port = self.settings.wss_port if secure else self.settings.ws_port
+        if self.bound_ports is not None:
+            port: int | None = self.bound_ports().get("wss" if secure else "ws")
+        else:
+            port = self.settings.wss_port if secure else self.settings.ws_port
         if not port:
             return None
         host = request.getRequestHostname().decode("ascii", "replace")
@@ -192,6 +202,8 @@ class DemoIndex(Resource):
         return body.encode("utf-8")
 
 
-def build_demo(settings: Settings) -> DemoResource:
+def build_demo(
+    settings: Settings, bound_ports: Callable[[], dict[str, int]] | None = None
+) -> DemoResource:
     """The `/demo` tree; `build_site` puts it beside `/rest-api`."""
-    return DemoResource(settings)
+    return DemoResource(settings, bound_ports)
