@@ -105,7 +105,8 @@ def test_index_links_the_ws_port_actually_bound(sdk: Path) -> None:
     """With port 0 (--ephemeral-ports) the configured port is not the one to link."""
     index = resources.DemoIndex(Settings(), bound_ports=lambda: {"http": 1, "ws": 43210})
     request = DummyRequest([b""])
-    body = index.render_GET(request).decode()
+    request.isSecure = lambda: False  # type: ignore[attr-defined]
+    body = index.render_GET(request).decode()  # type: ignore[arg-type]
     assert "?urlServer=ws%3A%2F%2Fdummy%3A43210" in body
     assert "%3A8080" not in body
 
