@@ -26,6 +26,7 @@ from wcs.config import Settings
 from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.rest.resources import build_site
+from wcs.rest.views import StreamViews
 from wcs.rtmp.protocol import RTMPServerFactory
 from wcs.rtsp.auth import RtspAuthenticator
 from wcs.rtsp.pull import PullManager
@@ -104,6 +105,8 @@ class WCSService(MultiService):
             self.registry, reactor, allowed_networks=settings.rtsp_pull_allowed_networks
         )
         self.auto: AutoSnapshotter | None = None
+        # The REST view of streams; it watches the hub before any consumer does.
+        self.views = StreamViews(self.registry)
         # One count over every listener; its cap is fitted to the open-file limit at start.
         self.connections = ConnectionLimiter(
             reactor, settings.max_connections, settings.max_connections_per_ip
@@ -143,6 +146,7 @@ class WCSService(MultiService):
             self.reactor,
             pulls=self.pulls,
             bound_ports=lambda: self.bound_ports,
+            views=self.views,
         )
         self.signalling = signalling = SignallingFactory(
             self.registry,
@@ -152,6 +156,7 @@ class WCSService(MultiService):
             resolve_name=self.pulls.resolve,
             run_in_pool=self.run_in_pool,
             access=self.access,
+            views=self.views,
         )
 
         def ws_site(tls: bool) -> IProtocolFactory:
@@ -288,6 +293,7 @@ class WCSService(MultiService):
                 rate=s.snapshot_auto_rate,
                 retention=s.snapshot_auto_retention,
             )
+            self.views.describe("autoSnapshot", self.auto.describe)
             self.auto.start()
         self.fit_connections_to_open_files()
         self._make_factories()  # raises SystemExit if the TLS pair is unusable

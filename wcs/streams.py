@@ -241,9 +241,6 @@ class Stream:
         self._on_end: list[Callable[[Stream], object]] = []
         # Set by a front-end that can ask its publisher for a keyframe (WebRTC: RTCP PLI).
         self.keyframe_requester: Callable[[], None] | None = None
-        # Extra fields of the REST stream object, filled by consumers (e.g. "autoSnapshot").
-        self.json_extras: dict[str, Callable[[], object]] = {}
-        self._final_extras: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
@@ -361,9 +358,6 @@ class Stream:
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
             cb(self)
-        # The REST object of an ended stream keeps its extra fields as they were at the end.
-        extras, self.json_extras = self.json_extras, {}
-        self._final_extras = {key: describe() for key, describe in extras.items()}
 
     def terminate(self, reason: str = END_SERVER) -> None:
         """Ask the publisher's front-end to disconnect (REST /stream/terminate, shutdown, the
@@ -442,27 +436,6 @@ class Stream:
         long-lived stream keeps every past player alive through its callback)."""
         if callback in self._on_end:
             self._on_end.remove(callback)
-
-    def to_json(self) -> dict[str, object]:
-        """The stream object of the WCS REST API."""
-        video = self.video
-        return {
-            "mediaSessionId": self.media_session_id,
-            "name": self.name,
-            "published": not self.ended,
-            "hasVideo": self.has_video,
-            "hasAudio": self.has_audio,
-            "status": self.status,
-            "videoCodec": video.codec if video else None,
-            "audioCodec": self.audio_codec,
-            "width": video.width if video else 0,
-            "height": video.height if video else 0,
-            "createDate": self.created_ms,
-            "mediaProvider": self.provider,
-            "record": False,
-            **self._final_extras,
-            **{key: describe() for key, describe in self.json_extras.items()},
-        }
 
 
 class StreamHub:

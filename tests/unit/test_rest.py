@@ -28,6 +28,7 @@ from tests.unit.fakes import publish_now
 from wcs.config import Settings
 from wcs.directory import StreamNotFound
 from wcs.rest.resources import MAX_BODY, build_site
+from wcs.rest.views import stream_json
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamRegistry
 from wcs.web import resources as web_resources
@@ -596,7 +597,7 @@ def test_find_returns_the_stream_objects(two: Api) -> None:
     response = two.call("POST", FIND, {"name": "cam1"})
     cam1 = two.registry.get("cam1")
     assert cam1 is not None
-    assert response.json() == [cam1.to_json()]
+    assert response.json() == [stream_json(cam1)]
     obj = response.json()[0]
     assert obj["mediaSessionId"] == "msid-1"
     assert obj["mediaProvider"] == "Flash"

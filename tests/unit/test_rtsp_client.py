@@ -24,6 +24,7 @@ from tests.unit.fakes import startup_now
 from tests.unit.media_fixtures import h264_sample
 from wcs.directory import InvalidName, NameInUse
 from wcs.media.h264 import split_annexb
+from wcs.rest.views import pull_json
 from wcs.rtsp.auth import parse_challenges
 from wcs.rtsp.client import (
     AUTH,
@@ -689,7 +690,7 @@ def test_unusable_describe_sdp_fails_the_pull_with_its_reason(
     assert pull.status == RECONNECTING
     assert pull.info.startswith("the camera sent an unusable SDP: "), pull.info
     assert "closed the connection" not in pull.info
-    assert pull.to_json()["info"] == pull.info
+    assert pull_json(pull)["info"] == pull.info
 
 
 def test_other_protocols_formats_are_not_payload_types() -> None:
@@ -844,8 +845,8 @@ def test_startup_connects_to_host_and_port(env: Env) -> None:
     assert pull.uri == "rtsp://cam.local:8554/live/ch1?x=1" and pull.name == "door"
     assert startup_now(env.manager, "rtsp://cam.local/x").client is not None
     assert env.connector.attempts[1].port == 554
-    assert pull.to_json()["uri"] == "rtsp://cam.local:8554/live/ch1?x=1"
-    assert "pw" not in repr(pull.to_json())
+    assert pull_json(pull)["uri"] == "rtsp://cam.local:8554/live/ch1?x=1"
+    assert "pw" not in repr(pull_json(pull))
 
 
 def test_startup_refusals(env: Env) -> None:
@@ -896,7 +897,7 @@ def test_camera_refusing_us_is_failed_and_retried(env: Env) -> None:
     cam.drop()
     assert pull.status == FAILED and pull.stream.status == FAILED
     assert "401" in pull.info and "wrong" not in pull.info
-    assert pull.to_json()["status"] == FAILED
+    assert pull_json(pull)["status"] == FAILED
     env.clock.advance(1)
     assert len(env.connector.attempts) == 2
 

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from tests.unit.fakes import startup_now
 from tests.unit.test_rtsp_client import URL, Cam, FakeConnector, camera_sdp, video_rtp
+from wcs.rest.views import pull_json
 from wcs.rtsp.pull import (
     CONNECT_FAILED,
     FAILED,
@@ -76,7 +77,7 @@ def manager(
 
 
 def failed_with(pull: Pull) -> tuple[str, str, str]:
-    json = pull.to_json()
+    json = pull_json(pull)
     return pull.status, pull.info, f"{json['status']}|{json['info']}"
 
 

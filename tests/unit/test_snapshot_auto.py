@@ -19,6 +19,7 @@ from tests.unit.fakes import publish_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from tests.unit.test_snapshot_service import ManualPool, result_of
 from wcs.media.units import VideoParams
+from wcs.rest.views import StreamViews
 from wcs.snapshot.auto import (
     AutoSnapshotter,
     SnapshotFolder,
@@ -51,6 +52,7 @@ class Env:
             self.registry, pool, self.clock, hot_seconds=10, pinned_batch=batch
         )
         self.root = root
+        self.views = StreamViews(self.registry)
         self.auto = AutoSnapshotter(
             self.registry,
             self.snapshots,
@@ -59,6 +61,7 @@ class Env:
             rate=rate,
             retention=retention,
         )
+        self.views.describe("autoSnapshot", self.auto.describe)
         self.auto.start()
 
     def publish(self, name: str, sample: Sample, units: int | None = None) -> Stream:
@@ -86,7 +89,7 @@ def test_every_rate_th_frame_numbered_from_one_newest_kept(tmp_path: Path) -> No
     for n in range(2, 7):
         rgb = png_rgb((folder / f"{n:06d}.png").read_bytes())
         assert pts_of(sample, rgb) == order[15 * n - 1]
-    info = stream.to_json()["autoSnapshot"]
+    info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert info["written"] == 6
     assert info["framesDecoded"] == 90
@@ -165,7 +168,7 @@ def test_folder_symlinked_out_of_the_root_is_refused(tmp_path: Path) -> None:
     env = Env(root, rate=30, retention=0)
     stream = env.publish("cam", h264_sample(bframes=False))
     assert os.listdir(outside) == []
-    info = stream.to_json()["autoSnapshot"]
+    info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert info["written"] == 0
     assert info["errors"] == 3
@@ -270,7 +273,7 @@ def test_decoder_behind_real_time_drops_whole_gops_and_logs_once(
         stream.push(unit)  # ... and the whole stream arrives before it runs
     pool.run_all()
     auto = env.auto.streams[stream]
-    info = stream.to_json()["autoSnapshot"]
+    info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert info["droppedGops"] == 1  # GOP 2 was never decoded; GOP 1's first frame was
     assert info["droppedFrames"] == 29
@@ -300,7 +303,7 @@ def test_unwritable_root_is_logged_and_streaming_goes_on(
     env = Env(blocker / "snaps", rate=30)
     stream = env.publish("cam", h264_sample(bframes=False))
     assert any("not usable" in e.get("log_format", "") for e in log_events)
-    info = stream.to_json()["autoSnapshot"]
+    info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert (info["written"], info["errors"]) == (0, 3)
     png_rgb(result_of(env.snapshots.take("cam")))  # on-demand snapshots unaffected

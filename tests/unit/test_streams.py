@@ -12,6 +12,7 @@ from wcs import directory
 from wcs.directory import InvalidName, NameInUse, StreamError, check_stream_name
 from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS
 from wcs.media.units import MediaUnit, VideoParams
+from wcs.rest.views import StreamViews, stream_json
 from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, Reader, Stream, StreamRegistry
 
 H264 = VideoParams(codec="H264", width=320, height=240, extradata=b"\0\0\0\1gsps\0\0\0\1hpps")
@@ -459,7 +460,7 @@ def test_end_drops_the_gop() -> None:
 def test_to_json_fields() -> None:
     registry = StreamRegistry(clock_ms=lambda: 1640836780816)
     stream = publish_now(registry, "cam1", PROVIDER_RTMP)
-    fresh = stream.to_json()
+    fresh = stream_json(stream)
     assert fresh == fresh | {
         "mediaSessionId": stream.media_session_id,
         "name": "cam1",
@@ -476,7 +477,7 @@ def test_to_json_fields() -> None:
     }
     stream.set_video_params(H264)
     stream.set_audio_codec("AAC")
-    body = stream.to_json()
+    body = stream_json(stream)
     expected = {
         "mediaSessionId": stream.media_session_id,
         "name": "cam1",
@@ -493,7 +494,7 @@ def test_to_json_fields() -> None:
     }
     assert {k: body[k] for k in expected} == expected
     stream.end()
-    ended = stream.to_json()
+    ended = stream_json(stream)
     assert ended["published"] is False
     assert ended["status"] == "UNPUBLISHED"
 
@@ -602,11 +603,14 @@ def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> 
     counter = {"n": 1}
     stream = publish_now(StreamRegistry(), "cam1", PROVIDER_RTMP, on_terminate=lambda: None)
     stream.keyframe_requester = lambda: None
-    stream.json_extras["autoSnapshot"] = lambda: dict(counter)
+    views = StreamViews()
+    views.watch(stream)
+    views.describe("autoSnapshot", lambda s: dict(counter))
     RecordingReader().attach(stream)
     stream.on_end(lambda s: None)
     stream.end()
     counter["n"] = 2
     assert stream._on_terminate is None and stream.keyframe_requester is None
-    assert stream._readers == [] and stream._on_end == [] and stream.json_extras == {}
-    assert stream.to_json()["autoSnapshot"] == {"n": 1}
+    assert stream._readers == [] and stream._on_end == []
+    # The REST view keeps the extra fields as they were at the end.
+    assert views.stream_json(stream)["autoSnapshot"] == {"n": 1}

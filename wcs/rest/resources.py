@@ -20,6 +20,7 @@ from wcs.directory import InvalidName, NameInUse, StreamNotFound
 from wcs.guard import describe
 from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
+from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
 from wcs.streams import Stream, StreamRegistry
@@ -334,10 +335,12 @@ class StreamApi:
         registry: StreamRegistry,
         snapshots: SnapshotService,
         pulls: PullManager | None = None,
+        views: StreamViews | None = None,
     ) -> None:
         self.registry = registry
         self.snapshots = snapshots
         self.pulls = pulls
+        self.views = views if views is not None else StreamViews()
 
     def snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[Base64Json]:
         name = _required_str(body, "streamName")
@@ -380,13 +383,13 @@ class StreamApi:
         found = self._matching(body)
         if not found:
             raise RestError(404, "Stream not found")
-        return [s.to_json() for s in found]
+        return [self.views.stream_json(s) for s in found]
 
     def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
         found = self.registry.all()
         if not found:
             raise RestError(404, "Streams not found")
-        return [s.to_json() for s in found]
+        return [self.views.stream_json(s) for s in found]
 
     def terminate(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
         if "mediaSessionId" not in body and "name" not in body:
@@ -412,7 +415,7 @@ class RtspApi:
         if to_stream is not None and not isinstance(to_stream, str):
             raise RestError(400, "'toStream' must be a string")
 
-        def refused(failure: Failure) -> None:
+        def refused(failure: Failure) -> dict[str, object]:
             err = failure.trap(PullUriError, InvalidName, NameInUse)
             if err is PullUriError:
                 raise RestError(400, failure.getErrorMessage())
@@ -421,13 +424,13 @@ class RtspApi:
             raise RestError(409, NameInUse.info)
 
         started = self.pulls.startup(uri, to_stream or None)
-        return started.addCallbacks(lambda pull: pull.to_json(), refused)
+        return started.addCallbacks(pull_json, refused)
 
     def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
         pulls = self.pulls.find_all()
         if not pulls:
             raise RestError(404, "Streams not found")
-        return [p.to_json() for p in pulls]
+        return [pull_json(p) for p in pulls]
 
     def terminate(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
         key = next(
@@ -448,10 +451,11 @@ def build_rest_tree(
     snapshots: SnapshotService,
     clock: IReactorTime,
     pulls: PullManager | None = None,
+    views: StreamViews | None = None,
 ) -> Resource:
     """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
     doors = Doors(settings, clock)
-    api = StreamApi(registry, snapshots, pulls)
+    api = StreamApi(registry, snapshots, pulls, views)
 
     def endpoint(
         handler: Handler, methods: tuple[str, ...] = ("POST",), changes_state: bool = False
@@ -482,6 +486,7 @@ def build_site(
     reactor: Any = None,
     pulls: PullManager | None = None,
     bound_ports: Callable[[], dict[str, int]] | None = None,
+    views: StreamViews | None = None,
 ) -> server.Site:
     """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel).
 
@@ -492,7 +497,9 @@ def build_site(
 
         reactor = default_reactor
     root = Resource()
-    root.putChild(REST_PREFIX, build_rest_tree(settings, registry, snapshots, reactor, pulls))
+    root.putChild(
+        REST_PREFIX, build_rest_tree(settings, registry, snapshots, reactor, pulls, views)
+    )
     root.putChild(b"demo", build_demo(settings, bound_ports))
     cors = settings.rest_access_control_allow_origin
     return GuardedSite(

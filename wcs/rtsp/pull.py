@@ -86,18 +86,6 @@ PENDING, PLAYING, RECONNECTING, FAILED = "PENDING", "PLAYING", "RECONNECTING", "
 _USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f#]")
 _NAME_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
-# The stream object's fields a pull object repeats (Stream.to_json is their one definition).
-_PULL_STREAM_FIELDS: Final = (
-    "mediaSessionId",
-    "hasVideo",
-    "hasAudio",
-    "videoCodec",
-    "audioCodec",
-    "width",
-    "height",
-    "createDate",
-    "mediaProvider",
-)
 
 # connect(host, port, protocol) -> Deferred firing once connected (errback: could not connect).
 Connector = Callable[[str, int, RTSPClientProtocol], "Deferred[Any]"]
@@ -515,21 +503,6 @@ class Pull:
         self.info = info
         if not self.stream.ended:
             self.stream.status = status
-
-    # -- REST -----------------------------------------------------------------------------------
-    def to_json(self) -> dict[str, object]:
-        """The pull object of /rtsp/startup and /rtsp/find_all (WCS field names): the stream's
-        own fields, with the pull's status and what it adds."""
-        stream = self.stream.to_json()
-        return {
-            "uri": self.uri,
-            "toStream": self.name,
-            "localStreamName": self.name,
-            **{key: stream[key] for key in _PULL_STREAM_FIELDS},
-            "status": self.status,
-            "info": self.info,
-            "reconnects": self.reconnects,
-        }
 
 
 def split_userinfo_safe(url: str) -> str:

@@ -307,6 +307,11 @@ class AutoSnapshotter:
             )
         self.registry.add_observer(self._published)
 
+    def describe(self, stream: Stream) -> dict[str, object] | None:
+        """The "autoSnapshot" field of a stream's REST object (None: not snapshotted)."""
+        auto = self.streams.get(stream)
+        return auto.to_json() if auto is not None else None
+
     def key_of(self, stream: Stream) -> str:
         return stream.name if self.naming == NAMING_STREAM_NAME else stream.media_session_id
 
@@ -323,7 +328,6 @@ class AutoSnapshotter:
             return
         auto = AutoStream(stream, SnapshotFolder(self.root, key, self.retention), self.rate)
         self.streams[stream] = auto
-        stream.json_extras["autoSnapshot"] = auto.to_json
         stream.on_end(self._ended)
         source = self.snapshots.pin(stream, auto.on_frame)
         auto.decoder = source.decoder

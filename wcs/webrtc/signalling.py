@@ -34,6 +34,7 @@ from wcs.directory import StreamError, StreamNotFound
 from wcs.guard import describe, guarded
 from wcs.media.pool import PoolRunner
 from wcs.rest.errors import error_json
+from wcs.rest.views import StreamViews
 from wcs.snapshot.service import SnapshotTimeout
 from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
 from wcs.web import jsonin
@@ -516,7 +517,7 @@ class WebSDKSession:
         media.status = status
         body: dict[str, object] = {}
         if media.stream is not None:
-            body.update(media.stream.to_json())
+            body.update(self.factory.views.stream_json(media.stream))
         body.update(
             {
                 "mediaSessionId": media.msid,
@@ -983,8 +984,10 @@ class SignallingFactory:
         resolve_name: Callable[[str], str] = lambda name: name,
         run_in_pool: PoolRunner | None = None,
         access: Access | None = None,
+        views: StreamViews | None = None,
     ) -> None:
         self.registry = registry
+        self.views = views if views is not None else StreamViews()
         self.access = access if access is not None else Access(clock)
         # A pulled camera played as `rtsp://...` is snapshotted by that same name.
         self.resolve_name = resolve_name
