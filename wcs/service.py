@@ -1,4 +1,4 @@
-"""WCSService: owns the stream registry, thread pool and snapshot service; runs the listeners."""
+"""WCSService: owns the stream hub, thread pool and snapshot service; runs the listeners."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from wcs.rtsp.pull import PullManager
 from wcs.rtsp.server import RTSPServerFactory
 from wcs.snapshot.auto import AutoSnapshotter
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import PublishIdleWatchdog, StreamRegistry
+from wcs.streams import PublishIdleWatchdog, StreamHub
 from wcs.tls import TLSConfigError, ensure_self_signed, server_context, tls_server_factory
 from wcs.webrtc.signalling import SignallingFactory, websocket_site
 
@@ -68,19 +68,19 @@ class _KeepsPort:
 
 
 class WCSService(MultiService):
-    """The whole server: one registry in the middle, front-ends in, consumers out."""
+    """The whole server: one hub in the middle, front-ends in, consumers out."""
 
     def __init__(self, settings: Settings, reactor: Any) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.registry = StreamRegistry(max_picture_pixels=settings.max_picture_pixels)
+        self.hub = StreamHub(max_picture_pixels=settings.max_picture_pixels)
         self.idle_watchdog = PublishIdleWatchdog(
-            self.registry, reactor, settings.publish_idle_timeout_ms
+            self.hub, reactor, settings.publish_idle_timeout_ms
         )
         self.pool = ThreadPool(minthreads=1, maxthreads=POOL_THREADS, name="wcs-pool")
         self.snapshots = SnapshotService(
-            self.registry,
+            self.hub,
             self.run_in_pool,
             reactor,
             interval_ms=settings.snapshot_taking_interval_ms,
@@ -102,11 +102,11 @@ class WCSService(MultiService):
         self.access = Access(reactor, hooks=hooks, publish_password=settings.publish_password)
         # Camera pulls (/rtsp/startup): made before the listeners, whose site hands it out.
         self.pulls = PullManager(
-            self.registry, reactor, allowed_networks=settings.rtsp_pull_allowed_networks
+            self.hub, reactor, allowed_networks=settings.rtsp_pull_allowed_networks
         )
         self.auto: AutoSnapshotter | None = None
         # The REST view of streams; it watches the hub before any consumer does.
-        self.views = StreamViews(self.registry)
+        self.views = StreamViews(self.hub)
         # One count over every listener; its cap is fitted to the open-file limit at start.
         self.connections = ConnectionLimiter(
             reactor, settings.max_connections, settings.max_connections_per_ip
@@ -141,7 +141,7 @@ class WCSService(MultiService):
         s = self.settings
         site = build_site(
             s,
-            self.registry,
+            self.hub,
             self.snapshots,
             self.reactor,
             pulls=self.pulls,
@@ -149,7 +149,7 @@ class WCSService(MultiService):
             views=self.views,
         )
         self.signalling = signalling = SignallingFactory(
-            self.registry,
+            self.hub,
             self.snapshots,
             self.reactor,
             rtsp_pull=self.pulls.stream_for_player,
@@ -169,7 +169,7 @@ class WCSService(MultiService):
             (
                 "rtmp",
                 s.rtmp_port,
-                lambda: RTMPServerFactory(self.registry, self.reactor, access=self.access),
+                lambda: RTMPServerFactory(self.hub, self.reactor, access=self.access),
             ),
             ("rtsp", s.rtsp_port, self._rtsp_factory),
             ("ws", s.ws_port, lambda: ws_site(False)),
@@ -196,7 +196,7 @@ class WCSService(MultiService):
             else RtspAuthenticator(None, s.publish_password, self.reactor, realm="wcs-publish")
         )
         return RTSPServerFactory(
-            self.registry,
+            self.hub,
             self.reactor,
             ip=s.ip,
             max_udp_pairs=s.rtsp_udp_max_pairs,
@@ -286,7 +286,7 @@ class WCSService(MultiService):
         if s.snapshot_auto_enabled:
             # Here, not in __init__: snapshot_auto_dir is relative to twistd's --rundir.
             self.auto = AutoSnapshotter(
-                self.registry,
+                self.hub,
                 self.snapshots,
                 root=Path(s.snapshot_auto_dir),
                 naming=s.snapshot_auto_naming,
@@ -324,7 +324,7 @@ class WCSService(MultiService):
         # and for WebRTC peers to close and release their UDP sockets.
         self.idle_watchdog.stop()
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
-        self.registry.terminate_all()
+        self.hub.terminate_all()
         stopped = super().stopService()
         self.ports.clear()
         if stopped is not None:

@@ -621,7 +621,3 @@ class PublishIdleWatchdog:
                 timeout_ms=round(self.timeout * 1000),
             )
             stream.terminate(END_IDLE)
-
-
-# Transitional name, until every module says hub.
-StreamRegistry = StreamHub

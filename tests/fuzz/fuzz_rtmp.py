@@ -34,7 +34,7 @@ from wcs.rtmp.protocol import (
     RTMPServerFactory,
     RTMPServerProtocol,
 )
-from wcs.streams import StreamRegistry
+from wcs.streams import StreamHub
 
 # What the protocol's layer guard turns into "close this connection": the parsers' documented
 # errors. Anything else escaping the unguarded dataReceived is a bug a peer can reach.
@@ -158,10 +158,10 @@ class _Protocol(RTMPServerProtocol):
 @target("rtmp_protocol")
 def rtmp_protocol(data: bytes) -> None:
     clock = Clock()
-    registry = StreamRegistry(max_picture_pixels=1920 * 1088)
-    taken = publish_now(registry, "taken", "Flash")  # a publish of this name is refused (BadName)
-    factory = RTMPServerFactory(registry, clock=clock, max_buffer=4 * 1024 * 1024)
-    proto = _Protocol(registry, clock=clock, buffer_budget=factory.buffer_budget)
+    hub = StreamHub(max_picture_pixels=1920 * 1088)
+    taken = publish_now(hub, "taken", "Flash")  # a publish of this name is refused (BadName)
+    factory = RTMPServerFactory(hub, clock=clock, max_buffer=4 * 1024 * 1024)
+    proto = _Protocol(hub, clock=clock, buffer_budget=factory.buffer_budget)
     proto.reasons = []
     proto.factory = factory
     transport = StringTransport(peerAddress=ADDR)
@@ -181,4 +181,4 @@ def rtmp_protocol(data: bytes) -> None:
     assert factory.connections == 0
     assert factory.buffer_budget.used == 0
     assert proto.stream is None
-    assert registry.all() == [taken]
+    assert hub.all() == [taken]

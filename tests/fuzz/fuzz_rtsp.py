@@ -46,7 +46,7 @@ from wcs.rtsp.pull import PullUriError, parse_camera_uri
 from wcs.rtsp.rtp import ReceptionStats, RtcpError, RtpError, RtpPacket, parse_rtcp
 from wcs.rtsp.sdp import SdpError, h264_sprop, parse_sdp, resolve_control
 from wcs.rtsp.server import RTSPServerFactory, RTSPServerProtocol, stream_name_from_url
-from wcs.streams import Stream, StreamRegistry
+from wcs.streams import Stream, StreamHub
 
 # ffmpeg's SPS/PPS for a 320x240 testsrc (the sprop-parameter-sets of its ANNOUNCE).
 SPS = base64.b64decode("Z0LADdoFB+wEQAAAAwBAAAAMo8UKqA==")
@@ -260,13 +260,13 @@ class _UdpReactor(MemoryReactorClock):
         return Port()
 
 
-def _live_registry() -> StreamRegistry:
-    registry = StreamRegistry(max_picture_pixels=1920 * 1088)
-    stream = publish_now(registry, "live", "Flash")
+def _live_hub() -> StreamHub:
+    hub = StreamHub(max_picture_pixels=1920 * 1088)
+    stream = publish_now(hub, "live", "Flash")
     stream.set_video_params(VideoParams("H264", 320, 240, to_annexb([SPS, PPS])))
     idr = to_annexb([SPS, PPS, b"\x65\x88" + bytes(64)])
     stream.push(MediaUnit("video", "H264", 0, 0, True, idr, Fraction(1, 1000)))
-    return registry
+    return hub
 
 
 class _FixedSecrets:
@@ -295,12 +295,12 @@ def rtsp_server(data: bytes) -> None:
 
 def _serve(data: bytes) -> None:
     reactor = _UdpReactor()
-    registry = _live_registry()
+    hub = _live_hub()
     auth = (
         RtspAuthenticator("admin", "s3cret", reactor, secret=b"fuzz") if data[:1] == b"A" else None
     )
-    factory = RTSPServerFactory(registry, reactor, ip="127.0.0.1", play_auth=auth, max_udp_pairs=8)
-    proto = _StrictServer(registry, reactor)
+    factory = RTSPServerFactory(hub, reactor, ip="127.0.0.1", play_auth=auth, max_udp_pairs=8)
+    proto = _StrictServer(hub, reactor)
     proto.factory = factory
     transport = StringTransport(peerAddress=PEER)
     proto.makeConnection(transport)
@@ -315,7 +315,7 @@ def _serve(data: bytes) -> None:
         reactor.advance(0.4)
         transport.clear()
     reactor.advance(3.0)  # held 401s, the request deadline
-    for stream in registry.all():
+    for stream in hub.all():
         stream.terminate()
     proto.connectionLost(Failure(ConnectionDone()))
     reactor.advance(120.0)

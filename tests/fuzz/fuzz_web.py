@@ -32,7 +32,7 @@ from wcs.directory import StreamError, StreamNotFound
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import StreamRegistry
+from wcs.streams import StreamHub
 from wcs.web import jsonin
 from wcs.web.origin import OriginPolicy, host_of, parse_origin
 from wcs.webrtc.signalling import (
@@ -169,10 +169,10 @@ def websdk_frame(data: bytes) -> None:
     """Lines of `data` are WebSDK text frames; a line starting with 0x01 is an event instead
     (a snapshot or peer outcome, time passing, a stream ending, the client pausing reads)."""
     clock = Clock()
-    registry = StreamRegistry()
+    hub = StreamHub()
     snapshots = FakeSnapshots()
     peers = FakePeers()
-    factory = SignallingFactory(registry, snapshots, clock, peers=peers)
+    factory = SignallingFactory(hub, snapshots, clock, peers=peers)
     session = WebSDKSession(factory, "127.0.0.1:5000", None)
     with no_logged_failures():
         session.negotiationStarted(cast(Any, FakeWS()))
@@ -190,11 +190,11 @@ def websdk_frame(data: bytes) -> None:
             elif kind == 2:
                 clock.advance(PING_INTERVAL)
             elif kind == 3:
-                for stream in registry.all()[:1]:
+                for stream in hub.all()[:1]:
                     stream.terminate()
             elif kind == 4:
                 with contextlib.suppress(StreamError):
-                    publish_now(registry, arg.decode("utf-8", "replace") or "cam", "Flash")
+                    publish_now(hub, arg.decode("utf-8", "replace") or "cam", "Flash")
             elif kind == 5 and session.outbox is not None:
                 session.outbox.pauseProducing()
             elif kind == 6 and session.outbox is not None:
@@ -247,11 +247,11 @@ def _rest_site(data: bytes) -> tuple[Any, Clock, FakeSnapshots]:
         ws_allowed_origins=("*",) if flags & 2 else (),
     )
     clock = Clock()
-    registry = StreamRegistry()
-    publish_now(registry, "cam1", "Flash", media_session_id="msid-1")
+    hub = StreamHub()
+    publish_now(hub, "cam1", "Flash", media_session_id="msid-1")
     snapshots = FakeSnapshots()
-    pulls = PullManager(registry, clock, connector=FakeConnector())
-    site = build_site(settings, registry, cast(SnapshotService, snapshots), clock, pulls=pulls)
+    pulls = PullManager(hub, clock, connector=FakeConnector())
+    site = build_site(settings, hub, cast(SnapshotService, snapshots), clock, pulls=pulls)
     return site, clock, snapshots
 
 
@@ -292,9 +292,9 @@ def http_request(data: bytes) -> None:
 def ws_upgrade(data: bytes) -> None:
     """Raw bytes into the WebSocket listener: the HTTP upgrade, then (masked) frames."""
     clock = Clock()
-    registry = StreamRegistry()
+    hub = StreamHub()
     snapshots = FakeSnapshots()
-    factory = SignallingFactory(registry, snapshots, clock, peers=FakePeers())
+    factory = SignallingFactory(hub, snapshots, clock, peers=FakePeers())
     flags = data[0] if data else 0
     settings = Settings(ws_allowed_origins=("*",) if flags & 1 else ())
     proto = websocket_site(factory, settings).buildProtocol(ADDRESS)

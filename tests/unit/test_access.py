@@ -113,11 +113,11 @@ def test_session_id_is_wcs_shaped() -> None:
 
 
 def test_a_tracked_publish_tells_the_app_when_it_starts_and_ends() -> None:
-    from wcs.streams import StreamRegistry
+    from wcs.streams import StreamHub
 
     hooks = RecordingHooks()
     access = Access(Clock(), hooks=hooks, node_id="node-1")
-    stream = publish_now(StreamRegistry(), "cam", "Flash", media_session_id="m1")
+    stream = publish_now(StreamHub(), "cam", "Flash", media_session_id="m1")
     access.track(CLIENT, stream)
     stream.end("Stopped by publisher stop")
     assert [(m, b.get("status"), b.get("info")) for m, b in hooks.told] == [

@@ -30,7 +30,7 @@ from wcs.directory import StreamNotFound
 from wcs.rest.resources import MAX_BODY, build_site
 from wcs.rest.views import stream_json
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, StreamHub
 from wcs.web import resources as web_resources
 
 SNAPSHOT = "/rest-api/stream/snapshot"
@@ -165,16 +165,16 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 class Api:
-    """build_site() with a fake snapshot service, a Clock and a registry."""
+    """build_site() with a fake snapshot service, a Clock and a hub."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.clock = Clock()
-        self.registry = StreamRegistry(clock_ms=lambda: CREATED_MS)
+        self.hub = StreamHub(clock_ms=lambda: CREATED_MS)
         self.snapshots = FakeSnapshots()
         self.terminated: list[tuple[str, bool]] = []
         self.site = build_site(
-            self.settings, self.registry, cast(SnapshotService, self.snapshots), self.clock
+            self.settings, self.hub, cast(SnapshotService, self.snapshots), self.clock
         )
         assert self.site.reactor is self.clock
 
@@ -507,7 +507,7 @@ def test_basic_auth_accepts_the_right_credentials() -> None:
     api.snapshots.last().callback(PNG)
     response = conn.response()
     assert response is not None and response.status == 200
-    publish_now(api.registry, "cam1", PROVIDER_RTMP)
+    publish_now(api.hub, "cam1", PROVIDER_RTMP)
     assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
     assert api.call("GET", FIND_ALL).status == 401
 
@@ -534,17 +534,17 @@ def test_auth_disabled_by_default(api: Api) -> None:
 def two(api: Api) -> Api:
     def on_terminate(name: str) -> None:
         # Whether the stream was still registered when its publisher was asked to leave.
-        api.terminated.append((name, api.registry.get(name) is not None))
+        api.terminated.append((name, api.hub.get(name) is not None))
 
     publish_now(
-        api.registry,
+        api.hub,
         "cam1",
         PROVIDER_RTMP,
         media_session_id="msid-1",
         on_terminate=functools.partial(on_terminate, "cam1"),
     )
     cam2 = publish_now(
-        api.registry,
+        api.hub,
         "cam2",
         PROVIDER_WEBRTC,
         media_session_id="msid-2",
@@ -595,7 +595,7 @@ def test_find_404_when_nothing_matches(two: Api, query: dict[str, object]) -> No
 
 def test_find_returns_the_stream_objects(two: Api) -> None:
     response = two.call("POST", FIND, {"name": "cam1"})
-    cam1 = two.registry.get("cam1")
+    cam1 = two.hub.get("cam1")
     assert cam1 is not None
     assert response.json() == [stream_json(cam1)]
     obj = response.json()[0]
@@ -619,24 +619,22 @@ def test_find_all_404_without_streams(api: Api) -> None:
 
 @pytest.mark.parametrize("query", [{"mediaSessionId": "msid-1"}, {"name": "cam1"}])
 def test_terminate(two: Api, query: dict[str, object]) -> None:
-    cam1 = two.registry.get("cam1")
+    cam1 = two.hub.get("cam1")
     assert cam1 is not None
     response = two.call("POST", TERMINATE, query)
     assert response.status == 200
     assert response.json() == {}
     assert two.terminated == [("cam1", True)]  # asked to leave, then the stream ended
     assert cam1.ended and cam1.end_reason == "Stopped by server"
-    assert two.registry.get("cam1") is None
-    cam2 = two.registry.get("cam2")
+    assert two.hub.get("cam1") is None
+    cam2 = two.hub.get("cam2")
     assert cam2 is not None and not cam2.ended
 
 
 def test_terminate_calls_the_publishers_callback() -> None:
     api = Api()
     called: list[str] = []
-    stream = publish_now(
-        api.registry, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append("bye")
-    )
+    stream = publish_now(api.hub, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append("bye"))
     assert api.call("POST", TERMINATE, {"name": "cam1"}).status == 200
     assert called == ["bye"]
     assert stream.ended
@@ -646,14 +644,14 @@ def test_terminate_calls_the_publishers_callback() -> None:
 def test_terminate_without_name_or_id_is_400(two: Api, query: dict[str, object]) -> None:
     response = two.call("POST", TERMINATE, query)
     assert_wcs_error(response, 400, "'mediaSessionId' or 'name' is required", TERMINATE)
-    assert len(two.registry) == 2
+    assert len(two.hub) == 2
     assert two.terminated == []
 
 
 def test_terminate_unknown_is_404(two: Api) -> None:
     response = two.call("POST", TERMINATE, {"name": "nope"})
     assert_wcs_error(response, 404, "Stream not found", TERMINATE)
-    assert len(two.registry) == 2
+    assert len(two.hub) == 2
 
 
 # -- client going away --------------------------------------------------------------------------
@@ -692,7 +690,7 @@ def test_failed_login_is_answered_only_after_the_delay() -> None:
     api = Api(AUTH)
     bad = api.start("GET", FIND_ALL, headers=basic("admin", "guess"))
     assert bad.response() is None
-    publish_now(api.registry, "cam1", PROVIDER_RTMP)
+    publish_now(api.hub, "cam1", PROVIDER_RTMP)
     # Meanwhile the reactor serves everyone else at once.
     assert api.call("GET", FIND_ALL, headers=basic("admin", "pw")).status == 200
     api.clock.advance(LOGIN_FAILURE_DELAY - 0.01)
@@ -867,7 +865,7 @@ def test_body_trickling_in_is_cut_off_at_the_deadline(api: Api) -> None:
 
 
 def test_each_request_of_a_keep_alive_connection_has_its_own_deadline(api: Api) -> None:
-    publish_now(api.registry, "cam1", PROVIDER_RTMP)
+    publish_now(api.hub, "cam1", PROVIDER_RTMP)
     conn = api.send(raw_request("GET", FIND_ALL))
     for _ in range(5):  # requests keep coming, each in time: the connection stays
         api.clock.advance(HEADER_DEADLINE - 1)
@@ -976,7 +974,7 @@ def test_terminate_from_a_foreign_page_is_403(two: Api, log_events: list[LogEven
     assert "https://evil.example is not an allowed origin" in err["message"]
     assert err["exception"] == EXCEPTION + "ForbiddenException"
     assert response.header("Access-Control-Allow-Origin") == "*"
-    assert two.registry.get("cam1") is not None and two.terminated == []
+    assert two.hub.get("cam1") is not None and two.terminated == []
     assert any("evil.example" in formatEvent(e) for e in log_events)
 
 
@@ -1003,10 +1001,10 @@ def test_state_changing_request_origin_rule(
     settings: Settings, origin: str | None, status: int
 ) -> None:
     api = Api(settings)
-    publish_now(api.registry, "cam1", PROVIDER_RTMP)
+    publish_now(api.hub, "cam1", PROVIDER_RTMP)
     headers = {"Origin": origin} if origin else {}
     assert api.call("POST", TERMINATE, {"name": "cam1"}, headers).status == status
-    assert (api.registry.get("cam1") is None) == (status == 200)
+    assert (api.hub.get("cam1") is None) == (status == 200)
 
 
 def test_read_only_requests_from_any_page_are_unchanged(two: Api) -> None:

@@ -29,11 +29,11 @@ class RtspApi(Api):
     def __init__(self, with_pulls: bool = True) -> None:
         super().__init__()
         self.connector = FakeConnector()
-        self.pulls = PullManager(self.registry, self.clock, connector=self.connector)
+        self.pulls = PullManager(self.hub, self.clock, connector=self.connector)
         if with_pulls:
             self.site = build_site(
                 self.settings,
-                self.registry,
+                self.hub,
                 cast(SnapshotService, self.snapshots),
                 self.clock,
                 pulls=self.pulls,
@@ -49,7 +49,7 @@ def test_startup_answers_the_pull_object(api: RtspApi) -> None:
     response = api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"})
     assert response.status == 200 and response.header("Content-Type") == "application/json"
     pull = response.json()
-    stream = api.registry.get("door")
+    stream = api.hub.get("door")
     assert stream is not None
     assert pull == {
         "uri": CLEAN,
@@ -70,7 +70,7 @@ def test_startup_answers_the_pull_object(api: RtspApi) -> None:
     }
     assert b"s3cret" not in response.body
     assert [(a.host, a.port) for a in api.connector.attempts] == [("10.0.0.2", 554)]
-    # The stream is an ordinary live stream of the registry.
+    # The stream is an ordinary live stream of the hub.
     found = api.call("POST", "/rest-api/stream/find", {"name": "door"}).json()
     assert [(s["name"], s["mediaProvider"], s["status"]) for s in found] == [
         ("door", "RTSP", "PENDING")
@@ -89,7 +89,7 @@ def test_startup_into_a_taken_name_is_409(api: RtspApi) -> None:
     assert api.call("POST", STARTUP, {"uri": CAMERA, "toStream": "door"}).status == 200
     response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "door"})
     assert_wcs_error(response, 409, "Stream name is already in use", STARTUP)
-    publish_now(api.registry, "rtmp1", PROVIDER_RTMP)
+    publish_now(api.hub, "rtmp1", PROVIDER_RTMP)
     response = api.call("POST", STARTUP, {"uri": "rtsp://other/x", "toStream": "rtmp1"})
     assert response.status == 409
     assert len(api.connector.attempts) == 1
@@ -111,7 +111,7 @@ def test_startup_bad_requests_are_400(api: RtspApi, body: object, message: str) 
     response = api.call("POST", STARTUP, body)
     error = assert_wcs_error(response, 400, response.json()["message"], STARTUP)
     assert error["message"].startswith(message)
-    assert api.connector.attempts == [] and len(api.registry) == 0
+    assert api.connector.attempts == [] and len(api.hub) == 0
 
 
 def test_find_all(api: RtspApi) -> None:
@@ -144,9 +144,9 @@ def test_terminate(api: RtspApi) -> None:
     # By URI (with or without the credentials) or by the local name.
     response = api.call("POST", TERMINATE, {"uri": CAMERA})
     assert response.status == 200 and response.json() == {}
-    assert api.registry.get("door") is None
+    assert api.hub.get("door") is None
     assert api.call("POST", TERMINATE, {"toStream": "gate"}).status == 200
-    assert len(api.registry) == 0
+    assert len(api.hub) == 0
     assert_wcs_error(api.call("POST", FIND_ALL), 404, "Streams not found", FIND_ALL)
 
 
@@ -221,4 +221,4 @@ def test_uri_the_url_parser_refuses_is_a_400(api: RtspApi, path: str) -> None:
     response = api.call("POST", path, {"uri": uri, "toStream": "door"})
     if path == STARTUP or response.status != 404:
         assert_wcs_error(response, 400, response.json()["message"], path)
-    assert api.registry.get("door") is None
+    assert api.hub.get("door") is None

@@ -45,7 +45,7 @@ from wcs.rtmp.protocol import (
     RTMPServerFactory,
     RTMPServerProtocol,
 )
-from wcs.streams import Stream, StreamRegistry
+from wcs.streams import Stream, StreamHub
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 50000)
 WRAP = 1 << 32
@@ -199,10 +199,10 @@ class Harness:
     """One server connection on a StringTransport; decodes what the server writes."""
 
     def __init__(
-        self, registry: StreamRegistry | None = None, factory: RTMPServerFactory | None = None
+        self, hub: StreamHub | None = None, factory: RTMPServerFactory | None = None
     ) -> None:
-        self.registry = registry if registry is not None else StreamRegistry()
-        self.factory = factory or RTMPServerFactory(self.registry, clock=Clock())
+        self.hub = hub if hub is not None else StreamHub()
+        self.factory = factory or RTMPServerFactory(self.hub, clock=Clock())
         clock = self.factory.clock
         assert isinstance(clock, Clock)
         self.clock = clock
@@ -211,14 +211,14 @@ class Harness:
         self.proto.makeConnection(self.transport)
         self.client = Client()
         self.sink = RecordingReader()
-        self.registry.add_observer(self._observe)
+        self.hub.add_observer(self._observe)
         self.server_handshake = b""
         self._out = bytearray()
         self._decoder = ChunkDecoder()
         self._streams: list[Stream] = []
 
     def _observe(self, stream: Stream) -> None:
-        # Only this connection's publish (a shared registry tells every harness).
+        # Only this connection's publish (a shared hub tells every harness).
         if self.proto.stream is None and not self._streams:
             self._streams.append(stream)
             self.sink.attach(stream)
@@ -330,9 +330,9 @@ def test_publisher_session(bytewise: bool) -> None:
     assert len(cmds) == 5
 
     # The stream: name without the query, provider Flash, H.264 params from the SPS.
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
-    assert h.registry.get("cam1?token=x") is None
+    assert h.hub.get("cam1?token=x") is None
     assert stream.provider == "Flash"
     assert stream.status == "PUBLISHING"
     assert stream.video is not None
@@ -356,7 +356,7 @@ def test_one_feed_and_byte_by_byte_give_the_same_result() -> None:
     single, single_messages = run_session(True)
     assert whole.sink.units == single.sink.units
     assert whole_messages == single_messages
-    a, b = whole.registry.get("cam1"), single.registry.get("cam1")
+    a, b = whole.hub.get("cam1"), single.hub.get("cam1")
     assert a is not None and b is not None
     assert a.video == b.video
     skip = {"mediaSessionId", "createDate"}
@@ -381,7 +381,7 @@ def test_server_output_is_a_valid_chunk_stream_at_its_chunk_size() -> None:
 def test_aac_audio() -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     data = h.client.audio(0, aac_tag(0, AAC_CONFIG))
     data += h.client.audio(23, aac_tag(1, b"raw-aac-1"))
@@ -403,13 +403,13 @@ def test_aac_audio() -> None:
 def test_unpublish_ends_the_stream(command: str) -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     args: tuple[object, ...] = (None, "cam1") if command == "FCUnpublish" else (None, 1.0)
     h.feed(h.client.command(command, 6.0, *args))
     assert stream.ended
     assert stream.end_reason == "Stopped by publisher stop"
-    assert h.registry.get("cam1") is None
+    assert h.hub.get("cam1") is None
     assert len(h.sink.ended) == 1
     status = statuses(h.received())
     assert [s["code"] for s in status] == ["NetStream.Unpublish.Success"]
@@ -424,40 +424,40 @@ def test_unpublish_ends_the_stream(command: str) -> None:
 def test_connection_lost_mid_publish_ends_the_stream() -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     assert h.factory.connections == 1
     h.lose()
     assert stream.ended
     assert stream.end_reason == "Stopped by publisher stop"
-    assert h.registry.get("cam1") is None
+    assert h.hub.get("cam1") is None
     assert len(h.sink.ended) == 1
     assert h.factory.connections == 0
     assert h.clock.getDelayedCalls() == []
 
 
 def test_republish_after_disconnect_is_a_new_stream() -> None:
-    registry = StreamRegistry()
-    first = Harness(registry)
+    hub = StreamHub()
+    first = Harness(hub)
     first.publish()
-    old = registry.get("cam1")
+    old = hub.get("cam1")
     first.lose()
-    second = Harness(registry)
+    second = Harness(hub)
     second.publish()
-    new = registry.get("cam1")
+    new = hub.get("cam1")
     assert old is not None and new is not None and new is not old
     assert new.media_session_id != old.media_session_id
     assert not second.dropped
 
 
 def test_second_publish_of_a_taken_name_is_refused() -> None:
-    registry = StreamRegistry()
-    first = Harness(registry)
+    hub = StreamHub()
+    first = Harness(hub)
     first.publish()
-    stream = registry.get("cam1")
+    stream = hub.get("cam1")
     assert stream is not None
 
-    second = Harness(registry, first.factory)
+    second = Harness(hub, first.factory)
     messages = second.publish("cam1?other=1")
     status = statuses(messages)
     assert len(status) == 1
@@ -469,7 +469,7 @@ def test_second_publish_of_a_taken_name_is_refused() -> None:
 
     # The first publisher is untouched, even after the refused connection goes away.
     second.lose()
-    assert registry.get("cam1") is stream
+    assert hub.get("cam1") is stream
     assert not stream.ended
     assert not first.dropped
     m = media()
@@ -489,13 +489,13 @@ def test_invalid_names_are_refused(name: str) -> None:
     assert status[0]["level"] == "error"
     assert status[0]["description"] == "Invalid stream name"
     assert h.dropped
-    assert len(h.registry) == 0
+    assert len(h.hub) == 0
 
 
 def test_terminate_from_the_server_drops_the_publisher() -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     stream.terminate()
     assert h.dropped
@@ -510,7 +510,7 @@ def test_second_publish_on_one_connection_drops_it() -> None:
     h.publish()
     h.feed(h.client.command("publish", 6.0, None, "cam2", "live", csid=CSID_SOURCE, stream_id=1))
     assert h.dropped
-    assert h.registry.get("cam2") is None
+    assert h.hub.get("cam2") is None
 
 
 # -- timeouts and limits ------------------------------------------------------------------------
@@ -550,7 +550,7 @@ def test_idle_timeout_after_the_handshake() -> None:
 def test_idle_timeout_ends_a_publish_once_the_connection_is_lost() -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     h.clock.advance(IDLE_TIMEOUT)
     assert h.dropped
@@ -610,12 +610,12 @@ def test_too_many_chunk_streams_drops() -> None:
 
 
 def test_connection_limit() -> None:
-    registry = StreamRegistry()
-    factory = RTMPServerFactory(registry, clock=Clock())
+    hub = StreamHub()
+    factory = RTMPServerFactory(hub, clock=Clock())
     factory.connections = MAX_CONNECTIONS - 1
-    ok = Harness(registry, factory)
+    ok = Harness(hub, factory)
     assert not ok.dropped
-    over = Harness(registry, factory)
+    over = Harness(hub, factory)
     assert over.dropped
     over.lose()
     ok.lose()
@@ -683,7 +683,7 @@ def test_media_before_publish_is_ignored() -> None:
     m = media()
     h.feed(h.client.video(0, sequence_header(m)) + h.client.audio(0, aac_tag(1, b"x")))
     assert not h.dropped
-    assert len(h.registry) == 0
+    assert len(h.hub) == 0
 
 
 def test_frames_before_the_sequence_header_are_skipped() -> None:
@@ -830,7 +830,7 @@ def baseline_sps(width_mbs: int, height_mbs: int) -> bytes:
 def publish_with_video(h: Harness) -> Stream:
     """Publish and send one good sequence header and GOP; return the stream."""
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     m = media()
     h.feed(h.client.video(0, sequence_header(m)))
@@ -1012,7 +1012,7 @@ def test_sps_over_the_pixel_limit_refuses_the_video_not_the_connection(
 ) -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     m = media()
     huge = baseline_sps(1000, 1000)  # 16000x16000
@@ -1034,9 +1034,9 @@ def test_sps_over_the_pixel_limit_refuses_the_video_not_the_connection(
 
 @pytest.mark.parametrize("limit", [320 * 240 - 1, 320 * 240])
 def test_the_streams_pixel_limit_is_the_one_applied(limit: int) -> None:
-    h = Harness(StreamRegistry(max_picture_pixels=limit))
+    h = Harness(StreamHub(max_picture_pixels=limit))
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     h.feed(h.client.video(0, sequence_header(media())))
     assert not h.dropped
@@ -1079,9 +1079,9 @@ def test_one_connection_cannot_buffer_more_than_its_cap(log_events: list[LogEven
 def test_all_connections_together_cannot_buffer_more_than_the_server_budget(
     log_events: list[LogEvent],
 ) -> None:
-    registry = StreamRegistry()
-    factory = RTMPServerFactory(registry, clock=Clock(), max_buffer=7 * 1024 * 1024)
-    first, second, third = (Harness(registry, factory) for _ in range(3))
+    hub = StreamHub()
+    factory = RTMPServerFactory(hub, clock=Clock(), max_buffer=7 * 1024 * 1024)
+    first, second, third = (Harness(hub, factory) for _ in range(3))
     for h in (first, second, third):
         h.handshake()
         h.feed(h.client.set_chunk_size(BIG_CHUNK))
@@ -1139,7 +1139,7 @@ def test_aggregate_carrying_a_command_is_refused(log_events: list[LogEvent]) -> 
     assert h.dropped
     [reason] = drop_reasons(log_events)
     assert "holds a message of type 20" in reason
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None and not stream.ended
 
 
@@ -1179,7 +1179,7 @@ def test_set_chunk_size_128_is_accepted() -> None:
     h.handshake()
     h.feed(h.client.set_chunk_size(128) + h.client.publish_prelude())
     assert not h.dropped
-    assert h.registry.get("cam1") is not None
+    assert h.hub.get("cam1") is not None
 
 
 def empty_messages(n: int) -> bytes:
@@ -1231,10 +1231,10 @@ def test_bulky_amf0_costs_like_many_messages(log_events: list[LogEvent]) -> None
 
 
 def test_refused_publish_is_sent_then_closed_after_the_write() -> None:
-    registry = StreamRegistry()
-    first = Harness(registry)
+    hub = StreamHub()
+    first = Harness(hub)
     first.publish()
-    second = Harness(registry)  # its own clock
+    second = Harness(hub)  # its own clock
     status = statuses(second.publish("cam1"))
     assert [s["code"] for s in status] == ["NetStream.Publish.BadName"]
     # Closed after the write (not reset under it): the encoder gets to read the refusal.
@@ -1242,7 +1242,7 @@ def test_refused_publish_is_sent_then_closed_after_the_write() -> None:
     assert not second.transport.disconnected
     # Input after the refusal is ignored.
     second.feed(second.client.command("publish", 6.0, None, "cam2", "live"))
-    assert registry.get("cam2") is None and second.received() == []
+    assert hub.get("cam2") is None and second.received() == []
     # A peer that does not read is aborted after CLOSE_TIMEOUT.
     second.clock.advance(CLOSE_TIMEOUT - 0.1)
     assert not second.transport.disconnected
@@ -1253,10 +1253,10 @@ def test_refused_publish_is_sent_then_closed_after_the_write() -> None:
 
 
 def test_refused_publisher_that_reads_leaves_no_timer() -> None:
-    registry = StreamRegistry()
-    first = Harness(registry)
+    hub = StreamHub()
+    first = Harness(hub)
     first.publish()
-    second = Harness(registry)  # its own clock
+    second = Harness(hub)  # its own clock
     second.publish("cam1")
     second.lose()  # the peer read everything and the close completed
     assert second.clock.getDelayedCalls() == []
@@ -1269,10 +1269,10 @@ def test_refused_publisher_that_reads_leaves_no_timer() -> None:
 def test_any_error_from_peer_input_closes_only_that_connection(
     monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
 ) -> None:
-    registry = StreamRegistry()
-    other = Harness(registry)
+    hub = StreamHub()
+    other = Harness(hub)
     other.publish("other")
-    h = Harness(registry, other.factory)
+    h = Harness(hub, other.factory)
     h.publish()
 
     def broken(payload: bytes) -> flv.AudioTag:
@@ -1283,7 +1283,7 @@ def test_any_error_from_peer_input_closes_only_that_connection(
     assert h.dropped
     assert drop_reasons(log_events) == ["IndexError: a bug a peer can reach"]
     assert not other.dropped
-    stream = registry.get("other")
+    stream = hub.get("other")
     assert stream is not None and not stream.ended
 
 
@@ -1378,7 +1378,7 @@ def test_harmless_control_messages_are_accepted() -> None:
 def test_terminate_says_why(log_events: list[LogEvent]) -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     stream.terminate()
     assert h.dropped
@@ -1388,15 +1388,15 @@ def test_terminate_says_why(log_events: list[LogEvent]) -> None:
 def test_terminate_by_the_idle_watchdog_says_why(log_events: list[LogEvent]) -> None:
     h = Harness()
     h.publish()
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None
     stream.terminate(streams.END_IDLE)  # what PublishIdleWatchdog does
     assert drop_reasons(log_events) == [f"publish terminated: {streams.END_IDLE}"]
 
 
 def test_an_ended_connection_is_freed_by_reference_counting() -> None:
-    registry = StreamRegistry()
-    factory = RTMPServerFactory(registry, clock=Clock())
+    hub = StreamHub()
+    factory = RTMPServerFactory(hub, clock=Clock())
     gc.disable()
     try:
         proto = factory.buildProtocol(ADDR)
@@ -1410,7 +1410,7 @@ def test_an_ended_connection_is_freed_by_reference_counting() -> None:
             data += client.video(dts, video_tag(key, 1, cts, avcc_frame(list(nals))))
         data += partial_message(client, 9, 1000)  # a partial message held at the end
         proto.dataReceived(data)
-        stream = registry.get("cam1")
+        stream = hub.get("cam1")
         assert stream is not None and stream.gop is not None
         proto.connectionLost(Failure(ConnectionDone()))
         refs = weakref.ref(proto), weakref.ref(stream)
@@ -1426,16 +1426,16 @@ def test_an_ended_connection_is_freed_by_reference_counting() -> None:
 
 def access_harness(**access_kw: object) -> Harness:
     clock = Clock()
-    registry = StreamRegistry()
+    hub = StreamHub()
     access = Access(clock, **access_kw)  # type: ignore[arg-type]
-    return Harness(registry, RTMPServerFactory(registry, clock=clock, access=access))
+    return Harness(hub, RTMPServerFactory(hub, clock=clock, access=access))
 
 
 def test_right_publish_password_publishes() -> None:
     h = access_harness(publish_password="s3cret")
     messages = h.publish("cam1?password=s3cret")
     assert [s["code"] for s in statuses(messages)] == ["NetStream.Publish.Start"]
-    assert h.registry.get("cam1") is not None
+    assert h.hub.get("cam1") is not None
 
 
 @pytest.mark.parametrize("name", ["cam1?password=wrong", "cam1", "cam1?password=s3cret%C2%B2"])
@@ -1450,7 +1450,7 @@ def test_wrong_or_missing_publish_password_is_refused_after_a_delay(name: str) -
         INFO_BAD_PASSWORD,
     )
     assert h.dropped
-    assert h.registry.get("cam1") is None
+    assert h.hub.get("cam1") is None
 
 
 def test_hooks_decide_connect_and_publish_and_messages_wait_for_them() -> None:
@@ -1469,7 +1469,7 @@ def test_hooks_decide_connect_and_publish_and_messages_wait_for_them() -> None:
     assert publish["custom"] == {"key": "k1"}  # the password is checked, never passed on
     assert publish["name"] == "cam1"
     assert [s["code"] for s in statuses(h.received())] == ["NetStream.Publish.Start"]
-    stream = h.registry.get("cam1")
+    stream = h.hub.get("cam1")
     assert stream is not None and stream.media_session_id == publish["mediaSessionId"]
     assert [(m, b.get("status")) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
     h.lose()
@@ -1505,7 +1505,7 @@ def test_a_publish_refused_by_the_hook_carries_its_reason() -> None:
         "NetStream.Publish.Unauthorized",
         "Stream not allowed",
     )
-    assert h.dropped and h.registry.get("cam1") is None
+    assert h.dropped and h.hub.get("cam1") is None
 
 
 def test_a_publisher_gone_before_the_answer_publishes_nothing() -> None:
@@ -1516,7 +1516,7 @@ def test_a_publisher_gone_before_the_answer_publishes_nothing() -> None:
     hooks.answer("connect")
     h.lose()
     hooks.answer("publishStream")
-    assert h.registry.get("cam1") is None
+    assert h.hub.get("cam1") is None
 
 
 def test_a_client_that_does_not_wait_for_answers_is_closed() -> None:

@@ -63,7 +63,7 @@ from wcs.rtsp.pull import (
     parse_camera_uri,
 )
 from wcs.rtsp.rtp import Bye, ReceiverReport, RtpPacket, SourceDescription, parse_rtcp
-from wcs.streams import StreamRegistry
+from wcs.streams import StreamHub
 
 URL = "rtsp://10.0.0.2:554/stream1"
 BASE = "rtsp://10.0.0.2:554/stream1/"
@@ -316,7 +316,7 @@ def test_session_from_options_to_play() -> None:
 def test_rtp_from_the_camera_becomes_stream_units(env: Env) -> None:
     pull = startup_now(env.manager, URL, "door")
     stream = pull.stream
-    assert env.registry.get("door") is stream and stream.provider == "RTSP"
+    assert env.hub.get("door") is stream and stream.provider == "RTSP"
     assert stream.status == PENDING and pull.status == PENDING
     _client, cam = env.connector.accept()
     cam.handshake(channels=["0-1", "2-3"])
@@ -803,7 +803,7 @@ class FakeConnector:
 
 @dataclass
 class Env:
-    registry: StreamRegistry
+    hub: StreamHub
     clock: Clock
     connector: FakeConnector
     manager: PullManager
@@ -811,10 +811,10 @@ class Env:
 
 @pytest.fixture
 def env() -> Env:
-    registry = StreamRegistry()
+    hub = StreamHub()
     clock = Clock()
     connector = FakeConnector()
-    return Env(registry, clock, connector, PullManager(registry, clock, connector=connector))
+    return Env(hub, clock, connector, PullManager(hub, clock, connector=connector))
 
 
 def play_session(env: Env) -> Cam:
@@ -921,7 +921,7 @@ def test_terminate_sends_teardown_and_stops_reconnecting(env: Env) -> None:
     stream = pull.stream
     assert env.manager.terminate(URL) is pull
     teardown = cam.request("TEARDOWN")
-    assert stream.ended and env.registry.get("door") is None
+    assert stream.ended and env.hub.get("door") is None
     assert env.manager.find_all() == [] and env.manager.find("door") is None
     cam.answer(teardown)
     cam.drop()
@@ -964,7 +964,7 @@ def test_stop_all_waits_for_teardown(env: Env) -> None:
     teardown = cam.request("TEARDOWN")
     cam.answer(teardown)
     cam.drop()
-    assert done.called and env.manager.find_all() == [] and len(env.registry) == 0
+    assert done.called and env.manager.find_all() == [] and len(env.hub) == 0
 
 
 def test_when_playing(env: Env) -> None:
@@ -1070,13 +1070,13 @@ def test_redirect_loops_and_bad_targets_fall_back_to_backoff(env: Env) -> None:
 
 
 def test_connector_raising_is_a_failed_attempt() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     clock = Clock()
 
     def broken(host: str, port: int, client: RTSPClientProtocol) -> Deferred[object]:
         raise ValueError("bad host name")
 
-    pull = startup_now(PullManager(registry, clock, connector=broken), URL, "door")
+    pull = startup_now(PullManager(hub, clock, connector=broken), URL, "door")
     assert pull.status == RECONNECTING and pull.info == CONNECT_FAILED
     assert len(clock.getDelayedCalls()) == 1
 
@@ -1106,10 +1106,10 @@ def test_anything_raising_on_camera_input_fails_the_session_with_a_reason(
 def test_camera_malformed_units_are_counted_and_a_long_run_reconnects() -> None:
     """Finding 17 on the pull side: bad units are dropped and counted, the pull keeps going;
     only a long run of them closes the session (the pull reconnects with the reason)."""
-    registry = StreamRegistry(max_picture_pixels=1000)  # the camera's 160x120 is too large
+    hub = StreamHub(max_picture_pixels=1000)  # the camera's 160x120 is too large
     clock = Clock()
     connector = FakeConnector()
-    pull = startup_now(PullManager(registry, clock, connector=connector), URL, "door")
+    pull = startup_now(PullManager(hub, clock, connector=connector), URL, "door")
     _, cam = connector.accept()
     cam.handshake(sdp=camera_sdp(audio=False))
     stream = pull.stream

@@ -41,7 +41,7 @@ from wcs.rtsp.pull import (
     parse_networks,
     reactor_resolver,
 )
-from wcs.streams import StreamRegistry
+from wcs.streams import StreamHub
 
 
 class FakeResolver:
@@ -67,7 +67,7 @@ def manager(
     connector = FakeConnector()
     resolver = FakeResolver(table or {})
     pulls = PullManager(
-        StreamRegistry(),
+        StreamHub(),
         clock,
         connector=connector,
         allowed_networks=networks,

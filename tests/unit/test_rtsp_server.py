@@ -58,7 +58,7 @@ from wcs.rtsp.server import (
 )
 from wcs.rtsp.session import PlayerSession, PublisherSession
 from wcs.rtsp.udp import UdpPoolExhausted, UdpPortPool
-from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTSP, Stream, StreamHub
 
 PEER = IPv4Address("TCP", "10.0.0.7", 50000)
 BASE = "rtsp://127.0.0.1:554/live/cam"
@@ -259,13 +259,13 @@ def reactor() -> FakeReactor:
 
 
 @pytest.fixture
-def registry() -> StreamRegistry:
-    return StreamRegistry()
+def hub() -> StreamHub:
+    return StreamHub()
 
 
 @pytest.fixture
-def factory(registry: StreamRegistry, reactor: FakeReactor) -> RTSPServerFactory:
-    return RTSPServerFactory(registry, reactor, ip="127.0.0.1")
+def factory(hub: StreamHub, reactor: FakeReactor) -> RTSPServerFactory:
+    return RTSPServerFactory(hub, reactor, ip="127.0.0.1")
 
 
 @pytest.fixture
@@ -289,10 +289,10 @@ def test_options_lists_methods(conn: Conn) -> None:
 
 
 def test_full_tcp_publish_feeds_the_stream(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     assert conn.announce(BASE + "?token=abc").status == 200
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None and stream.provider == PROVIDER_RTSP
     # Width and height are known from sprop-parameter-sets at RECORD, before any keyframe.
     r = conn.setup(
@@ -328,21 +328,21 @@ def test_full_tcp_publish_feeds_the_stream(
     r = conn.request("TEARDOWN", BASE)
     assert r.status == 200
     assert stream.ended and stream.end_reason == "Stopped by publisher stop"
-    assert registry.get("cam") is None and sink.ended == [stream]
+    assert hub.get("cam") is None and sink.ended == [stream]
     assert not conn.transport.disconnecting
     conn.close()
 
 
-def test_connection_close_ends_the_stream(conn: Conn, registry: StreamRegistry) -> None:
+def test_connection_close_ends_the_stream(conn: Conn, hub: StreamHub) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     conn.close()
     assert stream.ended and stream.end_reason == "Stopped by publisher stop"
     assert conn.factory.connections == 0
 
 
-def test_url_with_only_a_name_and_gstreamer_controls(conn: Conn, registry: StreamRegistry) -> None:
+def test_url_with_only_a_name_and_gstreamer_controls(conn: Conn, hub: StreamHub) -> None:
     uri = "rtsp://127.0.0.1:554/door"
     sdp = announce_sdp(audio=False).replace(b"streamid=0", b"stream=0")
     assert conn.announce(uri, sdp).status == 200
@@ -352,16 +352,16 @@ def test_url_with_only_a_name_and_gstreamer_controls(conn: Conn, registry: Strea
     )
     # GStreamer's RECORD goes to the aggregate URL with a trailing slash.
     assert conn.request("RECORD", uri + "/").status == 200
-    stream = registry.get("door")
+    stream = hub.get("door")
     assert stream is not None
     for p in rtp_packets(31):
         conn.send(build_interleaved(0, p))
     assert stream.video_units == 31  # each AU ends on its marker bit
 
 
-def test_rtcp_and_stray_channels_are_harmless(conn: Conn, registry: StreamRegistry) -> None:
+def test_rtcp_and_stray_channels_are_harmless(conn: Conn, hub: StreamHub) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     conn.send(build_interleaved(1, Bye((0x1234,)).serialize()))
     conn.send(build_interleaved(9, b"\x80" * 40))  # a channel nobody set up
@@ -406,11 +406,11 @@ def test_interleaved_channels_that_are_no_pair_are_reassigned(conn: Conn, channe
 
 
 def test_taken_name_is_refused_and_first_keeps_publishing(
-    factory: RTSPServerFactory, registry: StreamRegistry, log_events: list[LogEvent]
+    factory: RTSPServerFactory, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     first = Conn(factory)
     first.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     second = Conn(factory, IPv4Address("TCP", "10.0.0.8", 50001))
     r = second.announce("rtsp://other:554/app2/cam")
     assert r.status == 403 and r.reason == "Stream name is already in use"
@@ -420,7 +420,7 @@ def test_taken_name_is_refused_and_first_keeps_publishing(
     )
     # The refused client cannot go on to SETUP/RECORD.
     assert second.setup(TCP).status == 455
-    assert registry.get("cam") is stream and not stream.ended  # type: ignore[union-attr]
+    assert hub.get("cam") is stream and not stream.ended  # type: ignore[union-attr]
     second.close()
     assert not stream.ended  # type: ignore[union-attr]
     for p in rtp_packets(3):
@@ -428,13 +428,13 @@ def test_taken_name_is_refused_and_first_keeps_publishing(
     assert stream.video_units == 3  # type: ignore[union-attr]
 
 
-def test_name_is_reserved_at_announce(factory: RTSPServerFactory, registry: StreamRegistry) -> None:
+def test_name_is_reserved_at_announce(factory: RTSPServerFactory, hub: StreamHub) -> None:
     first = Conn(factory)
     assert first.announce().status == 200  # no RECORD yet
     second = Conn(factory)
     assert second.announce().status == 403
     first.close()
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
     assert second.announce().status == 200
 
 
@@ -448,10 +448,10 @@ def test_name_is_reserved_at_announce(factory: RTSPServerFactory, registry: Stre
         "rtsp://h/live/" + "x" * 256,
     ],
 )
-def test_invalid_names_are_400(conn: Conn, uri: str, registry: StreamRegistry) -> None:
+def test_invalid_names_are_400(conn: Conn, uri: str, hub: StreamHub) -> None:
     r = conn.announce(uri)
     assert r.status == 400 and r.reason == "Invalid stream name"
-    assert len(registry) == 0
+    assert len(hub) == 0
 
 
 def test_stream_name_from_url() -> None:
@@ -463,7 +463,7 @@ def test_stream_name_from_url() -> None:
         stream_name_from_url("rtsp://h/?x=1")
 
 
-def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
+def test_bad_announce_bodies(conn: Conn, hub: StreamHub) -> None:
     r = conn.request("ANNOUNCE", BASE, [("Content-Type", "text/plain")], b"hello")
     assert r.status == 415
     r = conn.request(
@@ -472,7 +472,7 @@ def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
     assert r.status == 400 and r.reason.startswith("Bad SDP")
     r = conn.request("ANNOUNCE", BASE, [("Content-Type", "application/sdp")], b"v=0\r\ns=x\r\n")
     assert r.status == 400
-    assert len(registry) == 0
+    assert len(hub) == 0
     assert conn.announce().status == 200  # the connection is still usable
 
 
@@ -491,7 +491,7 @@ def test_bad_announce_bodies(conn: Conn, registry: StreamRegistry) -> None:
 )
 def test_announce_with_unusable_numbers_is_400_with_a_logged_reason(
     conn: Conn,
-    registry: StreamRegistry,
+    hub: StreamHub,
     log_events: list[LogEvent],
     old: bytes,
     new: bytes,
@@ -503,7 +503,7 @@ def test_announce_with_unusable_numbers_is_400_with_a_logged_reason(
     uri = "rtsp://[::1/live/cam" if new == b"a=control:/track" else BASE
     r = conn.request("ANNOUNCE", uri, [("Content-Type", "application/sdp")], sdp)
     assert r.status == 400, r
-    assert len(registry) == 0 and not conn.transport.disconnecting
+    assert len(hub) == 0 and not conn.transport.disconnecting
     logged = messages(log_events)
     assert any("ANNOUNCE" in m and "refused" in m for m in logged), logged
     assert conn.announce().status == 200
@@ -647,7 +647,7 @@ def test_bad_version_is_505_and_closes(conn: Conn, log_events: list[LogEvent]) -
 )
 def test_garbage_closes_that_connection_only(
     factory: RTSPServerFactory,
-    registry: StreamRegistry,
+    hub: StreamHub,
     log_events: list[LogEvent],
     garbage: bytes,
     status: int,
@@ -668,7 +668,7 @@ def test_garbage_closes_that_connection_only(
     bad.close()
     assert not healthy.transport.disconnecting
     assert healthy.request("GET_PARAMETER").status == 200
-    assert registry.get("cam") is not None
+    assert hub.get("cam") is not None
 
 
 # -- timeouts -------------------------------------------------------------------------------------
@@ -733,10 +733,10 @@ def test_request_deadline_starts_at_each_request(conn: Conn, reactor: FakeReacto
 
 
 def test_interleaved_frames_never_run_against_the_request_deadline(
-    conn: Conn, reactor: FakeReactor, registry: StreamRegistry
+    conn: Conn, reactor: FakeReactor, hub: StreamHub
 ) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     # A recording publisher's frames arrive in pieces over a long time, between keepalives.
     data = b"".join(build_interleaved(0, p) for p in rtp_packets(20))
@@ -750,10 +750,10 @@ def test_interleaved_frames_never_run_against_the_request_deadline(
 
 
 def test_session_kept_alive_by_rtp_and_keepalives(
-    conn: Conn, reactor: FakeReactor, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, reactor: FakeReactor, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     packets = rtp_packets(10)
     for p in packets[:5]:
@@ -774,13 +774,13 @@ def test_session_kept_alive_by_rtp_and_keepalives(
 
 
 def test_announce_without_record_times_out(
-    conn: Conn, reactor: FakeReactor, registry: StreamRegistry
+    conn: Conn, reactor: FakeReactor, hub: StreamHub
 ) -> None:
     assert conn.announce().status == 200
     reactor.advance(SESSION_TIMEOUT)
     assert conn.transport.disconnecting
     conn.close()
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
 
 
 def test_timers_are_cancelled_on_close(conn: Conn, reactor: FakeReactor) -> None:
@@ -792,10 +792,8 @@ def test_timers_are_cancelled_on_close(conn: Conn, reactor: FakeReactor) -> None
 # -- limits and termination -------------------------------------------------------------------
 
 
-def test_connection_limit(
-    registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
-) -> None:
-    factory = RTSPServerFactory(registry, reactor, max_connections=2)
+def test_connection_limit(hub: StreamHub, reactor: FakeReactor, log_events: list[LogEvent]) -> None:
+    factory = RTSPServerFactory(hub, reactor, max_connections=2)
     a, b = Conn(factory), Conn(factory)
     c = Conn(factory)
     assert not a.transport.disconnecting and not b.transport.disconnecting
@@ -810,10 +808,10 @@ def test_connection_limit(
 
 
 def test_terminate_drops_the_publisher(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     stream.terminate()
     assert conn.transport.disconnecting
@@ -827,7 +825,7 @@ def test_terminate_drops_the_publisher(
 
 @pytest.mark.parametrize("recording", [True, False])
 def test_a_stream_ended_by_the_server_closes_the_publisher_with_the_reason(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], recording: bool
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent], recording: bool
 ) -> None:
     """Finding 18: the publish idle watchdog ends a stream with no media (one that did ANNOUNCE
     and never RECORD too); the publisher's connection must close, with that reason."""
@@ -835,7 +833,7 @@ def test_a_stream_ended_by_the_server_closes_the_publisher_with_the_reason(
         conn.publish_tcp()
     else:
         assert conn.announce().status == 200
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None and stream.watch_idle
     stream.end("Failed by RTP activity")  # what Stream.terminate(reason) ends with
     assert conn.transport.disconnecting
@@ -844,14 +842,14 @@ def test_a_stream_ended_by_the_server_closes_the_publisher_with_the_reason(
         for m in messages(log_events)
     )
     conn.close()
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
     # The name is free for the encoder's reconnect.
     again = Conn(conn.factory)
     assert again.announce().status == 200
 
 
 def test_teardown_and_close_end_the_stream_without_closing_twice(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     conn.publish_tcp()
     assert conn.request("TEARDOWN").status == 200
@@ -869,7 +867,7 @@ def udp_setup(conn: Conn, track: int, ports: str = "5000-5001") -> RtspResponse:
 
 
 def test_udp_publish(
-    conn: Conn, reactor: FakeReactor, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, reactor: FakeReactor, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     assert conn.announce().status == 200
     r = udp_setup(conn, 0)
@@ -881,7 +879,7 @@ def test_udp_publish(
     assert rtcp_port == rtp_port + 1
     assert reactor.udp[rtp_port].interface == "127.0.0.1"
     assert conn.request("RECORD").status == 200
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     packets = rtp_packets(11)
     for p in packets:
@@ -917,9 +915,9 @@ def test_udp_publish(
 
 
 def test_udp_pool_exhaustion_falls_back_or_461(
-    registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
+    hub: StreamHub, reactor: FakeReactor, log_events: list[LogEvent]
 ) -> None:
-    factory = RTSPServerFactory(registry, reactor, max_udp_pairs=1)
+    factory = RTSPServerFactory(hub, reactor, max_udp_pairs=1)
     a = Conn(factory)
     assert a.announce().status == 200
     assert udp_setup(a, 0).status == 200
@@ -964,11 +962,9 @@ def test_client_ports_real_clients_send_are_accepted(conn: Conn, ports: str) -> 
     assert udp_setup(conn, 0, ports).status == 200
 
 
-def test_a_session_holds_at_most_four_udp_pairs(
-    registry: StreamRegistry, reactor: FakeReactor
-) -> None:
+def test_a_session_holds_at_most_four_udp_pairs(hub: StreamHub, reactor: FakeReactor) -> None:
     """Finding 21: 16 connections of 16 UDP tracks each emptied the server-wide pool."""
-    factory = RTSPServerFactory(registry, reactor, max_udp_pairs=16)
+    factory = RTSPServerFactory(hub, reactor, max_udp_pairs=16)
     tracks = 6
     sdp = announce_sdp(audio=False)
     video = sdp[sdp.index(b"m=video") :]
@@ -1033,8 +1029,8 @@ def test_udp_pool_range(reactor: FakeReactor) -> None:
         UdpPortPool(reactor, "0.0.0.0", port_range=(7000, 6000))
 
 
-def test_factory_wiring(registry: StreamRegistry, reactor: FakeReactor) -> None:
-    factory = RTSPServerFactory(registry, reactor, ip="::1", session_timeout=5)
+def test_factory_wiring(hub: StreamHub, reactor: FakeReactor) -> None:
+    factory = RTSPServerFactory(hub, reactor, ip="::1", session_timeout=5)
     conn = Conn(factory)
     conn.publish_tcp()
     assert factory.udp_pool.interface == "::1"
@@ -1045,10 +1041,10 @@ def test_factory_wiring(registry: StreamRegistry, reactor: FakeReactor) -> None:
 # -- playing --------------------------------------------------------------------------------------
 
 
-def live_stream(registry: StreamRegistry, name: str = "cam") -> Stream:
+def live_stream(hub: StreamHub, name: str = "cam") -> Stream:
     """A published stream with real H.264 parameters, as RTMP or RTSP ingest leaves it."""
     sps, pps, _ = media()
-    stream = publish_now(registry, name, "Flash")
+    stream = publish_now(hub, name, "Flash")
     info = h264.parse_sps(sps)
     stream.set_video_params(
         VideoParams("H264", info.width, info.height, h264.to_annexb([sps, pps]))
@@ -1095,17 +1091,17 @@ def play_setup(conn: Conn, uri: str = BASE) -> RtspResponse:
     return r
 
 
-def start_playing(conn: Conn, registry: StreamRegistry, reactor: FakeReactor) -> Stream:
+def start_playing(conn: Conn, hub: StreamHub, reactor: FakeReactor) -> Stream:
     """A live stream, and `conn` playing it (PLAY answered, the player attached)."""
-    stream = live_stream(registry)
+    stream = live_stream(hub)
     play_setup(conn)
     assert conn.request("PLAY").status == 200
     reactor.advance(0)
     return stream
 
 
-def test_describe_live_stream(conn: Conn, registry: StreamRegistry) -> None:
-    live_stream(registry)
+def test_describe_live_stream(conn: Conn, hub: StreamHub) -> None:
+    live_stream(hub)
     r = conn.request("DESCRIBE", BASE + "?x=1")
     assert r.status == 200 and r.headers["Content-Type"] == "application/sdp"
     assert r.headers["Content-Base"] == BASE + "/"
@@ -1117,18 +1113,18 @@ def test_describe_live_stream(conn: Conn, registry: StreamRegistry) -> None:
     assert video.control == "trackID=0"
 
 
-def test_describe_errors(conn: Conn, registry: StreamRegistry) -> None:
+def test_describe_errors(conn: Conn, hub: StreamHub) -> None:
     r = conn.request("DESCRIBE")
     assert r.status == 404 and r.reason == "Stream not found"
-    publish_now(registry, "radio", "Flash").set_audio_codec("AAC")
+    publish_now(hub, "radio", "Flash").set_audio_codec("AAC")
     assert conn.request("DESCRIBE", BASE.replace("cam", "radio")).status == 415
     assert conn.request("DESCRIBE", "rtsp://h/").status == 400
 
 
 def test_play_sends_cached_gop_then_live_units(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+    conn: Conn, hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    stream = live_stream(registry)
+    stream = live_stream(hub)
     units = video_units()
     gop_starts = [i for i, u in enumerate(units) if u.keyframe]
     second_gop = gop_starts[1]
@@ -1164,9 +1160,9 @@ def test_play_sends_cached_gop_then_live_units(
 
 
 def test_play_adds_parameter_sets_to_bare_keyframes(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+    conn: Conn, hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    stream = start_playing(conn, registry, reactor)
+    stream = start_playing(conn, hub, reactor)
     conn.transport.clear()
     for u in video_units(strip_params=True)[:3]:
         stream.push(u)
@@ -1176,10 +1172,8 @@ def test_play_adds_parameter_sets_to_bare_keyframes(
     assert nal_types[:2] == [7, 8]
 
 
-def test_play_udp_only_is_461_and_play_before_setup_455(
-    conn: Conn, registry: StreamRegistry
-) -> None:
-    live_stream(registry)
+def test_play_udp_only_is_461_and_play_before_setup_455(conn: Conn, hub: StreamHub) -> None:
+    live_stream(hub)
     assert conn.request("PLAY").status == 455
     r = conn.setup("RTP/AVP;unicast;client_port=5000-5001", BASE + "/trackID=0")
     assert r.status == 461
@@ -1190,10 +1184,10 @@ def test_play_udp_only_is_461_and_play_before_setup_455(
 
 
 def test_slow_player_drops_to_next_keyframe(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, hub: StreamHub, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(egress, "MAX_PLAYER_QUEUE", 5)
-    stream = start_playing(conn, registry, reactor)
+    stream = start_playing(conn, hub, reactor)
     player = conn.player
     assert conn.transport.producer is player
     assert player is not None and player.reader is not None
@@ -1222,9 +1216,9 @@ def test_slow_player_drops_to_next_keyframe(
 
 
 def test_stream_end_closes_the_player(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor, log_events: list[LogEvent]
+    conn: Conn, hub: StreamHub, reactor: FakeReactor, log_events: list[LogEvent]
 ) -> None:
-    stream = start_playing(conn, registry, reactor)
+    stream = start_playing(conn, hub, reactor)
     conn.transport.clear()
     stream.end("Stopped by publisher stop")
     events = RtspParser().feed(conn.transport.value())
@@ -1237,10 +1231,8 @@ def test_stream_end_closes_the_player(
     conn.close()
 
 
-def test_player_connection_close_detaches(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
-) -> None:
-    stream = start_playing(conn, registry, reactor)
+def test_player_connection_close_detaches(conn: Conn, hub: StreamHub, reactor: FakeReactor) -> None:
+    stream = start_playing(conn, hub, reactor)
     player = conn.player
     conn.close()
     assert player is not None and stream.readers == []
@@ -1251,7 +1243,7 @@ def test_player_connection_close_detaches(
 
 
 def test_a_request_handler_raising_is_answered_and_closes(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent], monkeypatch: Any
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent], monkeypatch: Any
 ) -> None:
     def broken(req: object) -> None:
         raise RuntimeError("handler bug")
@@ -1269,7 +1261,7 @@ def test_a_request_handler_raising_is_answered_and_closes(
 def test_media_path_raising_closes_only_that_connection(
     factory: RTSPServerFactory,
     reactor: FakeReactor,
-    registry: StreamRegistry,
+    hub: StreamHub,
     log_events: list[LogEvent],
     monkeypatch: Any,
 ) -> None:
@@ -1287,7 +1279,7 @@ def test_media_path_raising_closes_only_that_connection(
     assert tcp.transport.disconnecting
     assert any("closing connection: KeyError: 'ingest bug'" in m for m in messages(log_events))
     tcp.close()
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
 
     udp = Conn(factory, IPv4Address("TCP", "10.0.0.9", 50002))
     assert udp.announce(BASE.replace("cam", "udp")).status == 200
@@ -1305,7 +1297,7 @@ def test_media_path_raising_closes_only_that_connection(
     # The healthy publisher never noticed.
     assert not other.transport.disconnecting
     other.send(build_interleaved(0, rtp_packets(1)[0]))
-    assert registry.get("other") is not None
+    assert hub.get("other") is not None
 
 
 # -- malformed media: dropped and counted, the publish goes on -------------------------------------
@@ -1320,11 +1312,11 @@ def malformed_aus(first_seq: int, count: int, ssrc: int = 0x1234) -> list[bytes]
 
 
 def test_malformed_units_are_dropped_and_only_a_long_run_closes(
-    conn: Conn, registry: StreamRegistry, log_events: list[LogEvent]
+    conn: Conn, hub: StreamHub, log_events: list[LogEvent]
 ) -> None:
     """Finding 17: one bad NAL unit must not end the publish; a long run of them does."""
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     good = rtp_packets(3)
     for p in good:
@@ -1353,9 +1345,9 @@ def test_malformed_units_are_dropped_and_only_a_long_run_closes(
     assert stream.ended
 
 
-def test_a_good_unit_ends_the_run(conn: Conn, registry: StreamRegistry) -> None:
+def test_a_good_unit_ends_the_run(conn: Conn, hub: StreamHub) -> None:
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     _, _, units = media()
     pack = H264Packetizer(96, 0x1234, initial_seq=1000, timestamp_offset=5000)
@@ -1374,10 +1366,10 @@ def test_a_good_unit_ends_the_run(conn: Conn, registry: StreamRegistry) -> None:
 def test_picture_over_max_picture_pixels_refuses_the_video_not_the_session(
     reactor: FakeReactor, log_events: list[LogEvent]
 ) -> None:
-    registry = StreamRegistry(max_picture_pixels=1000)
-    conn = Conn(RTSPServerFactory(registry, reactor))
+    hub = StreamHub(max_picture_pixels=1000)
+    conn = Conn(RTSPServerFactory(hub, reactor))
     conn.publish_tcp()
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None
     assert stream.video == VideoParams("H264") and stream.rejected_units == 1
     assert any(
@@ -1393,7 +1385,7 @@ def test_picture_over_max_picture_pixels_refuses_the_video_not_the_session(
     assert conn.request("GET_PARAMETER").status == 200
 
 
-def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: StreamRegistry) -> None:
+def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, hub: StreamHub) -> None:
     sdp = re.sub(
         rb"sprop-parameter-sets=[^;\r]+", b"sprop-parameter-sets=!!notbase64", announce_sdp()
     )
@@ -1401,7 +1393,7 @@ def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: Stre
     tcp = "RTP/AVP/TCP;unicast;interleaved={};mode=record"
     assert conn.setup(tcp.format("0-1"), BASE + "/streamid=0").status == 200
     assert conn.request("RECORD").status == 200
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None and stream.rejected_units == 1
     for p in rtp_packets(5):  # ffmpeg's keyframes carry SPS/PPS in-band
         conn.send(build_interleaved(0, p))
@@ -1412,11 +1404,11 @@ def test_bad_sprop_is_counted_and_the_publish_goes_on(conn: Conn, registry: Stre
 
 
 def test_ended_sessions_are_freed_without_the_garbage_collector(
-    registry: StreamRegistry, reactor: FakeReactor
+    hub: StreamHub, reactor: FakeReactor
 ) -> None:
     """Publishers (TCP and UDP) and a player: once their connections are gone, nothing of
     theirs (protocol, stream, ingest, depacketizer, UDP ports, player) waits for a full GC."""
-    factory = RTSPServerFactory(registry, reactor)
+    factory = RTSPServerFactory(hub, reactor)
     gc.collect()
     gc.disable()
     try:
@@ -1468,9 +1460,9 @@ def test_ended_sessions_are_freed_without_the_garbage_collector(
 
 
 @pytest.fixture
-def guarded_factory(registry: StreamRegistry, reactor: FakeReactor) -> RTSPServerFactory:
+def guarded_factory(hub: StreamHub, reactor: FakeReactor) -> RTSPServerFactory:
     auth = RtspAuthenticator("admin", "s3cret", reactor, realm="wcs")
-    return RTSPServerFactory(registry, reactor, play_auth=auth)
+    return RTSPServerFactory(hub, reactor, play_auth=auth)
 
 
 def login(conn: Conn, response: RtspResponse, method: str, uri: str, password: str) -> str:
@@ -1480,10 +1472,10 @@ def login(conn: Conn, response: RtspResponse, method: str, uri: str, password: s
 
 
 def test_playback_needs_the_credentials_when_set(
-    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+    guarded_factory: RTSPServerFactory, hub: StreamHub, reactor: FakeReactor
 ) -> None:
     """Finding 9: with REST auth on, DESCRIBE/SETUP/PLAY needed nothing."""
-    stream = live_stream(registry)
+    stream = live_stream(hub)
     for u in video_units()[:3]:
         stream.push(u)
     conn = Conn(guarded_factory)
@@ -1520,9 +1512,9 @@ def test_playback_needs_the_credentials_when_set(
 
 
 def test_a_wrong_password_is_answered_after_a_delay_and_input_waits(
-    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+    guarded_factory: RTSPServerFactory, hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    live_stream(registry)
+    live_stream(hub)
     conn = Conn(guarded_factory)
     first = conn.request("DESCRIBE")
     wrong = login(conn, first, "DESCRIBE", BASE, "guess")
@@ -1550,9 +1542,9 @@ def test_a_wrong_password_is_answered_after_a_delay_and_input_waits(
 
 
 def test_repeated_wrong_logins_close_the_connection(
-    guarded_factory: RTSPServerFactory, registry: StreamRegistry, reactor: FakeReactor
+    guarded_factory: RTSPServerFactory, hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    live_stream(registry)
+    live_stream(hub)
     conn = Conn(guarded_factory)
     basic = [("Authorization", "Basic " + base64.b64encode(b"admin:guess").decode())]
     for attempt in range(1, MAX_AUTH_FAILURES + 1):
@@ -1565,12 +1557,10 @@ def test_repeated_wrong_logins_close_the_connection(
     assert r.headers["Connection"] == "close"
 
 
-def test_stale_nonce_is_answered_at_once_with_stale(
-    registry: StreamRegistry, reactor: FakeReactor
-) -> None:
+def test_stale_nonce_is_answered_at_once_with_stale(hub: StreamHub, reactor: FakeReactor) -> None:
     auth = RtspAuthenticator("admin", "s3cret", reactor, nonce_lifetime=30)
-    live_stream(registry)
-    conn = Conn(RTSPServerFactory(registry, reactor, play_auth=auth))
+    live_stream(hub)
+    conn = Conn(RTSPServerFactory(hub, reactor, play_auth=auth))
     first = conn.request("DESCRIBE")
     reactor.advance(31)
     late = login(conn, first, "DESCRIBE", BASE, "s3cret")
@@ -1582,19 +1572,19 @@ def test_stale_nonce_is_answered_at_once_with_stale(
 
 
 def test_publishing_stays_open_with_playback_credentials(
-    guarded_factory: RTSPServerFactory, registry: StreamRegistry
+    guarded_factory: RTSPServerFactory, hub: StreamHub
 ) -> None:
     conn = Conn(guarded_factory)
     conn.publish_tcp()  # ANNOUNCE, SETUP, RECORD without Authorization
-    assert registry.get("cam") is not None
+    assert hub.get("cam") is not None
 
 
 def test_teardown_right_after_play_before_the_player_started(
-    conn: Conn, registry: StreamRegistry, reactor: FakeReactor
+    conn: Conn, hub: StreamHub, reactor: FakeReactor
 ) -> None:
     """Found by the rtsp_server fuzz target: PLAY then TEARDOWN in one read unregistered a
     producer that was never registered (StringTransport raises, as other transports may)."""
-    live_stream(registry)
+    live_stream(hub)
     play_setup(conn)
     conn.cseq += 2
     session = [("Session", conn.session or "")]
@@ -1609,13 +1599,11 @@ def test_teardown_right_after_play_before_the_player_started(
     assert conn.player is None and conn.transport.producer is None
 
 
-def test_pipelined_requests_answered_at_once_are_all_answered(
-    conn: Conn, registry: StreamRegistry
-) -> None:
+def test_pipelined_requests_answered_at_once_are_all_answered(conn: Conn, hub: StreamHub) -> None:
     """A DESCRIBE's reply is a Deferred (the play hook may wait), usually fired already: each
     one re-entered the request loop, so 400 pipelined in one read lost 141 answers to a
     RecursionError. Replies that are ready are answered inline, in order."""
-    live_stream(registry)
+    live_stream(hub)
     count = 2000
     conn.send(
         b"".join(build_request("DESCRIBE", BASE, [("CSeq", str(i + 1))]) for i in range(count))
@@ -1629,7 +1617,7 @@ def test_pipelined_requests_answered_at_once_are_all_answered(
 
 def test_a_failing_player_is_closed_and_the_publisher_goes_on(
     factory: RTSPServerFactory,
-    registry: StreamRegistry,
+    hub: StreamHub,
     reactor: FakeReactor,
     log_events: list[LogEvent],
     monkeypatch: pytest.MonkeyPatch,
@@ -1657,17 +1645,17 @@ def test_a_failing_player_is_closed_and_the_publisher_goes_on(
     assert any(
         "playing cam failed: OverflowError: packetizer bug" in m for m in messages(log_events)
     )
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None and stream.video_units >= 35 and not stream.ended
 
 
 # -- access: the publish password and the REST hooks ---------------------------------------------
 
 
-def publish_guarded(registry: StreamRegistry, reactor: FakeReactor, **access_kw: Any) -> Conn:
+def publish_guarded(hub: StreamHub, reactor: FakeReactor, **access_kw: Any) -> Conn:
     access = Access(reactor, **access_kw)
     auth = RtspAuthenticator(None, "pub-secret", reactor, realm="wcs-publish")
-    return Conn(RTSPServerFactory(registry, reactor, publish_auth=auth, access=access))
+    return Conn(RTSPServerFactory(hub, reactor, publish_auth=auth, access=access))
 
 
 def raw_request(conn: Conn, method: str, uri: str = BASE, **kw: Any) -> None:
@@ -1682,13 +1670,11 @@ def responses(conn: Conn) -> list[RtspResponse]:
     return [e for e in conn.parser.feed(data) if isinstance(e, RtspResponse)]
 
 
-def test_announce_needs_the_publish_password_any_user(
-    registry: StreamRegistry, reactor: FakeReactor
-) -> None:
-    conn = publish_guarded(registry, reactor)
+def test_announce_needs_the_publish_password_any_user(hub: StreamHub, reactor: FakeReactor) -> None:
+    conn = publish_guarded(hub, reactor)
     r = conn.announce()
     assert r.status == 401 and 'realm="wcs-publish"' in r.headers["WWW-Authenticate"]
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
     challenge = choose_challenge(parse_challenges(r.headers.get_all("WWW-Authenticate")))
     assert challenge is not None
     auth = authorization_header(challenge, "ANNOUNCE", BASE, "obs", "pub-secret")
@@ -1697,16 +1683,16 @@ def test_announce_needs_the_publish_password_any_user(
         headers=[("Content-Type", "application/sdp"), ("Authorization", auth)],
         body=announce_sdp(),
     )
-    assert r.status == 200 and registry.get("cam") is not None
+    assert r.status == 200 and hub.get("cam") is not None
     # Playback needs nothing here (REST auth off): answered (no video yet), not challenged.
     assert Conn(conn.factory).request("DESCRIBE").status == 415
 
 
 def test_the_hooks_decide_an_announce_and_later_requests_wait(
-    registry: StreamRegistry, reactor: FakeReactor
+    hub: StreamHub, reactor: FakeReactor
 ) -> None:
     hooks = PendingHooks()
-    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    conn = Conn(RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks)))
     sdp = [("Content-Type", "application/sdp")]
     raw_request(conn, "ANNOUNCE", BASE + "?key=k1", headers=sdp, body=announce_sdp())
     raw_request(conn, "OPTIONS", "*")
@@ -1717,31 +1703,31 @@ def test_the_hooks_decide_an_announce_and_later_requests_wait(
     publish = hooks.answer("publishStream")
     assert publish["name"] == "cam" and publish["appKey"] == "live"
     assert [r.status for r in responses(conn)] == [200, 200]
-    stream = registry.get("cam")
+    stream = hub.get("cam")
     assert stream is not None and stream.media_session_id == publish["mediaSessionId"]
     assert [(m, b["status"]) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
 
 
 def test_a_publisher_gone_before_the_answer_publishes_nothing(
-    registry: StreamRegistry, reactor: FakeReactor
+    hub: StreamHub, reactor: FakeReactor
 ) -> None:
     hooks = PendingHooks()
-    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    conn = Conn(RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks)))
     raw_request(
         conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
     )
     hooks.answer("connect")
     conn.close()
     hooks.answer("publishStream")
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
     assert not [m for m, _ in hooks.told if m == "StreamStatusEvent"]
 
 
 def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
-    registry: StreamRegistry, reactor: FakeReactor
+    hub: StreamHub, reactor: FakeReactor
 ) -> None:
     hooks = PendingHooks()
-    conn = Conn(RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks)))
+    conn = Conn(RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks)))
     raw_request(
         conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
     )
@@ -1749,7 +1735,7 @@ def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
     hooks.answer("publishStream", refuse="Not your stream")
     [r] = responses(conn)
     assert (r.status, r.reason) == (403, "Not your stream")
-    assert registry.get("cam") is None
+    assert hub.get("cam") is None
     # The connect hook is asked once per connection.
     raw_request(conn, "DESCRIBE")
     hooks.answer("playStream")
@@ -1757,13 +1743,13 @@ def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
 
 
 def test_the_play_hook_decides_describe_and_a_setup_without_describe(
-    registry: StreamRegistry, reactor: FakeReactor
+    hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    stream = live_stream(registry)
+    stream = live_stream(hub)
     for u in video_units()[:3]:
         stream.push(u)
     hooks = PendingHooks()
-    factory = RTSPServerFactory(registry, reactor, access=Access(reactor, hooks=hooks))
+    factory = RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks))
     conn = Conn(factory)
     raw_request(conn, "DESCRIBE")
     hooks.answer("connect")

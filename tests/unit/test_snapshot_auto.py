@@ -28,7 +28,7 @@ from wcs.snapshot.auto import (
     write_numbered,
 )
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import PROVIDER_RTMP, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
 
 
 def sync_pool(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -46,15 +46,15 @@ class Env:
         pool: Callable[..., Deferred[Any]] = sync_pool,
         batch: int = 1,
     ) -> None:
-        self.registry = StreamRegistry()
+        self.hub = StreamHub()
         self.clock = Clock()
         self.snapshots = SnapshotService(
-            self.registry, pool, self.clock, hot_seconds=10, pinned_batch=batch
+            self.hub, pool, self.clock, hot_seconds=10, pinned_batch=batch
         )
         self.root = root
-        self.views = StreamViews(self.registry)
+        self.views = StreamViews(self.hub)
         self.auto = AutoSnapshotter(
-            self.registry,
+            self.hub,
             self.snapshots,
             root=root,
             naming=naming,
@@ -65,7 +65,7 @@ class Env:
         self.auto.start()
 
     def publish(self, name: str, sample: Sample, units: int | None = None) -> Stream:
-        stream = publish_now(self.registry, name, PROVIDER_RTMP)
+        stream = publish_now(self.hub, name, PROVIDER_RTMP)
         for unit in sample.units[:units]:
             stream.push(unit)
         return stream
@@ -103,7 +103,7 @@ def test_bframes_frames_counted_in_display_order_once_even_with_drains(
 ) -> None:
     sample = h264_sample(bframes=True)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
     requests = []
     for i, unit in enumerate(sample.units):
         stream.push(unit)
@@ -214,7 +214,7 @@ def test_disk_full_is_counted_and_logged_once_then_writing_resumes(
 ) -> None:
     sample = h264_sample(bframes=False)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
 
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -267,7 +267,7 @@ def test_decoder_behind_real_time_drops_whole_gops_and_logs_once(
     sample = h264_sample(bframes=False)  # 3 GOPs of 30
     pool = ManualPool()
     env = Env(tmp_path, rate=1, retention=0, pool=pool)
-    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
     stream.push(sample.units[0])  # the first job starts on the keyframe ...
     for unit in sample.units[1:]:
         stream.push(unit)  # ... and the whole stream arrives before it runs
@@ -320,12 +320,12 @@ def test_retention_counts_only_snapshot_files(tmp_path: Path) -> None:
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
-    registry = StreamRegistry()
-    snaps = SnapshotService(registry, sync_pool, Clock())
+    hub = StreamHub()
+    snaps = SnapshotService(hub, sync_pool, Clock())
     with pytest.raises(ValueError):
-        AutoSnapshotter(registry, snaps, root=tmp_path, naming="other")
+        AutoSnapshotter(hub, snaps, root=tmp_path, naming="other")
     with pytest.raises(ValueError):
-        AutoSnapshotter(registry, snaps, root=tmp_path, rate=0)
+        AutoSnapshotter(hub, snaps, root=tmp_path, rate=0)
 
 
 def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
@@ -334,7 +334,7 @@ def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
     sample = h264_sample(bframes=False)
     pool = ManualPool()
     env = Env(tmp_path, rate=1, retention=0, pool=pool, batch=4)
-    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
     for unit in sample.units[:10]:
         stream.push(unit)
         pool.run_all()

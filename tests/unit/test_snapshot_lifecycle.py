@@ -74,9 +74,7 @@ class Publisher:
 
     def __init__(self, env: Env, name: str) -> None:
         self.dropped = False
-        self.stream = publish_now(
-            env.registry, name, PROVIDER_RTMP, on_terminate=lambda: self.drop()
-        )
+        self.stream = publish_now(env.hub, name, PROVIDER_RTMP, on_terminate=lambda: self.drop())
         self.stream.keyframe_requester = self.request_keyframe
 
     def drop(self) -> None:
@@ -110,7 +108,7 @@ def test_ended_streams_and_their_decoders_are_freed_without_gc(
     pending.addErrback(lambda f: None)
     del publisher, pending
     publishers.clear()
-    assert len(env.registry) == 0 and env.auto.streams == {}
+    assert len(env.hub) == 0 and env.auto.streams == {}
     assert len(list((tmp_path / "cam5").iterdir())) == 3
     left = no_gc()
     assert left == Counter(), f"still alive after the streams ended: {dict(left)}"
@@ -142,21 +140,21 @@ def test_ended_rtmp_publishes_are_freed_without_gc(
     tmp_path: Path, no_gc: Callable[[], Counter[str]]
 ) -> None:
     env = Env(tmp_path, rate=10, retention=3)
-    factory = RTMPServerFactory(env.registry, clock=Clock())
+    factory = RTMPServerFactory(env.hub, clock=Clock())
     for i in range(STREAMS):
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i))
         proto.makeConnection(StringTransport())
         proto.dataReceived(rtmp_session(f"cam{i}"))
-        assert env.registry.get(f"cam{i}") is not None
+        assert env.hub.get(f"cam{i}") is not None
         png_rgb(result_of(env.snapshots.take(f"cam{i}")))
         if i % 2:
             proto.connectionLost(Failure(ConnectionDone()))
         else:
-            env.registry.get(f"cam{i}").terminate()  # type: ignore[union-attr]
+            env.hub.get(f"cam{i}").terminate()  # type: ignore[union-attr]
             assert proto.transport.disconnecting or proto._dropping  # type: ignore[union-attr]
             proto.connectionLost(Failure(ConnectionDone()))
     del proto
-    assert len(env.registry) == 0
+    assert len(env.hub) == 0
     written = sorted(p.name for p in (tmp_path / "cam0").iterdir())
     assert written == ["000001.png", "000002.png", "000003.png"]
     left = no_gc()

@@ -17,7 +17,7 @@ from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
 from wcs.directory import StreamNotFound
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import PROVIDER_RTMP, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
 from wcs.webrtc.peer import StreamTrack
 
 FRAME = 3000  # 90 kHz ticks per frame at 30 fps
@@ -67,12 +67,12 @@ def failure_of(d: Deferred[Any]) -> Failure:
 
 
 @pytest.fixture
-def env() -> tuple[StreamRegistry, ManualPool, Clock, SnapshotService]:
-    registry = StreamRegistry()
+def env() -> tuple[StreamHub, ManualPool, Clock, SnapshotService]:
+    hub = StreamHub()
     pool = ManualPool()
     clock = Clock()
-    service = SnapshotService(registry, pool, clock, interval_ms=3000, attempts=30, hot_seconds=10)
-    return registry, pool, clock, service
+    service = SnapshotService(hub, pool, clock, interval_ms=3000, attempts=30, hot_seconds=10)
+    return hub, pool, clock, service
 
 
 def push(stream: Stream, units: tuple[MediaUnit, ...] | list[MediaUnit]) -> None:
@@ -86,8 +86,8 @@ def test_unknown_stream_fails_not_found(env: Any) -> None:
 
 
 def test_audio_only_times_out_after_all_attempts(env: Any) -> None:
-    registry, pool, clock, service = env
-    stream = publish_now(registry, "radio", PROVIDER_RTMP)
+    hub, pool, clock, service = env
+    stream = publish_now(hub, "radio", PROVIDER_RTMP)
     stream.push(MediaUnit("audio", "AAC", 0, 0, True, b"\x21\x00"))
     source = service.source(stream)
     calls: list[float] = []
@@ -109,9 +109,9 @@ def test_audio_only_times_out_after_all_attempts(env: Any) -> None:
 
 
 def test_snapshot_is_newest_frame_and_concurrent_requests_share_one_decode(env: Any) -> None:
-    registry, pool, _, service = env
+    hub, pool, _, service = env
     sample = h264_sample()
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[:20])
     first, second = service.take("cam"), service.take("cam")
     assert len(pool.jobs) == 1
@@ -128,9 +128,9 @@ def test_snapshot_is_newest_frame_and_concurrent_requests_share_one_decode(env: 
 
 
 def test_request_after_new_keyframe_never_returns_older_gop(env: Any) -> None:
-    registry, pool, clock, service = env
+    hub, pool, clock, service = env
     sample = h264_sample()
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     starts = sample.gop_starts()
     push(stream, sample.units[: starts[1] - 1])
     d = service.take("cam")
@@ -146,9 +146,9 @@ def test_request_after_new_keyframe_never_returns_older_gop(env: Any) -> None:
 
 
 def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
-    registry, pool, clock, service = env
+    hub, pool, clock, service = env
     sample = h264_sample()
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[:5])
     d = service.take("cam")
     pool.run_all()
@@ -172,16 +172,16 @@ def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
 
 
 def test_stream_end_fails_waiting_request_and_republish_is_fresh(env: Any) -> None:
-    registry, pool, clock, service = env
+    hub, pool, clock, service = env
     sample = h264_sample()
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[:10])
     d = service.take("cam")
     stream.end()
     pool.run_all()
     failure_of(d).trap(StreamNotFound)
     # Same name again, no video yet: never the previous publish's picture.
-    again = publish_now(registry, "cam", PROVIDER_RTMP)
+    again = publish_now(hub, "cam", PROVIDER_RTMP)
     assert again is not stream
     d = service.take("cam")
     clock.pump([0.1] * 30)
@@ -189,9 +189,9 @@ def test_stream_end_fails_waiting_request_and_republish_is_fresh(env: Any) -> No
 
 
 def test_waits_for_first_keyframe_within_interval(env: Any) -> None:
-    registry, pool, clock, service = env
+    hub, pool, clock, service = env
     sample = h264_sample()
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[1:5])  # joined mid-GOP: nothing decodable yet
     d = service.take("cam")
     clock.advance(0.5)
@@ -205,8 +205,8 @@ def test_waits_for_first_keyframe_within_interval(env: Any) -> None:
 
 
 def test_decoder_failure_is_retried_then_times_out(env: Any) -> None:
-    registry, pool, clock, service = env
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    hub, pool, clock, service = env
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     stream.push(MediaUnit("video", "H264", 0, 0, True, b"\x00\x00\x00\x01\x65garbage"))
     d = service.take("cam")
     for _ in range(40):
@@ -217,8 +217,8 @@ def test_decoder_failure_is_retried_then_times_out(env: Any) -> None:
 
 
 def test_unsupported_codec_times_out_without_decoding(env: Any) -> None:
-    registry, pool, clock, service = env
-    stream = publish_now(registry, "old", PROVIDER_RTMP)
+    hub, pool, clock, service = env
+    stream = publish_now(hub, "old", PROVIDER_RTMP)
     stream.push(MediaUnit("video", "H263", 0, 0, True, b"\x00" * 10))
     d = service.take("old")
     clock.pump([0.1] * 30)
@@ -227,10 +227,10 @@ def test_unsupported_codec_times_out_without_decoding(env: Any) -> None:
 
 
 def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
-    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock, hot_seconds=10, max_hot=2)
+    hub, pool, clock = StreamHub(), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock, hot_seconds=10, max_hot=2)
     sample = h264_sample()
-    streams = [publish_now(registry, f"cam{i}", PROVIDER_RTMP) for i in range(3)]
+    streams = [publish_now(hub, f"cam{i}", PROVIDER_RTMP) for i in range(3)]
     for stream in streams:
         push(stream, sample.units[:5])
         d = service.take(stream.name)
@@ -260,8 +260,8 @@ def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
 
 
 def test_stream_ending_between_attempts_is_not_found_not_a_timeout(env: Any) -> None:
-    registry, pool, clock, service = env
-    stream = publish_now(registry, "radio", PROVIDER_RTMP)
+    hub, pool, clock, service = env
+    stream = publish_now(hub, "radio", PROVIDER_RTMP)
     stream.push(MediaUnit("audio", "AAC", 0, 0, True, b"\x21\x00"))
     d = service.take("radio")
     clock.pump([0.1] * 5)
@@ -273,8 +273,8 @@ def test_stream_ending_between_attempts_is_not_found_not_a_timeout(env: Any) -> 
 
 
 def test_no_cached_keyframe_asks_the_publisher_once(env: Any) -> None:
-    registry, pool, clock, service = env
-    stream = publish_now(registry, "webrtc", PROVIDER_RTMP)
+    hub, pool, clock, service = env
+    stream = publish_now(hub, "webrtc", PROVIDER_RTMP)
     asked: list[int] = []
     stream.keyframe_requester = lambda: asked.append(1)
     d = service.take("webrtc")
@@ -291,9 +291,9 @@ def test_no_cached_keyframe_asks_the_publisher_once(env: Any) -> None:
 
 
 def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env: Any) -> None:
-    registry, pool, clock, service = env
+    hub, pool, clock, service = env
     sample = h264_sample(bframes=False)  # GOPs of 30
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[:5])
     d = service.take("cam")
     pool.run_all()
@@ -313,10 +313,10 @@ def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env:
 
 
 def test_refused_video_answers_as_no_video_without_decoding() -> None:
-    registry, pool, clock = StreamRegistry(max_picture_pixels=320 * 240), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock)
+    hub, pool, clock = StreamHub(max_picture_pixels=320 * 240), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock)
     sample = h264_sample()
-    stream = publish_now(registry, "big", PROVIDER_RTMP)
+    stream = publish_now(hub, "big", PROVIDER_RTMP)
     stream.set_video_params(VideoParams("H264", 16000, 16000, extradata=b"\0\0\0\1g"))
     push(stream, sample.units[:10])
     d = service.take("big")
@@ -331,10 +331,10 @@ def test_decoder_refuses_an_in_band_sps_over_the_limit_and_logs_once(
 ) -> None:
     """The declared parameters are small; the SPS inside the stream says 320x240: FFmpeg's
     max_pixels makes the decoder refuse it, without a traceback, and the stream lives on."""
-    registry, pool, clock = StreamRegistry(max_picture_pixels=limit), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock, hot_seconds=10)
+    hub, pool, clock = StreamHub(max_picture_pixels=limit), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock, hot_seconds=10)
     sample = h264_sample()
-    stream = publish_now(registry, "sneaky", PROVIDER_RTMP)
+    stream = publish_now(hub, "sneaky", PROVIDER_RTMP)
     stream.set_video_params(VideoParams("H264", 64, 64))
     push(stream, sample.units[:10])
     d = service.take("sneaky")
@@ -366,10 +366,10 @@ def test_webrtc_transcoding_refuses_an_in_band_sps_over_the_limit_too(limit: int
 
 
 def test_decoder_within_the_limit_decodes() -> None:
-    registry, pool, clock = StreamRegistry(max_picture_pixels=320 * 240), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock)
+    hub, pool, clock = StreamHub(max_picture_pixels=320 * 240), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock)
     sample = h264_sample()
-    stream = publish_now(registry, "ok", PROVIDER_RTMP)
+    stream = publish_now(hub, "ok", PROVIDER_RTMP)
     push(stream, sample.units[:10])
     d = service.take("ok")
     pool.run_all()
@@ -377,14 +377,14 @@ def test_decoder_within_the_limit_decodes() -> None:
 
 
 def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() -> None:
-    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
+    hub, pool, clock = StreamHub(), ManualPool(), Clock()
     trims: list[float] = []
     service = SnapshotService(
-        registry, pool, clock, trim_after_s=10, release_memory=lambda: trims.append(clock.seconds())
+        hub, pool, clock, trim_after_s=10, release_memory=lambda: trims.append(clock.seconds())
     )
     sample = h264_sample()
     for i in range(3):
-        stream = publish_now(registry, f"cam{i}", PROVIDER_RTMP)
+        stream = publish_now(hub, f"cam{i}", PROVIDER_RTMP)
         push(stream, sample.units[:5])
         d = service.take(f"cam{i}")
         pool.run_all()
@@ -400,7 +400,7 @@ def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() 
     clock.advance(60)
     pool.run_all()
     assert trims == [10.0], "nothing ended since: no trim"
-    stream = publish_now(registry, "late", PROVIDER_RTMP)
+    stream = publish_now(hub, "late", PROVIDER_RTMP)
     push(stream, sample.units[:5])
     d = service.take("late")
     stream.end()  # while its job waits in the pool: the decoder is released after the job
@@ -417,15 +417,15 @@ def test_ended_streams_waiting_for_the_pool_are_bounded() -> None:
     """Under overload more auto-snapshotted streams end than the pool drains: past the backlog
     cap an ended stream's last frames are dropped (counted) and its decoder freed at once, so
     memory does not grow with the backlog."""
-    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock, max_ended_backlog=2)
+    hub, pool, clock = StreamHub(), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock, max_ended_backlog=2)
     sample = h264_sample()
     frames: dict[str, int] = {}
     finals: dict[str, list[bool]] = {}
     sources = []
     for i in range(4):
         name = f"cam{i}"
-        stream = publish_now(registry, name, PROVIDER_RTMP)
+        stream = publish_now(hub, name, PROVIDER_RTMP)
         frames[name] = 0
 
         def count(frame: Any, name: str = name) -> None:
@@ -447,7 +447,7 @@ def test_ended_streams_waiting_for_the_pool_are_bounded() -> None:
         assert source.decoder.dropped_gops == (1 if name in ("cam2", "cam3") else 0)
     assert service._ended_backlog == set()
     # Once the pool has caught up, an ending stream is drained again.
-    stream = publish_now(registry, "late", PROVIDER_RTMP)
+    stream = publish_now(hub, "late", PROVIDER_RTMP)
     late: list[Any] = []
     service.pin(stream, late.append)
     push(stream, sample.units[:10])

@@ -16,7 +16,7 @@ from tests.unit.test_snapshot_auto import Env
 from tests.unit.test_snapshot_service import ManualPool, result_of
 from wcs.media.units import MediaUnit
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import PROVIDER_RTMP, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, StreamHub
 
 FRAME = 3000  # 90 kHz ticks per frame at 30 fps
 JUMP = 90_000 * 3600  # the publisher's clock steps back an hour
@@ -60,9 +60,9 @@ def original_pts(sample: Sample, i: int) -> int:
 def test_every_request_gets_a_fresh_picture_of_the_newest_gop(jump: str, bframes: bool) -> None:
     sample = h264_sample(bframes=bframes)
     units = JUMPS[jump](sample)
-    registry, pool, clock = StreamRegistry(), ManualPool(), Clock()
-    service = SnapshotService(registry, pool, clock, hot_seconds=10)
-    stream = publish_now(registry, "cam", PROVIDER_RTMP)
+    hub, pool, clock = StreamHub(), ManualPool(), Clock()
+    service = SnapshotService(hub, pool, clock, hot_seconds=10)
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
     key_pts = -1  # original pts of the newest keyframe pushed
     checked = 0
     for i, unit in enumerate(units):
@@ -87,7 +87,7 @@ def test_every_request_gets_a_fresh_picture_of_the_newest_gop(jump: str, bframes
 def test_auto_snapshots_count_every_picture_once(tmp_path: Path, jump: str, bframes: bool) -> None:
     sample = h264_sample(bframes=bframes)
     env = Env(tmp_path, rate=10, retention=0)
-    stream = publish_now(env.registry, "cam", PROVIDER_RTMP)
+    stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
     requests = []
     for i, unit in enumerate(JUMPS[jump](sample)):
         stream.push(unit)

@@ -1,4 +1,4 @@
-"""The stream registry and Stream: name checks, lifecycle, sinks, GOP cache, REST JSON."""
+"""The stream hub and Stream: name checks, lifecycle, sinks, GOP cache, REST JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from wcs.directory import InvalidName, NameInUse, StreamError, check_stream_name
 from wcs.media.gop import MAX_GOP_BYTES, MAX_GOP_UNITS
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.rest.views import StreamViews, stream_json
-from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, Reader, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, PROVIDER_WEBRTC, Reader, Stream, StreamHub
 
 H264 = VideoParams(codec="H264", width=320, height=240, extradata=b"\0\0\0\1gsps\0\0\0\1hpps")
 
@@ -85,16 +85,16 @@ def test_error_infos_are_the_websdk_texts() -> None:
     assert directory.StreamNotFound.info == "Stream not found"
 
 
-# -- registry -----------------------------------------------------------------------------------
+# -- hub -----------------------------------------------------------------------------------
 
 
 def test_publish_get_and_end_forgets() -> None:
-    registry = StreamRegistry(clock_ms=lambda: 1234)
-    stream = publish_now(registry, "cam1", PROVIDER_RTMP)
-    assert registry.get("cam1") is stream
-    assert registry.all() == [stream]
-    assert len(registry) == 1
-    assert registry.by_media_session_id(stream.media_session_id) is stream
+    hub = StreamHub(clock_ms=lambda: 1234)
+    stream = publish_now(hub, "cam1", PROVIDER_RTMP)
+    assert hub.get("cam1") is stream
+    assert hub.all() == [stream]
+    assert len(hub) == 1
+    assert hub.by_media_session_id(stream.media_session_id) is stream
     assert stream.name == "cam1"
     assert stream.provider == "Flash"
     assert stream.status == "PUBLISHING"
@@ -105,90 +105,88 @@ def test_publish_get_and_end_forgets() -> None:
     assert stream.ended
     assert stream.status == "UNPUBLISHED"
     assert stream.end_reason == "Stopped by publisher stop"
-    assert registry.get("cam1") is None
-    assert registry.by_media_session_id(stream.media_session_id) is None
-    assert registry.all() == []
-    assert len(registry) == 0
+    assert hub.get("cam1") is None
+    assert hub.by_media_session_id(stream.media_session_id) is None
+    assert hub.all() == []
+    assert len(hub) == 0
 
 
 def test_name_in_use_is_refused_and_first_stream_untouched() -> None:
-    registry = StreamRegistry()
-    first = publish_now(registry, "cam1", PROVIDER_RTMP)
+    hub = StreamHub()
+    first = publish_now(hub, "cam1", PROVIDER_RTMP)
     with pytest.raises(NameInUse) as info:
-        publish_now(registry, "cam1", PROVIDER_WEBRTC)
+        publish_now(hub, "cam1", PROVIDER_WEBRTC)
     assert info.value.info == "Stream name is already in use"
-    assert registry.get("cam1") is first
+    assert hub.get("cam1") is first
     assert not first.ended
-    assert len(registry) == 1
+    assert len(hub) == 1
 
 
 def test_invalid_name_is_refused_before_registration() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     seen: list[Stream] = []
-    registry.add_observer(seen.append)
+    hub.add_observer(seen.append)
     for bad in ("", "..", "a/b", "x" * 256):
         with pytest.raises(InvalidName):
-            publish_now(registry, bad, PROVIDER_RTMP)
-    assert len(registry) == 0
+            publish_now(hub, bad, PROVIDER_RTMP)
+    assert len(hub) == 0
     assert seen == []
 
 
 def test_republish_gives_a_new_stream_with_a_new_media_session_id() -> None:
-    registry = StreamRegistry()
-    old = publish_now(registry, "cam1", PROVIDER_RTMP)
+    hub = StreamHub()
+    old = publish_now(hub, "cam1", PROVIDER_RTMP)
     old.push(video(0, keyframe=True))
     old.end()
-    new = publish_now(registry, "cam1", PROVIDER_RTMP)
+    new = publish_now(hub, "cam1", PROVIDER_RTMP)
     assert new is not old
     assert new.media_session_id != old.media_session_id
-    assert registry.get("cam1") is new
+    assert hub.get("cam1") is new
     assert new.gop is None and new.video_units == 0
     # The old publish ending (again) never evicts the new one.
     old.end("late")
     old.terminate()
-    assert registry.get("cam1") is new
+    assert hub.get("cam1") is new
     assert not new.ended
 
 
 def test_given_media_session_id_is_kept() -> None:
-    registry = StreamRegistry()
-    stream = publish_now(registry, "cam1", PROVIDER_WEBRTC, media_session_id="abc-123")
+    hub = StreamHub()
+    stream = publish_now(hub, "cam1", PROVIDER_WEBRTC, media_session_id="abc-123")
     assert stream.media_session_id == "abc-123"
-    assert registry.by_media_session_id("abc-123") is stream
-    assert registry.by_media_session_id("other") is None
+    assert hub.by_media_session_id("abc-123") is stream
+    assert hub.by_media_session_id("other") is None
 
 
 def test_media_session_ids_are_unique() -> None:
-    registry = StreamRegistry()
-    ids = {publish_now(registry, f"s{i}", PROVIDER_RTMP).media_session_id for i in range(50)}
+    hub = StreamHub()
+    ids = {publish_now(hub, f"s{i}", PROVIDER_RTMP).media_session_id for i in range(50)}
     assert len(ids) == 50
 
 
 def test_observers_are_called_for_each_publish() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     seen: list[Stream] = []
-    registry.add_observer(seen.append)
-    a = publish_now(registry, "a", PROVIDER_RTMP)
+    hub.add_observer(seen.append)
+    a = publish_now(hub, "a", PROVIDER_RTMP)
     with pytest.raises(NameInUse):
-        publish_now(registry, "a", PROVIDER_RTMP)
-    b = publish_now(registry, "b", PROVIDER_RTMP)
+        publish_now(hub, "a", PROVIDER_RTMP)
+    b = publish_now(hub, "b", PROVIDER_RTMP)
     a.end()
-    a2 = publish_now(registry, "a", PROVIDER_RTMP)
+    a2 = publish_now(hub, "a", PROVIDER_RTMP)
     assert seen == [a, b, a2]
 
 
 def test_terminate_all_ends_every_stream_through_its_publisher() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     calls: list[str] = []
     for name in ("a", "b", "c"):
-        publish_now(
-            registry, name, PROVIDER_RTMP, on_terminate=functools.partial(calls.append, name)
-        )
-    everything = registry.all()
-    registry.terminate_all()
+        publish_now(hub, name, PROVIDER_RTMP, on_terminate=functools.partial(calls.append, name))
+    everything = hub.all()
+    hub.terminate_all()
     assert sorted(calls) == ["a", "b", "c"]
     assert all(s.ended and s.end_reason == "Stopped by server" for s in everything)
-    assert len(registry) == 0
+    assert len(hub) == 0
 
 
 # -- readers and lifecycle ----------------------------------------------------------------------
@@ -458,8 +456,8 @@ def test_end_drops_the_gop() -> None:
 
 
 def test_to_json_fields() -> None:
-    registry = StreamRegistry(clock_ms=lambda: 1640836780816)
-    stream = publish_now(registry, "cam1", PROVIDER_RTMP)
+    hub = StreamHub(clock_ms=lambda: 1640836780816)
+    stream = publish_now(hub, "cam1", PROVIDER_RTMP)
     fresh = stream_json(stream)
     assert fresh == fresh | {
         "mediaSessionId": stream.media_session_id,
@@ -500,15 +498,15 @@ def test_to_json_fields() -> None:
 
 
 def test_terminate_calls_on_terminate_then_ends() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     seen: list[tuple[bool, Stream | None]] = []
     holder: list[Stream] = []
 
     def on_terminate() -> None:
         # The publisher is asked to leave while the stream is still live and registered.
-        seen.append((holder[0].ended, registry.get("cam1")))
+        seen.append((holder[0].ended, hub.get("cam1")))
 
-    stream = publish_now(registry, "cam1", PROVIDER_RTMP, on_terminate=on_terminate)
+    stream = publish_now(hub, "cam1", PROVIDER_RTMP, on_terminate=on_terminate)
     holder.append(stream)
     sink = RecordingReader()
     sink.attach(stream)
@@ -517,7 +515,7 @@ def test_terminate_calls_on_terminate_then_ends() -> None:
     assert stream.ended
     assert stream.end_reason == "Stopped by server"
     assert sink.ended == [stream]
-    assert registry.get("cam1") is None
+    assert hub.get("cam1") is None
 
 
 def test_terminate_without_callback_still_ends() -> None:
@@ -527,7 +525,7 @@ def test_terminate_without_callback_still_ends() -> None:
 
 
 def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) -> None:
-    stream = publish_now(StreamRegistry(), "cam", "Flash")
+    stream = publish_now(StreamHub(), "cam", "Flash")
     stream.reject_unit("truncated avcC")
     stream.reject_unit("bad NAL")
     assert stream.rejected_units == 2
@@ -536,9 +534,9 @@ def test_rejected_units_are_counted_and_logged_once(log_events: list[LogEvent]) 
 
 
 def test_terminate_lets_the_end_reason_through() -> None:
-    registry = StreamRegistry()
+    hub = StreamHub()
     called: list[int] = []
-    stream = publish_now(registry, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append(1))
+    stream = publish_now(hub, "cam1", PROVIDER_RTMP, on_terminate=lambda: called.append(1))
     stream.terminate("Failed by RTP activity")
     stream.terminate()  # already ended: the publisher is not asked twice, the reason stays
     assert called == [1]
@@ -551,8 +549,8 @@ def test_terminate_lets_the_end_reason_through() -> None:
 def test_video_over_max_picture_pixels_is_refused_and_logged_once(
     log_events: list[LogEvent],
 ) -> None:
-    registry = StreamRegistry(max_picture_pixels=1920 * 1080)
-    stream = publish_now(registry, "big", PROVIDER_RTMP)
+    hub = StreamHub(max_picture_pixels=1920 * 1080)
+    stream = publish_now(hub, "big", PROVIDER_RTMP)
     assert stream.max_picture_pixels == 1920 * 1080
     stream.set_video_params(H264)
     stream.push(video(0, keyframe=True))
@@ -601,7 +599,7 @@ def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> 
     """An ended stream must hold nothing that refers back to its publisher or consumers (such
     cycles kept whole decoders alive until a full garbage collection)."""
     counter = {"n": 1}
-    stream = publish_now(StreamRegistry(), "cam1", PROVIDER_RTMP, on_terminate=lambda: None)
+    stream = publish_now(StreamHub(), "cam1", PROVIDER_RTMP, on_terminate=lambda: None)
     stream.keyframe_requester = lambda: None
     views = StreamViews()
     views.watch(stream)

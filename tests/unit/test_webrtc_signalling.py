@@ -29,7 +29,7 @@ from wcs.directory import StreamNotFound
 from wcs.media.units import MediaUnit
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
+from wcs.streams import PROVIDER_WEBRTC, Stream, StreamHub
 from wcs.webrtc.peer import PeerError
 from wcs.webrtc.signalling import (
     KEEPALIVE_TIMEOUT,
@@ -141,13 +141,11 @@ class FakeSnapshots:
 class Env:
     def __init__(self) -> None:
         self.clock = Clock()
-        self.registry = StreamRegistry()
+        self.hub = StreamHub()
         self.peers = FakePeers()
         self.snapshots = FakeSnapshots()
         self.pulls: list[str] = []
-        self.factory = SignallingFactory(
-            self.registry, self.snapshots, self.clock, peers=self.peers
-        )
+        self.factory = SignallingFactory(self.hub, self.snapshots, self.clock, peers=self.peers)
 
     def session(self, *, connect: bool = True) -> tuple[WebSDKSession, FakeWS]:
         session = WebSDKSession(self.factory, "127.0.0.1:5000", None)
@@ -216,7 +214,7 @@ def test_messages_before_connection_fail(env: Env) -> None:
     session, ws = env.session(connect=False)
     send(session, "publishStream", {"mediaSessionId": "m", "name": "n", "sdp": OFFER})
     assert ws.take() == [("fail", [{"apiMethod": "publishStream", "info": "Session not ready"}])]
-    assert env.peers.publishers == [] and len(env.registry) == 0
+    assert env.peers.publishers == [] and len(env.hub) == 0
 
 
 def test_unknown_and_bad_messages_answer_fail_and_keep_the_socket(env: Env) -> None:
@@ -298,7 +296,7 @@ def test_websocket_pong_counts_as_alive(env: Env) -> None:
 def test_publish_answer_then_publishing_then_unpublish(env: Env) -> None:
     session, ws = env.session()
     peer = publish(env, session)
-    stream = env.registry.get("cam")
+    stream = env.hub.get("cam")
     assert stream is not None and stream.provider == PROVIDER_WEBRTC
     assert stream.media_session_id == "m1" and peer.stream is stream and peer.offer == OFFER
     assert ws.take() == []  # nothing before the answer
@@ -313,7 +311,7 @@ def test_publish_answer_then_publishing_then_unpublish(env: Env) -> None:
     send(session, "unPublishStream", {"mediaSessionId": "m1", "name": "cam"})
     (status,) = ws.named("notifyStreamStatusEvent")
     assert (status["status"], status["info"]) == ("UNPUBLISHED", "Stopped by publisher stop")
-    assert env.registry.get("cam") is None and stream.end_reason == "Stopped by publisher stop"
+    assert env.hub.get("cam") is None and stream.end_reason == "Stopped by publisher stop"
     assert peer.closed == 1
     peer.on_connected()  # late callbacks from a closed peer are ignored
     peer.on_failed("Failed by ICE error")
@@ -321,7 +319,7 @@ def test_publish_answer_then_publishing_then_unpublish(env: Env) -> None:
 
 
 def test_publish_name_in_use_and_invalid_name(env: Env) -> None:
-    other = publish_now(env.registry, "cam", "Flash")
+    other = publish_now(env.hub, "cam", "Flash")
     session, ws = env.session()
     send(session, "publishStream", {"mediaSessionId": "m1", "name": "cam", "sdp": OFFER})
     send(session, "publishStream", {"mediaSessionId": "m2", "name": "a/b", "sdp": OFFER})
@@ -332,7 +330,7 @@ def test_publish_name_in_use_and_invalid_name(env: Env) -> None:
         ("m1", "FAILED", "Stream name is already in use"),
         ("m2", "FAILED", "Invalid stream name"),
     ]
-    assert env.peers.publishers == [] and env.registry.get("cam") is other
+    assert env.peers.publishers == [] and env.hub.get("cam") is other
     assert session.media == {}
 
 
@@ -342,7 +340,7 @@ def test_publish_answer_failure_ends_the_stream(env: Env) -> None:
     peer.answer_d.errback(PeerError("No common codecs", "browser offers AV1 only"))
     (status,) = ws.named("notifyStreamStatusEvent")
     assert (status["status"], status["info"]) == ("FAILED", "No common codecs")
-    assert env.registry.get("cam") is None and peer.closed == 1
+    assert env.hub.get("cam") is None and peer.closed == 1
 
 
 def test_unexpected_answer_error_is_failed_by_error(env: Env, log_events: list[LogEvent]) -> None:
@@ -361,25 +359,25 @@ def test_ice_failure_after_answer(env: Env) -> None:
     peer.on_failed("Failed by ICE timeout")
     (status,) = ws.named("notifyStreamStatusEvent")
     assert (status["status"], status["info"]) == ("FAILED", "Failed by ICE timeout")
-    stream_gone = env.registry.get("cam") is None
+    stream_gone = env.hub.get("cam") is None
     assert stream_gone and peer.closed == 1
 
 
 def test_disconnect_ends_the_sessions_streams(env: Env) -> None:
     session, _ = env.session()
     peer = publish(env, session)
-    stream = env.registry.get("cam")
+    stream = env.hub.get("cam")
     assert stream is not None
     session.connectionLost(Failure(ConnectionDone()))
     assert stream.ended and stream.end_reason == "Stopped by session disconnect"
-    assert env.registry.get("cam") is None and peer.closed == 1
+    assert env.hub.get("cam") is None and peer.closed == 1
 
 
 def test_rest_terminate_tells_the_publisher(env: Env) -> None:
     session, ws = env.session()
     peer = publish(env, session)
     peer.answer_d.callback("answer")
-    stream = env.registry.get("cam")
+    stream = env.hub.get("cam")
     assert stream is not None
     stream.terminate()
     status = ws.named("notifyStreamStatusEvent")[-1]
@@ -394,17 +392,17 @@ def test_stream_and_msid_limits(env: Env) -> None:
     assert ws.named("fail")[-1]["info"] == "MediaSessionId is already in use"
     for i in range(2, MAX_STREAMS_PER_SESSION + 1):
         publish(env, session, f"s{i}", f"m{i}")
-    assert len(env.registry) == MAX_STREAMS_PER_SESSION
+    assert len(env.hub) == MAX_STREAMS_PER_SESSION
     send(session, "publishStream", {"mediaSessionId": "extra", "name": "x", "sdp": OFFER})
     status = ws.named("notifyStreamStatusEvent")[-1]
     assert (status["mediaSessionId"], status["status"]) == ("extra", "FAILED")
     assert status["info"] == "Too many streams in one session"
-    assert env.registry.get("x") is None
+    assert env.hub.get("x") is None
 
 
 # -- play -----------------------------------------------------------------------------------------
 def test_play_then_publisher_leaves(env: Env) -> None:
-    source = publish_now(env.registry, "cam", "Flash")
+    source = publish_now(env.hub, "cam", "Flash")
     session, ws = env.session()
     send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
     (peer,) = env.peers.players
@@ -423,7 +421,7 @@ def test_play_then_publisher_leaves(env: Env) -> None:
 
 
 def test_stop_stream(env: Env) -> None:
-    source = publish_now(env.registry, "cam", "Flash")
+    source = publish_now(env.hub, "cam", "Flash")
     session, ws = env.session()
     send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
     send(session, "stopStream", {"mediaSessionId": "p1", "name": "cam"})
@@ -449,7 +447,7 @@ def test_play_missing_stream_and_rtsp(env: Env) -> None:
 
 
 def test_rtsp_pull_is_injectable(env: Env) -> None:
-    pulled = publish_now(env.registry, "door", "RTSP")
+    pulled = publish_now(env.hub, "door", "RTSP")
     asked: list[str] = []
 
     def pull(uri: str) -> Deferred[Stream]:
@@ -467,7 +465,7 @@ def test_rtsp_pull_is_injectable(env: Env) -> None:
 
 # -- snapshot, availableStream --------------------------------------------------------------------
 def test_snapshot_completed(env: Env) -> None:
-    publish_now(env.registry, "cam", "Flash")
+    publish_now(env.hub, "cam", "Flash")
     session, ws = env.session()
     send(session, "snapshot", {"name": "cam", "mediaSessionId": "s1"})
     ((name, d),) = env.snapshots.requests
@@ -524,8 +522,8 @@ def test_snapshot_failure_of_own_publish_does_not_fail_the_publish(env: Env) -> 
 
 def test_snapshot_asks_for_a_keyframe_when_none_is_cached(env: Env) -> None:
     # The asking is the snapshot service's (shared with REST): use the real one here.
-    env.factory.snapshots = SnapshotService(env.registry, ManualPool(), env.clock)
-    stream = publish_now(env.registry, "cam", "WebRTC")
+    env.factory.snapshots = SnapshotService(env.hub, ManualPool(), env.clock)
+    stream = publish_now(env.hub, "cam", "WebRTC")
     asked: list[int] = []
     stream.keyframe_requester = lambda: asked.append(1)
     session, _ = env.session()
@@ -548,7 +546,7 @@ def test_snapshots_in_flight_are_bounded(env: Env) -> None:
 
 
 def test_available_stream(env: Env) -> None:
-    publish_now(env.registry, "cam", "Flash")
+    publish_now(env.hub, "cam", "Flash")
     session, ws = env.session()
     send(session, "availableStream", {"mediaSessionId": "a1", "name": "cam"})
     send(session, "availableStream", {"mediaSessionId": "a2", "name": "nope"})
@@ -562,7 +560,7 @@ def test_close_all_ends_everything(env: Env) -> None:
     peer = publish(env, session)
     done = env.factory.close_all()
     assert done.called and peer.closed == 1
-    assert ws.closed_with == 1001 and env.registry.get("cam") is None
+    assert ws.closed_with == 1001 and env.hub.get("cam") is None
 
 
 def test_close_all_does_not_wait_forever_for_a_peer(env: Env) -> None:
@@ -780,13 +778,13 @@ def test_idle_publisher_terminated_by_the_hub_gets_its_final_status(env: Env) ->
     peer.answer_d.callback("answer")
     peer.on_connected()
     ws.take()
-    stream = env.registry.get("cam")
+    stream = env.hub.get("cam")
     assert stream is not None
     stream.terminate()
     (status,) = ws.named("notifyStreamStatusEvent")
     assert status["status"] == "UNPUBLISHED" and status["info"] == stream.end_reason
     assert status["mediaSessionId"] == "m1" and peer.closed == 1
-    assert session.media == {} and env.registry.get("cam") is None
+    assert session.media == {} and env.hub.get("cam") is None
     peer.on_failed("Failed by ICE keep alive")  # the closed peer's late news: ignored
     assert len(ws.frames) == 1
 
@@ -913,7 +911,7 @@ def test_ping_after_our_close_aborts_quietly(env: Env, log_events: list[LogEvent
 def test_rtsp_names_the_url_parser_refuses(env: Env, log_events: list[LogEvent]) -> None:
     """An rtsp:// name urlsplit refuses (ValueError of its own, not the pull's PullUriError):
     playStream is FAILED and a snapshot fails; the session stays, nothing is stuck."""
-    pulls = PullManager(env.registry, env.clock, connector=FakeConnector())
+    pulls = PullManager(env.hub, env.clock, connector=FakeConnector())
     env.factory.rtsp_pull = pulls.stream_for_player
     env.factory.resolve_name = pulls.resolve
     session, ws = env.session()
@@ -966,7 +964,7 @@ def test_publish_password_from_the_streams_or_the_sessions_custom() -> None:
         "publishStream",
         {"mediaSessionId": "m2", "name": "b", "sdp": OFFER, "custom": {"password": "s3cret"}},
     )
-    assert env.registry.get("b") is not None and env.registry.get("a") is None
+    assert env.hub.get("b") is not None and env.hub.get("a") is None
     assert ws.named("notifyStreamStatusEvent") == []  # the refusal waits a second
     env.clock.advance(FAILURE_DELAY)
     (failed,) = ws.named("notifyStreamStatusEvent")
@@ -978,7 +976,7 @@ def test_publish_password_from_the_streams_or_the_sessions_custom() -> None:
     other, _ = env.session(connect=False)
     send(other, "connection", {"appKey": "x", "custom": {"password": "s3cret"}})
     send(other, "publishStream", {"mediaSessionId": "m3", "name": "c", "sdp": OFFER})
-    assert env.registry.get("c") is not None
+    assert env.hub.get("c") is not None
 
 
 def test_the_hooks_decide_publish_and_play() -> None:
@@ -989,10 +987,10 @@ def test_the_hooks_decide_publish_and_play() -> None:
     hooks.answer("connect")
     ws.take()
     send(session, "publishStream", {"mediaSessionId": "m1", "name": "cam", "sdp": OFFER})
-    assert env.registry.get("cam") is None and env.peers.publishers == []
+    assert env.hub.get("cam") is None and env.peers.publishers == []
     body = hooks.answer("publishStream")
     assert (body["name"], body["mediaSessionId"], body["mediaProvider"]) == ("cam", "m1", "WebRTC")
-    assert env.registry.get("cam") is not None and len(env.peers.publishers) == 1
+    assert env.hub.get("cam") is not None and len(env.peers.publishers) == 1
     send(session, "playStream", {"mediaSessionId": "p1", "name": "cam", "sdp": OFFER})
     hooks.answer("playStream", refuse="Pay first")
     (status,) = [s for s in ws.named("notifyStreamStatusEvent") if s["mediaSessionId"] == "p1"]
@@ -1002,4 +1000,4 @@ def test_the_hooks_decide_publish_and_play() -> None:
     send(session, "publishStream", {"mediaSessionId": "m2", "name": "cam2", "sdp": OFFER})
     send(session, "unPublishStream", {"mediaSessionId": "m2"})
     hooks.answer("publishStream")
-    assert env.registry.get("cam2") is None
+    assert env.hub.get("cam2") is None

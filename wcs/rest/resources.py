@@ -23,7 +23,7 @@ from wcs.rest.errors import RestError, error_json
 from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
-from wcs.streams import Stream, StreamRegistry
+from wcs.streams import Stream, StreamHub
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
 from wcs.web.origin import OriginPolicy
@@ -332,12 +332,12 @@ class StreamApi:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         snapshots: SnapshotService,
         pulls: PullManager | None = None,
         views: StreamViews | None = None,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.snapshots = snapshots
         self.pulls = pulls
         self.views = views if views is not None else StreamViews()
@@ -363,7 +363,7 @@ class StreamApi:
         return d.addCallbacks(encoded, translate)
 
     def _matching(self, body: dict[str, Any]) -> list[Stream]:
-        streams = self.registry.all()
+        streams = self.hub.all()
         name = body.get("name")
         if name is not None:
             streams = [s for s in streams if s.name == name]
@@ -386,7 +386,7 @@ class StreamApi:
         return [self.views.stream_json(s) for s in found]
 
     def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
-        found = self.registry.all()
+        found = self.hub.all()
         if not found:
             raise RestError(404, "Streams not found")
         return [self.views.stream_json(s) for s in found]
@@ -447,7 +447,7 @@ class RtspApi:
 
 def build_rest_tree(
     settings: Settings,
-    registry: StreamRegistry,
+    hub: StreamHub,
     snapshots: SnapshotService,
     clock: IReactorTime,
     pulls: PullManager | None = None,
@@ -455,7 +455,7 @@ def build_rest_tree(
 ) -> Resource:
     """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
     doors = Doors(settings, clock)
-    api = StreamApi(registry, snapshots, pulls, views)
+    api = StreamApi(hub, snapshots, pulls, views)
 
     def endpoint(
         handler: Handler, methods: tuple[str, ...] = ("POST",), changes_state: bool = False
@@ -481,7 +481,7 @@ def build_rest_tree(
 
 def build_site(
     settings: Settings,
-    registry: StreamRegistry,
+    hub: StreamHub,
     snapshots: SnapshotService,
     reactor: Any = None,
     pulls: PullManager | None = None,
@@ -497,9 +497,7 @@ def build_site(
 
         reactor = default_reactor
     root = Resource()
-    root.putChild(
-        REST_PREFIX, build_rest_tree(settings, registry, snapshots, reactor, pulls, views)
-    )
+    root.putChild(REST_PREFIX, build_rest_tree(settings, hub, snapshots, reactor, pulls, views))
     root.putChild(b"demo", build_demo(settings, bound_ports))
     cors = settings.rest_access_control_allow_origin
     return GuardedSite(

@@ -22,7 +22,7 @@ from wcs.media.units import MediaUnit, VideoParams
 from wcs.rtmp import amf0, chunks, flv
 from wcs.rtmp.chunks import BufferBudget, ChunkDecoder, ChunkEncoder, Message
 from wcs.rtmp.handshake import HandshakeError, ServerHandshake
-from wcs.streams import PROVIDER_RTMP, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
 
 log = Logger(namespace="wcs.rtmp")
 
@@ -156,7 +156,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         *,
         clock: IReactorTime | None = None,
         buffer_budget: BufferBudget | None = None,
@@ -166,7 +166,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
             clock = reactor
         assert clock is not None
-        self.registry = registry
+        self.hub = hub
         self.callLater = clock.callLater  # type: ignore[assignment]
         self._handshake: ServerHandshake | None = ServerHandshake()
         self._decoder = ChunkDecoder(
@@ -511,7 +511,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         decision = self.factory.access.publish(client, name, msid, password)
         # Allowed: the directory is asked for the name, and the reply waits for it too.
         decision.addCallback(
-            lambda _: self.registry.publish(
+            lambda _: self.hub.publish(
                 name, PROVIDER_RTMP, media_session_id=msid, on_terminate=self._terminated
             )
         )
@@ -730,13 +730,13 @@ class RTMPServerFactory(Factory):
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         clock: IReactorTime | Any = None,
         *,
         max_buffer: int = MAX_SERVER_BUFFER,
         access: Access | None = None,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.clock = clock
         self.connections = 0
         self.buffer_budget = BufferBudget(max_buffer)
@@ -747,8 +747,6 @@ class RTMPServerFactory(Factory):
         self.access = access
 
     def buildProtocol(self, addr: Any) -> RTMPServerProtocol:  # type: ignore[override]
-        proto = RTMPServerProtocol(
-            self.registry, clock=self.clock, buffer_budget=self.buffer_budget
-        )
+        proto = RTMPServerProtocol(self.hub, clock=self.clock, buffer_budget=self.buffer_budget)
         proto.factory = self
         return proto

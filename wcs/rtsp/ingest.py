@@ -1,7 +1,7 @@
 """RTP into a Stream: the tracks of one RTSP session (published or pulled) as media units.
 
 Shared by the server (ANNOUNCE/RECORD) and the camera client (DESCRIBE/PLAY), so both feed the
-registry exactly as RTMP does and the snapshot code never knows which protocol it came from.
+hub exactly as RTMP does and the snapshot code never knows which protocol it came from.
 """
 
 from __future__ import annotations

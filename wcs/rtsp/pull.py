@@ -1,6 +1,6 @@
 """Camera pulls: an RTSP camera kept as a live stream (`/rtsp/startup`), reconnecting with backoff.
 
-A :class:`Pull` owns its stream in the registry (provider "RTSP") from startup until it is
+A :class:`Pull` owns its stream in the hub (provider "RTSP") from startup until it is
 terminated; the connection to the camera may come and go underneath.
 """
 
@@ -44,7 +44,7 @@ from wcs.rtsp.client import (
 from wcs.rtsp.ingest import RtpIngest, Track
 from wcs.rtsp.numbers import ascii_uint
 from wcs.rtsp.rtp import RtpPacket
-from wcs.streams import PROVIDER_RTSP, Stream, StreamRegistry
+from wcs.streams import PROVIDER_RTSP, Stream, StreamHub
 
 __all__ = [
     "CONNECT_FAILED",
@@ -542,7 +542,7 @@ class PullManager:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         reactor: Any,
         *,
         connector: Connector | None = None,
@@ -551,7 +551,7 @@ class PullManager:
         allowed_networks: Iterable[str] = (),
         resolver: Resolver | None = None,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.reactor = reactor
         self.config = config
         self.connector = connector or tcp_connector(reactor, config.connect_timeout)
@@ -609,7 +609,7 @@ class PullManager:
         self._starting += 1
         # /stream/terminate of the stream stops the pull (TEARDOWN, no reconnect). A pull has
         # its own reconnect policy: the publish idle watchdog leaves it alone.
-        published = self.registry.publish(
+        published = self.hub.publish(
             name, PROVIDER_RTSP, on_terminate=lambda: _stop(holder), watch_idle=False
         )
 

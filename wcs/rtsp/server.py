@@ -62,7 +62,7 @@ from wcs.rtsp.session import (
     url_key,
 )
 from wcs.rtsp.udp import MAX_UDP_PAIRS, UdpPortPool
-from wcs.streams import END_PUBLISHER_STOP, PROVIDER_RTSP, Stream, StreamRegistry
+from wcs.streams import END_PUBLISHER_STOP, PROVIDER_RTSP, Stream, StreamHub
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -114,8 +114,8 @@ class RTSPServerProtocol(Protocol):
 
     factory: RTSPServerFactory
 
-    def __init__(self, registry: StreamRegistry, reactor: Any) -> None:
-        self.registry = registry
+    def __init__(self, hub: StreamHub, reactor: Any) -> None:
+        self.hub = hub
         self.reactor = reactor
         self.parser = RtspParser(max_body=MAX_BODY)
         self.peer = "?"
@@ -520,7 +520,7 @@ class RTSPServerProtocol(Protocol):
             _, name = stream_name_from_url(uri)
         except InvalidName as err:
             return Reply(400, err.info)
-        stream = self.registry.get(name)
+        stream = self.hub.get(name)
         if stream is None:
             return Reply(404, StreamNotFound.info)
         video = stream.video
@@ -726,7 +726,7 @@ class RTSPServerFactory(Factory):
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         reactor: Any,
         *,
         ip: str = "0.0.0.0",
@@ -741,7 +741,7 @@ class RTSPServerFactory(Factory):
         access: Access | None = None,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.reactor = reactor
         self.max_connections = max_connections
         self.session_timeout = session_timeout
@@ -756,6 +756,6 @@ class RTSPServerFactory(Factory):
         self.udp_pool = UdpPortPool(reactor, ip, max_pairs=max_udp_pairs, port_range=udp_port_range)
 
     def buildProtocol(self, addr: Any) -> RTSPServerProtocol:  # type: ignore[override]
-        proto = RTSPServerProtocol(self.registry, self.reactor)
+        proto = RTSPServerProtocol(self.hub, self.reactor)
         proto.factory = self
         return proto

@@ -181,7 +181,7 @@ class PublisherSession:
             )
             return Reply(400 if isinstance(err, InvalidName) else 403, err.info)
 
-        published_stream = self.proto.registry.publish(
+        published_stream = self.proto.hub.publish(
             self.name, PROVIDER_RTSP, media_session_id=self.msid
         )
         return published_stream.addCallbacks(published, refused)

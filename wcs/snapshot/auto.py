@@ -16,7 +16,7 @@ from wcs.directory import InvalidName, check_stream_name
 from wcs.media.decoder import DecodedFrame, StreamDecoder
 from wcs.media.image import frame_to_png
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import Stream, StreamRegistry
+from wcs.streams import Stream, StreamHub
 
 log = Logger(namespace="wcs.snapshot.auto")
 
@@ -263,7 +263,7 @@ class AutoSnapshotter:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         snapshots: SnapshotService,
         *,
         root: Path,
@@ -275,7 +275,7 @@ class AutoSnapshotter:
             raise ValueError(f"unknown naming {naming!r}")
         if rate < 1 or retention < 0:
             raise ValueError("rate must be >= 1 and retention >= 0")
-        self.registry = registry
+        self.hub = hub
         self.snapshots = snapshots
         self.root = Path(os.path.abspath(root))
         self.naming = naming
@@ -305,7 +305,7 @@ class AutoSnapshotter:
                 keep=self.retention or "all",
                 leftovers=f"; removed {removed} leftover temp files" if removed else "",
             )
-        self.registry.add_observer(self._published)
+        self.hub.add_observer(self._published)
 
     def describe(self, stream: Stream) -> dict[str, object] | None:
         """The "autoSnapshot" field of a stream's REST object (None: not snapshotted)."""

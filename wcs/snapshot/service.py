@@ -21,7 +21,7 @@ from wcs.media.gop import Gop
 from wcs.media.image import frame_to_png
 from wcs.media.pool import PoolRunner
 from wcs.media.units import MediaUnit
-from wcs.streams import Reader, Stream, StreamRegistry
+from wcs.streams import Reader, Stream, StreamHub
 
 log = Logger(namespace="wcs.snapshot")
 
@@ -317,7 +317,7 @@ class SnapshotService:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         run_in_pool: PoolRunner,
         clock: IReactorTime,
         *,
@@ -330,7 +330,7 @@ class SnapshotService:
         release_memory: Callable[[], object] = release_free_memory,
         max_ended_backlog: int = MAX_ENDED_BACKLOG,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self._max_ended_backlog = max_ended_backlog
         # Ended streams whose decoders still hold memory until their last job has run.
         self._ended_backlog: set[FrameSource] = set()
@@ -429,7 +429,7 @@ class SnapshotService:
         return source
 
     def take(self, name: str) -> Deferred[bytes]:
-        stream = self.registry.get(name)
+        stream = self.hub.get(name)
         if stream is None:
             return fail(StreamNotFound(name))
         return _Attempts(self, stream).result

@@ -36,7 +36,7 @@ from wcs.media.pool import PoolRunner
 from wcs.rest.errors import error_json
 from wcs.rest.views import StreamViews
 from wcs.snapshot.service import SnapshotTimeout
-from wcs.streams import PROVIDER_WEBRTC, Stream, StreamRegistry
+from wcs.streams import PROVIDER_WEBRTC, Stream, StreamHub
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
 from wcs.web.origin import OriginPolicy
@@ -640,7 +640,7 @@ class WebSDKSession:
         if not self._active(media):
             return
         # PUBLISHING is sent once the directory gave the name to this server.
-        self.factory.registry.publish(
+        self.factory.hub.publish(
             media.name, PROVIDER_WEBRTC, media_session_id=media.msid
         ).addCallbacks(
             lambda stream: self._published(media, client, sdp, stream),
@@ -697,7 +697,7 @@ class WebSDKSession:
             except ValueError as err:  # a URI the pull's parser refuses in a way of its own
                 source = fail(RtspWrongFormat(str(err)))
         else:
-            stream = self.factory.registry.get(media.name)
+            stream = self.factory.hub.get(media.name)
             source = fail(StreamNotFound(media.name)) if stream is None else succeed(stream)
         source.addCallbacks(
             lambda stream: self._play(media, stream, sdp), lambda f: self._answer_failed(media, f)
@@ -790,7 +790,7 @@ class WebSDKSession:
 
     def message_availableStream(self, obj: Any) -> None:
         msid = _text(obj, "mediaSessionId")
-        stream = self.factory.registry.get(_text(obj, "name", limit=1024))
+        stream = self.factory.hub.get(_text(obj, "name", limit=1024))
         available = stream is not None and not stream.ended
         self.send(
             "availableStream",
@@ -975,7 +975,7 @@ class SignallingFactory:
 
     def __init__(
         self,
-        registry: StreamRegistry,
+        hub: StreamHub,
         snapshots: SnapshotTaker,
         clock: IReactorTime,
         *,
@@ -986,7 +986,7 @@ class SignallingFactory:
         access: Access | None = None,
         views: StreamViews | None = None,
     ) -> None:
-        self.registry = registry
+        self.hub = hub
         self.views = views if views is not None else StreamViews()
         self.access = access if access is not None else Access(clock)
         # A pulled camera played as `rtsp://...` is snapshotted by that same name.
