@@ -432,6 +432,20 @@ def test_stop_stream(env: Env) -> None:
     assert ws.named("fail")[-1]["apiMethod"] == "stopStream"
 
 
+def test_players_that_leave_are_not_kept_by_a_long_lived_stream(env: Env) -> None:
+    source = publish_now(env.hub, "cam", "Flash")
+    before = len(source._on_end)
+    session, _ = env.session()
+    for i in range(20):
+        send(session, "playStream", {"mediaSessionId": f"p{i}", "name": "cam", "sdp": OFFER})
+        send(session, "stopStream", {"mediaSessionId": f"p{i}", "name": "cam"})
+    other, _ = env.session()
+    send(other, "playStream", {"mediaSessionId": "q", "name": "cam", "sdp": OFFER})
+    other.connectionLost(Failure(ConnectionDone()))
+    assert len(source._on_end) == before
+    assert not source.ended
+
+
 def test_play_missing_stream_and_rtsp(env: Env) -> None:
     session, ws = env.session()
     send(session, "playStream", {"mediaSessionId": "p1", "name": "nope", "sdp": OFFER})

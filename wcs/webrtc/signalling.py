@@ -352,6 +352,9 @@ class _Media:
     stream: Stream | None = None
     peer: MediaPeer | None = None
     status: str = "PENDING"
+    # What follows the stream's end; forgotten when this media ends first (a long-lived stream
+    # would otherwise keep every past player, and its session, alive).
+    on_stream_end: Callable[[Stream], object] | None = None
 
 
 class WebSDKSession:
@@ -550,6 +553,9 @@ class WebSDKSession:
         peer, media.peer = media.peer, None
         if peer is not None:
             self.factory.track_close(peer.close())
+        on_stream_end, media.on_stream_end = media.on_stream_end, None
+        if media.stream is not None and on_stream_end is not None:
+            media.stream.remove_on_end(on_stream_end)
         if media.publish and media.stream is not None:
             media.stream.end(reason)
 
@@ -715,7 +721,8 @@ class WebSDKSession:
     def _start_peer(self, media: _Media, stream: Stream, sdp: str) -> None:
         """Follow `stream` and answer the offer with a publish or play peer on it."""
         media.stream = stream
-        stream.on_end(lambda s: self._source_ended(media, s))
+        media.on_stream_end = lambda s: self._source_ended(media, s)
+        stream.on_end(media.on_stream_end)
         make = self.factory.peers.publisher if media.publish else self.factory.peers.player
         peer = media.peer = make(
             stream,
