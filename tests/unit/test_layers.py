@@ -1,4 +1,5 @@
-"""Layering: wcs/media/ is the bottom layer, and none of its modules imports a layer above it."""
+"""Layering: media <- hub/directory <- snapshot and front-ends <- service <- tap; no module
+imports a layer above its own (wcs/media/ is checked on its own as well)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,101 @@ from ..guard import describe
         "wcs.streams",
         "wcs.streams.Stream",
     ]
+
+
+# The layers of wcs, bottom first. Helpers every layer may use (wcs.guard, wcs.limits,
+# wcs.config, wcs.tls) sit outside them.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("wcs.media",),
+    ("wcs.directory", "wcs.streams"),
+    (
+        "wcs.snapshot",
+        "wcs.access",
+        "wcs.hooks",
+        "wcs.rtmp",
+        "wcs.rtsp",
+        "wcs.webrtc",
+        "wcs.rest",
+        "wcs.web",
+    ),
+    ("wcs.service",),
+    ("wcs.tap",),
+)
+# Within the consumers' layer, snapshots know no protocol (the front-ends use snapshots).
+FRONT_ENDS = ("wcs.rtmp", "wcs.rtsp", "wcs.webrtc", "wcs.rest", "wcs.web", "wcs.access")
+WCS_DIR = MEDIA_DIR.parent
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def layer_of(module: str) -> int | None:
+    for index, packages in enumerate(LAYERS):
+        if _within(module, packages):
+            return index
+    return None
+
+
+def wcs_modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted(WCS_DIR.rglob("*.py")):
+        parts = ["wcs", *path.relative_to(WCS_DIR).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def layering_violations(modules: dict[str, str]) -> dict[str, list[str]]:
+    """Module -> the imports it makes of a layer above its own (or of a front-end, for
+    wcs.snapshot); `modules` maps each module's name to its source."""
+    violations: dict[str, list[str]] = {}
+    for name, source in modules.items():
+        own = layer_of(name)
+        if own is None:
+            continue
+        is_package = WCS_DIR.joinpath(*name.split(".")[1:], "__init__.py").exists()
+        package = name if is_package else name.rpartition(".")[0]
+        bad = sorted(
+            {
+                module
+                for module in imported_modules(source, package)
+                if (layer := layer_of(module)) is not None
+                and (
+                    layer > own
+                    or (_within(name, ("wcs.snapshot",)) and _within(module, FRONT_ENDS))
+                )
+            }
+        )
+        if bad:
+            violations[name] = bad
+    return violations
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    modules = {name: path.read_text(encoding="utf-8") for name, path in wcs_modules().items()}
+    assert {"wcs.streams", "wcs.directory", "wcs.service", "wcs.rtsp.session"} <= set(modules)
+    assert layering_violations(modules) == {}
+
+
+def test_layering_check_flags_what_runs_up() -> None:
+    modules = {
+        "wcs.streams": (
+            "from wcs.snapshot.service import SnapshotService\nfrom wcs.media import gop"
+        ),
+        "wcs.directory": "import wcs.service",
+        "wcs.snapshot.auto": (
+            "from wcs.rest.views import StreamViews\nfrom wcs.streams import Stream"
+        ),
+        "wcs.rtsp.server": "from wcs.tap import makeService\nfrom wcs.snapshot import service",
+        "wcs.rest.views": "from wcs.rtsp.pull import Pull\nfrom wcs.guard import describe",
+        "wcs.service": "from wcs.tap import Options",
+    }
+    assert layering_violations(modules) == {
+        "wcs.streams": ["wcs.snapshot.service", "wcs.snapshot.service.SnapshotService"],
+        "wcs.directory": ["wcs.service"],
+        "wcs.snapshot.auto": ["wcs.rest.views", "wcs.rest.views.StreamViews"],
+        "wcs.rtsp.server": ["wcs.tap", "wcs.tap.makeService"],
+        "wcs.service": ["wcs.tap", "wcs.tap.Options"],
+    }
