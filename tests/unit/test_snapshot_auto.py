@@ -18,7 +18,7 @@ import wcs.snapshot.auto as auto_mod
 from tests.unit.fakes import publish_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from tests.unit.test_snapshot_service import ManualPool, result_of
-from wcs.media.units import VideoParams
+from wcs.media.units import MediaUnit, VideoParams
 from wcs.rest.views import StreamViews
 from wcs.snapshot.auto import (
     AutoSnapshotter,
@@ -124,6 +124,25 @@ def test_bframes_frames_counted_in_display_order_once_even_with_drains(
     for n in range(1, 10):
         rgb = png_rgb((tmp_path / "cam" / f"{n:06d}.png").read_bytes())
         assert pts_of(sample, rgb) == order[10 * n - 1]
+
+
+@pytest.mark.parametrize("how", ["audio_only", "after_clear_video"])
+def test_a_stream_ending_with_no_video_cached_still_reports_done(
+    tmp_path: Path, how: str, log_events: list[dict[str, Any]]
+) -> None:
+    env = Env(tmp_path, rate=30, retention=0)
+    if how == "audio_only":
+        stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
+        stream.push(MediaUnit("audio", "AAC", 0, 0, True, b"\x21\x00"))
+    else:
+        stream = env.publish("cam", h264_sample(bframes=False))
+        stream.clear_video()  # the source dropped: no GOP left to drain
+    source = env.snapshots.source(stream)
+    stream.end()
+    done = [e for e in log_events if "auto snapshots done" in e.get("log_format", "")]
+    assert len(done) == 1 and done[0]["stream_name"] == "cam"
+    assert done[0]["written"] == (0 if how == "audio_only" else 3)
+    assert source.decoder.on_frame is None  # released
 
 
 def test_republish_continues_numbering_after_highest_file(tmp_path: Path) -> None:

@@ -180,6 +180,10 @@ class FrameSource:
                 self._abandoned = True
                 if not self._busy:
                     self._finish_abandoned()
+        elif self.pinned and not self._busy:
+            # Nothing cached to drain (audio only, or the source dropped): this is the end.
+            for callback in self._after_job:
+                callback(True)
         if not self._busy:
             self._release()
 
