@@ -9,6 +9,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from wcs.directory import LocalDirectory, NameInUse
 from wcs.hooks import Refused
 from wcs.media.units import MediaUnit
 from wcs.rtsp.pull import Pull, PullManager
@@ -100,3 +101,32 @@ class RecordingReader:
     def attach(self, stream: Stream, **options: Any) -> Reader:
         self.reader = stream.add_reader(self.units.append, on_end=self.ended.append, **options)
         return self.reader
+
+
+class PendingDirectory(LocalDirectory):
+    """A stream directory whose claims the test answers by hand (`grant`, `refuse`), as a
+    shared directory answers later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[str, str, Deferred[None]]] = []
+
+    def claim(self, name: str, owner: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.pending.append((name, owner, d))
+        return d
+
+    def _take(self, name: str) -> tuple[str, Deferred[None]]:
+        for entry in self.pending:
+            if entry[0] == name:
+                self.pending.remove(entry)
+                return entry[1], entry[2]
+        raise AssertionError(f"no pending claim of {name!r}")
+
+    def grant(self, name: str) -> None:
+        owner, d = self._take(name)
+        LocalDirectory.claim(self, name, owner).chainDeferred(d)
+
+    def refuse(self, name: str) -> None:
+        _, d = self._take(name)
+        d.errback(NameInUse(name))
