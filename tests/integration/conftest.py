@@ -157,10 +157,15 @@ class Server:
 
 
 def start_server(
-    workdir: Path, extra: str = "", *, nofile: tuple[int, int] | None = None
+    workdir: Path,
+    extra: str = "",
+    *,
+    nofile: tuple[int, int] | None = None,
+    launcher: list[str] | None = None,
 ) -> Server:
     """A real `twistd -n wcs` on loopback ports the OS picks (every listener, unless `extra`
-    disables one); `nofile` = (soft, hard) RLIMIT_NOFILE."""
+    disables one); `nofile` = (soft, hard) RLIMIT_NOFILE; `launcher` = the command run instead
+    of twistd, with twistd's arguments (e.g. one that injects a fault first)."""
     config = workdir / "flashphoner.properties"
     config.write_text("ip=127.0.0.1\n" + extra)
 
@@ -169,7 +174,7 @@ def start_server(
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     proc = subprocess.Popen(
-        [str(BIN / "twistd"), *TWISTD, *WCS_EPHEMERAL, "--config", str(config)],
+        [*(launcher or [str(BIN / "twistd")]), *TWISTD, *WCS_EPHEMERAL, "--config", str(config)],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
