@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import PendingHooks, RecordingReader
+from tests.unit.fakes import PendingDirectory, PendingHooks, RecordingReader, result_now
 from tests.unit.media_fixtures import h264_sample
 from wcs import streams
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
@@ -1517,6 +1517,39 @@ def test_a_publisher_gone_before_the_answer_publishes_nothing() -> None:
     h.lose()
     hooks.answer("publishStream")
     assert h.hub.get("cam1") is None
+
+
+def test_publish_is_answered_once_the_directory_gives_the_name() -> None:
+    directory = PendingDirectory()
+    h = Harness(StreamHub(directory=directory))
+    assert statuses(h.publish("cam1")) == []  # waiting for the directory
+    assert h.hub.get("cam1") is None
+    directory.grant("cam1")
+    assert [s["code"] for s in statuses(h.received())] == ["NetStream.Publish.Start"]
+    assert h.hub.get("cam1") is not None and h.proto.stream is h.hub.get("cam1")
+
+
+def test_a_name_the_directory_refuses_is_bad_name_in_use() -> None:
+    directory = PendingDirectory()
+    h = Harness(StreamHub(directory=directory))
+    h.publish("cam1")
+    directory.refuse("cam1")
+    (status,) = statuses(h.received())
+    assert (status["code"], status["description"]) == (
+        "NetStream.Publish.BadName",
+        "Stream name is already in use",
+    )
+    assert h.dropped and h.hub.get("cam1") is None
+
+
+def test_a_publisher_gone_before_the_directory_answers_publishes_nothing() -> None:
+    directory = PendingDirectory()
+    h = Harness(StreamHub(directory=directory))
+    h.publish("cam1")
+    h.lose()
+    directory.grant("cam1")
+    assert h.hub.get("cam1") is None
+    assert result_now(directory.lookup("cam1")) is None
 
 
 def test_a_client_that_does_not_wait_for_answers_is_closed() -> None:

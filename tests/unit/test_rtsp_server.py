@@ -19,7 +19,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import PendingHooks, RecordingReader, publish_now
+from tests.unit.fakes import (
+    PendingDirectory,
+    PendingHooks,
+    RecordingReader,
+    publish_now,
+    result_now,
+)
 from tests.unit.media_fixtures import h264_sample
 from wcs.access import Access
 from wcs.directory import InvalidName
@@ -1721,6 +1727,26 @@ def test_a_publisher_gone_before_the_answer_publishes_nothing(
     hooks.answer("publishStream")
     assert hub.get("cam") is None
     assert not [m for m, _ in hooks.told if m == "StreamStatusEvent"]
+
+
+def test_an_announce_is_answered_once_the_directory_answers(reactor: FakeReactor) -> None:
+    directory = PendingDirectory()
+    hub = StreamHub(directory=directory)
+    sdp = [("Content-Type", "application/sdp")]
+    first, second, gone = (Conn(RTSPServerFactory(hub, reactor)) for _ in range(3))
+    raw_request(first, "ANNOUNCE", headers=sdp, body=announce_sdp())
+    raw_request(second, "ANNOUNCE", BASE.replace("cam", "door"), headers=sdp, body=announce_sdp())
+    raw_request(gone, "ANNOUNCE", BASE.replace("cam", "gone"), headers=sdp, body=announce_sdp())
+    assert responses(first) == responses(second) == []
+    directory.grant("cam")
+    [r] = responses(first)
+    assert r.status == 200 and hub.get("cam") is not None
+    directory.refuse("door")
+    [r] = responses(second)
+    assert (r.status, r.reason) == (403, "Stream name is already in use")
+    gone.close()
+    directory.grant("gone")
+    assert hub.get("gone") is None and result_now(directory.lookup("gone")) is None
 
 
 def test_an_announce_refused_by_the_hook_is_403_with_its_reason(

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from tests.unit.fakes import PendingHooks, publish_now
+from tests.unit.fakes import PendingDirectory, PendingHooks, publish_now, result_now
 from tests.unit.test_rest import SlowReader, parse_response
 from tests.unit.test_rtsp_client import FakeConnector
 from tests.unit.test_snapshot_service import ManualPool
@@ -332,6 +332,31 @@ def test_publish_name_in_use_and_invalid_name(env: Env) -> None:
     ]
     assert env.peers.publishers == [] and env.hub.get("cam") is other
     assert session.media == {}
+
+
+def test_a_publish_goes_on_once_the_directory_gives_the_name() -> None:
+    env = Env()
+    directory = PendingDirectory()
+    env.hub.directory = directory
+    session, ws = env.session()
+    send(session, "publishStream", {"mediaSessionId": "m1", "name": "cam", "sdp": OFFER})
+    send(session, "publishStream", {"mediaSessionId": "m2", "name": "door", "sdp": OFFER})
+    send(session, "publishStream", {"mediaSessionId": "m3", "name": "gone", "sdp": OFFER})
+    assert env.peers.publishers == [] and ws.take() == []  # waiting for the directory
+    directory.grant("cam")
+    (peer,) = env.peers.publishers
+    assert peer.stream is env.hub.get("cam")
+    directory.refuse("door")  # another server publishes it
+    (status,) = ws.named("notifyStreamStatusEvent")
+    assert (status["mediaSessionId"], status["status"], status["info"]) == (
+        "m2",
+        "FAILED",
+        "Stream name is already in use",
+    )
+    send(session, "unPublishStream", {"mediaSessionId": "m3", "name": "gone"})
+    directory.grant("gone")  # the answer for a publish stopped meanwhile
+    assert env.hub.get("gone") is None and len(env.peers.publishers) == 1
+    assert result_now(directory.lookup("gone")) is None  # and the name is given back
 
 
 def test_publish_answer_failure_ends_the_stream(env: Env) -> None:
