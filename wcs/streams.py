@@ -305,7 +305,7 @@ class Stream:
         return True
 
     def push(self, unit: MediaUnit) -> None:
-        """Hand one media unit to the stream: cache video for snapshots, then fan out to sinks."""
+        """Hand one media unit to the stream: cache video for snapshots, then pass it to readers."""
         if self.ended:
             return
         self.bytes_in += len(unit.data)

@@ -53,7 +53,7 @@ def _no_heat(source: FrameSource) -> None:
 
 
 class FrameSource:
-    """One stream's decoder and the requests waiting on it. A sink of the stream while hot."""
+    """One stream's decoder and the requests waiting on it. A reader of the stream while hot."""
 
     def __init__(
         self,
