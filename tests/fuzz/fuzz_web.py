@@ -25,8 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.fuzz import target
-from tests.unit.fakes import publish_now
-from tests.unit.test_rtsp_client import FakeConnector
+from tests.unit.fakes import FakeConnector, publish_now
 from wcs.config import Settings
 from wcs.directory import StreamError, StreamNotFound
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site

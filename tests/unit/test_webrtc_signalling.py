@@ -19,10 +19,8 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from tests.unit.fakes import PendingHooks, publish_now
-from tests.unit.test_rest import SlowReader, parse_response
-from tests.unit.test_rtsp_client import FakeConnector
-from tests.unit.test_snapshot_service import ManualPool
+from tests.unit.fakes import FakeConnector, ManualPool, PendingHooks, publish_now
+from tests.unit.rest_client import SlowReader, parse_response
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.config import Settings
 from wcs.directory import StreamNotFound
