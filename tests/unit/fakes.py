@@ -1,5 +1,5 @@
 """Fakes shared by the unit tests (and the fuzz targets): hooks and pools answered by hand, a
-camera connector, a reactor that binds UDP ports, recorders; and Deferred helpers."""
+camera connector, a reactor that binds UDP ports, recorders; Deferred and log helpers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from twisted.internet.error import CannotListenError, ConnectionDone, Connection
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.camera import Cam
@@ -90,6 +91,17 @@ def result_now(d: Deferred[T]) -> T:
     if isinstance(result, Failure):
         result.raiseException()
     return result  # type: ignore[return-value]
+
+
+def refused_info(failure: Failure) -> str:
+    """The info of a hook's refusal (the failure must be one)."""
+    assert isinstance(failure.value, Refused)
+    return failure.value.info
+
+
+def warnings(events: list[LogEvent]) -> list[str]:
+    """The warnings among logged events, formatted."""
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
 
 
 def startup_now(pulls: PullManager, uri: str, to_stream: str | None = None) -> Pull:
