@@ -11,8 +11,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from tests.unit.media_fixtures import h264_sample
-from wcs.media.h264 import split_annexb
+from tests.unit.media_fixtures import h264_sample, parameter_sets
 from wcs.rtsp.client import RTSPClientProtocol
 from wcs.rtsp.h264rtp import H264Packetizer
 from wcs.rtsp.message import (
@@ -31,8 +30,7 @@ PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER"
 
 @functools.cache
 def sample_params() -> tuple[bytes, bytes]:
-    nals = split_annexb(h264_sample(bframes=False, seconds=1, size="160x120").units[0].data)
-    return next(n for n in nals if n[0] & 0x1F == 7), next(n for n in nals if n[0] & 0x1F == 8)
+    return parameter_sets(h264_sample(bframes=False, seconds=1, size="160x120"))
 
 
 def camera_sdp(*, audio: bool = True, metadata: bool = True, session_control: str = "*") -> bytes:

@@ -19,7 +19,7 @@ from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.fakes import FakeReactor, PendingHooks, RecordingReader, publish_now
-from tests.unit.media_fixtures import h264_sample
+from tests.unit.media_fixtures import h264_sample, parameter_sets
 from wcs.access import Access
 from wcs.directory import InvalidName
 from wcs.media import h264
@@ -69,9 +69,7 @@ BASE = "rtsp://127.0.0.1:554/live/cam"
 @functools.cache
 def media() -> tuple[bytes, bytes, tuple[MediaUnit, ...]]:
     sample = h264_sample(bframes=False)
-    nals = h264.split_annexb(sample.units[0].data)
-    sps = next(n for n in nals if h264.nal_type(n) == h264.NAL_SPS)
-    pps = next(n for n in nals if h264.nal_type(n) == h264.NAL_PPS)
+    sps, pps = parameter_sets(sample)
     return sps, pps, sample.units
 
 
