@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.fuzz import target
-from tests.unit.fakes import FakeConnector, publish_now
+from tests.unit.fakes import PNG, FakeConnector, publish_now
 from wcs.config import Settings
 from wcs.directory import StreamError, StreamNotFound
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site
@@ -41,7 +41,6 @@ from wcs.webrtc.signalling import (
     websocket_site,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
 

@@ -27,6 +27,10 @@ T = TypeVar("T")
 
 CLOSED = Failure(ConnectionDone())
 
+# What a fake snapshot service answers: a PNG signature, then bytes no decoder is asked to read.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
+
 
 class PendingHooks:
     """Hooks whose answers the test gives by hand (`answer`), recording what was told."""

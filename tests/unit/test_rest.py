@@ -19,7 +19,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import BIG_PNG, PNG, publish_now
 from tests.unit.rest_client import (
     CREATED_MS,
     ERROR_KEYS,
@@ -44,7 +44,6 @@ SNAPSHOT = "/rest-api/stream/snapshot"
 FIND = "/rest-api/stream/find"
 FIND_ALL = "/rest-api/stream/find_all"
 TERMINATE = "/rest-api/stream/terminate"
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 # The limits the hardening issue (#6) sets; the tests hold the code to them.
 LOGIN_FAILURE_DELAY = 1.0
 LOGIN_LOG_INTERVAL = 10.0
@@ -729,9 +728,6 @@ def slow_connection(api: Api) -> tuple[SlowReader, Any]:
     assert channel is not None
     channel.makeConnection(transport)
     return transport, channel
-
-
-BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
 
 
 def test_snapshot_answer_is_produced_as_the_client_reads(api: Api) -> None:
