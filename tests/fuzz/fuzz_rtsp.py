@@ -17,13 +17,13 @@ from fractions import Fraction
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from tests.fuzz import target
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import FakeReactor, publish_now
 from wcs.directory import InvalidName
 from wcs.media.h264 import to_annexb
 from wcs.media.units import MediaUnit, VideoParams
@@ -231,35 +231,6 @@ class _StrictClient(RTSPClientProtocol):
         super().drop(reason)
 
 
-class _UdpReactor(MemoryReactorClock):
-    """MemoryReactorClock that can bind UDP ports (ephemeral ones count up)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.next_port = 40000
-        self.bound: dict[int, Any] = {}
-
-    def listenUDP(
-        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
-    ) -> Any:
-        if port == 0:
-            port = self.next_port
-            self.next_port += 1
-        if port in self.bound:
-            raise CannotListenError(interface, port, OSError("in use"))
-        reactor = self
-
-        class Port:
-            def getHost(self) -> IPv4Address:
-                return IPv4Address("UDP", interface, port)
-
-            def stopListening(self) -> None:
-                reactor.bound.pop(port, None)
-
-        self.bound[port] = protocol
-        return Port()
-
-
 def _live_hub() -> StreamHub:
     hub = StreamHub(max_picture_pixels=1920 * 1088)
     stream = publish_now(hub, "live", "Flash")
@@ -294,7 +265,7 @@ def rtsp_server(data: bytes) -> None:
 
 
 def _serve(data: bytes) -> None:
-    reactor = _UdpReactor()
+    reactor = FakeReactor()
     hub = _live_hub()
     auth = (
         RtspAuthenticator("admin", "s3cret", reactor, secret=b"fuzz") if data[:1] == b"A" else None
@@ -310,8 +281,8 @@ def _serve(data: bytes) -> None:
         proto.dataReceived(chunk)
         # UDP datagrams to whatever ports a SETUP bound, from the publisher and a stranger.
         if chunk and i % 3 == 0:
-            for protocol in list(reactor.bound.values()):
-                protocol.datagramReceived(chunk, ("10.0.0.7", 40000 + i % 2))
+            for port in list(reactor.udp.values()):
+                port.deliver(chunk, "10.0.0.7", 40000 + i % 2)
         reactor.advance(0.4)
         transport.clear()
     reactor.advance(3.0)  # held 401s, the request deadline

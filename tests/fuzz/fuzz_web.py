@@ -25,8 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.fuzz import target
-from tests.unit.fakes import publish_now
-from tests.unit.test_rtsp_client import FakeConnector
+from tests.unit.fakes import PNG, FakeConnector, publish_now
 from wcs.config import Settings
 from wcs.directory import StreamError, StreamNotFound
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site
@@ -42,7 +41,6 @@ from wcs.webrtc.signalling import (
     websocket_site,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
 

@@ -1,23 +1,36 @@
-"""Fakes shared by the unit tests: hooks answered by hand and a protocol that records."""
+"""Fakes shared by the unit tests (and the fuzz targets): hooks and pools answered by hand, a
+camera connector, a reactor that binds UDP ports, recorders; Deferred and log helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.camera import Cam
 from wcs.directory import LocalDirectory, NameInUse
 from wcs.hooks import Refused
 from wcs.media.units import MediaUnit
+from wcs.rtsp.client import RTSPClientProtocol
 from wcs.rtsp.pull import Pull, PullManager
 from wcs.streams import Reader, Stream, StreamHub
 
 T = TypeVar("T")
 
 CLOSED = Failure(ConnectionDone())
+
+# What a fake snapshot service answers: a PNG signature, then bytes no decoder is asked to read.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
 
 
 class PendingHooks:
@@ -85,6 +98,17 @@ def result_now(d: Deferred[T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def refused_info(failure: Failure) -> str:
+    """The info of a hook's refusal (the failure must be one)."""
+    assert isinstance(failure.value, Refused)
+    return failure.value.info
+
+
+def warnings(events: list[LogEvent]) -> list[str]:
+    """The warnings among logged events, formatted."""
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+
 def startup_now(pulls: PullManager, uri: str, to_stream: str | None = None) -> Pull:
     """`pulls.startup`, answered at once by the in-process directory (its refusal raised)."""
     return result_now(pulls.startup(uri, to_stream))
@@ -130,3 +154,106 @@ class PendingDirectory(LocalDirectory):
     def refuse(self, name: str) -> None:
         _, d = self._take(name)
         d.errback(NameInUse(name))
+
+
+class ManualPool:
+    """A pool whose jobs run only when the test says so, in the test's thread."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.ran = 0
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        self.ran += 1
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_next()
+
+
+def sync_pool(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+@dataclass
+class Attempt:
+    host: str
+    port: int
+    client: RTSPClientProtocol
+    deferred: Deferred[object]
+
+
+class FakeConnector:
+    """Records connection attempts; the test accepts or refuses each."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Attempt] = []
+
+    def __call__(self, host: str, port: int, client: RTSPClientProtocol) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.attempts.append(Attempt(host, port, client, d))
+        return d
+
+    def accept(self) -> tuple[RTSPClientProtocol, Cam]:
+        attempt = self.attempts[-1]
+        transport = StringTransport()
+        attempt.client.makeConnection(transport)
+        attempt.deferred.callback(attempt.client)
+        return attempt.client, Cam(attempt.client, transport)
+
+    def refuse(self) -> None:
+        self.attempts[-1].deferred.errback(ConnectionRefusedError())
+
+
+class FakeUdpPort:
+    def __init__(self, reactor: FakeReactor, port: int, protocol: Any, interface: str) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self.listening = True
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface, self.port)
+
+    def stopListening(self) -> None:
+        self.listening = False
+        del self.reactor.udp[self.port]
+
+    def deliver(self, data: bytes, host: str = "10.0.0.7", port: int = 40000) -> None:
+        self.protocol.datagramReceived(data, (host, port))
+
+
+class FakeReactor(Clock):
+    """A Clock that can "bind" UDP ports: ephemeral ones count up from `next_port`."""
+
+    def __init__(self, next_port: int = 40000) -> None:
+        super().__init__()
+        self.udp: dict[int, FakeUdpPort] = {}
+        self.taken: set[int] = set()  # ports something else holds
+        self.next_port = next_port
+        self.binds = 0
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakeUdpPort:
+        self.binds += 1
+        if port == 0:
+            port = self.next_port
+            self.next_port += 1
+        if port in self.udp or port in self.taken:
+            raise CannotListenError(interface, port, OSError("in use"))
+        bound = self.udp[port] = FakeUdpPort(self, port, protocol, interface)
+        return bound

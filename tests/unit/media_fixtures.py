@@ -1,4 +1,5 @@
-"""Real H.264 media units for unit tests: encoded once by ffmpeg, demuxed with PyAV (no sockets)."""
+"""Media for unit tests: real H.264 and FLV encoded once by ffmpeg and demuxed with PyAV (no
+sockets), their parameter sets, and FLV tags built by hand."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from wcs.media.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb
 from wcs.media.image import frame_to_rgb
 from wcs.media.units import MediaUnit
 
@@ -65,6 +67,15 @@ def h264_sample(bframes: bool = True, seconds: int = 3, size: str = "320x240") -
     return Sample(tuple(units), frames, width, height)
 
 
+def parameter_sets(sample: Sample) -> tuple[bytes, bytes]:
+    """The SPS and PPS of the sample's first (IDR) access unit."""
+    nals = split_annexb(sample.units[0].data)
+    return (
+        next(n for n in nals if nal_type(n) == NAL_SPS),
+        next(n for n in nals if nal_type(n) == NAL_PPS),
+    )
+
+
 def png_rgb(png: bytes) -> np.ndarray:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = Image.open(io.BytesIO(png))
@@ -78,6 +89,16 @@ def pts_of(sample: Sample, rgb: np.ndarray) -> int:
         if ref.shape == rgb.shape and np.array_equal(ref, rgb):
             return pts
     raise AssertionError("picture equals no decoded frame of the source")
+
+
+def flv_tag(type_byte: int, timestamp: int, data: bytes, back_pointer: bool = True) -> bytes:
+    """One FLV tag as an RTMP aggregate message carries it: header, data, back pointer."""
+    out = bytes((type_byte,)) + len(data).to_bytes(3, "big")
+    out += (timestamp & 0xFFFFFF).to_bytes(3, "big") + bytes((timestamp >> 24,))
+    out += b"\x00\x00\x00" + data
+    if back_pointer:
+        out += (11 + len(data)).to_bytes(4, "big")
+    return out
 
 
 @dataclass(frozen=True)

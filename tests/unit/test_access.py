@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import publish_now, refused_info
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access, Client, Refused
 
 CLIENT = Client("/10.0.0.5:50000/10.0.0.1:1935", "Flash", "10.0.0.5", "live", {"key": "k1"})
@@ -30,11 +30,6 @@ class RecordingHooks:
 
     def tell(self, method: str, body: dict[str, Any]) -> None:
         self.told.append((method, body))
-
-
-def refused_info(failure: Failure) -> str:
-    assert isinstance(failure.value, Refused)
-    return failure.value.info
 
 
 def outcome(d: Deferred[Any]) -> list[Any]:

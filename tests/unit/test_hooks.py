@@ -15,6 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from tests.unit.fakes import refused_info
 from wcs.hooks import MAX_ANSWER_BYTES, MAX_REASON_CHARS, NoHooks, Refused, RestHooks
 
 
@@ -27,11 +28,6 @@ class FakeResponse:
         for i in range(0, len(self.body), 1000):
             protocol.dataReceived(self.body[i : i + 1000])
         protocol.connectionLost(Failure(ResponseDone()))
-
-
-def refused_info(failure: Failure) -> str:
-    assert isinstance(failure.value, Refused)
-    return failure.value.info
 
 
 @implementer(IAgent)

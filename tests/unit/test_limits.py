@@ -13,10 +13,10 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, Logger, LogLevel, formatEvent
+from twisted.logger import LogEvent, Logger
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import RecordingProtocol
+from tests.unit.fakes import RecordingProtocol, warnings
 from wcs.limits import (
     MIN_RESERVE,
     UNLIMITED_TARGET,
@@ -59,10 +59,6 @@ def connect(factory: LimitedFactory, host: str = "192.0.2.1") -> LimitedConnecti
 def lose(proto: LimitedConnection | None) -> None:
     assert proto is not None
     proto.connectionLost(Failure(ConnectionDone()))
-
-
-def warnings(events: list[LogEvent]) -> list[str]:
-    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
 
 
 # -- the open-file limit ------------------------------------------------------------------------

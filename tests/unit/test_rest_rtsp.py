@@ -8,9 +8,9 @@ from typing import cast
 import pytest
 from twisted.internet.error import ConnectionRefusedError, NoRouteError, TCPTimedOutError
 
-from tests.unit.fakes import publish_now
-from tests.unit.test_rest import CREATED_MS, Api, assert_wcs_error
-from tests.unit.test_rtsp_client import FakeConnector, camera_sdp, video_rtp
+from tests.unit.camera import camera_sdp, video_rtp
+from tests.unit.fakes import FakeConnector, publish_now
+from tests.unit.rest_client import CREATED_MS, Api, assert_wcs_error
 from wcs.rest.resources import build_site
 from wcs.rtsp.pull import PullManager
 from wcs.snapshot.service import SnapshotService

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.media_fixtures import flv_tag
 from wcs.rtmp.flv import (
     AudioTag,
     FLVError,
@@ -180,15 +181,6 @@ def test_truncated_audio(payload: bytes, message: str) -> None:
 
 
 # -- aggregate --------------------------------------------------------------------------------
-
-
-def flv_tag(type_byte: int, timestamp: int, data: bytes, back_pointer: bool = True) -> bytes:
-    out = bytes((type_byte,)) + len(data).to_bytes(3, "big")
-    out += (timestamp & 0xFFFFFF).to_bytes(3, "big") + bytes((timestamp >> 24,))
-    out += b"\x00\x00\x00" + data
-    if back_pointer:
-        out += (11 + len(data)).to_bytes(4, "big")
-    return out
 
 
 def test_split_aggregate() -> None:

@@ -17,7 +17,7 @@ from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from tests.unit.fakes import PendingDirectory, PendingHooks, RecordingReader, result_now
-from tests.unit.media_fixtures import h264_sample
+from tests.unit.media_fixtures import flv_tag, h264_sample
 from wcs import streams
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.media import h264
@@ -699,12 +699,6 @@ def test_frames_before_the_sequence_header_are_skipped() -> None:
 
 
 # -- aggregates and timestamps ------------------------------------------------------------------
-
-
-def flv_tag(type_id: int, ts: int, body: bytes) -> bytes:
-    header = bytes((type_id,)) + len(body).to_bytes(3, "big")
-    header += (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
-    return header + body + (11 + len(body)).to_bytes(4, "big")
 
 
 def test_aggregate_message_is_split_with_rebased_timestamps() -> None:

@@ -13,13 +13,10 @@ from aiortc.codecs.h264 import H264PayloadDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.media_fixtures import Sample, h264_sample
+from tests.unit.media_fixtures import Sample, h264_sample, parameter_sets
 from wcs.media.h264 import (
-    NAL_PPS,
-    NAL_SPS,
     codec_string,
     h264_video_params,
-    nal_type,
     parse_sps,
     split_annexb,
     to_annexb,
@@ -36,15 +33,6 @@ from wcs.rtsp.rtp import RtpPacket
 # ---------------------------------------------------------------------------
 # Helpers: real parameter sets, synthetic slices (first_mb_in_slice = 0: top bit of byte 1)
 # ---------------------------------------------------------------------------
-
-
-def parameter_sets(sample: Sample) -> tuple[bytes, bytes]:
-    """The SPS and PPS of the sample's first (IDR) access unit."""
-    nals = split_annexb(sample.units[0].data)
-    return (
-        next(n for n in nals if nal_type(n) == NAL_SPS),
-        next(n for n in nals if nal_type(n) == NAL_PPS),
-    )
 
 
 @functools.cache

@@ -23,8 +23,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import startup_now
-from tests.unit.test_rtsp_client import URL, Cam, FakeConnector, camera_sdp, video_rtp
+from tests.unit.camera import URL, Cam, camera_sdp, video_rtp
+from tests.unit.fakes import FakeConnector, startup_now
 from wcs.rest.views import pull_json
 from wcs.rtsp.pull import (
     CONNECT_FAILED,

@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError, ConnectionDone
-from twisted.internet.task import Clock
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.fakes import (
+    FakeReactor,
     PendingDirectory,
     PendingHooks,
     RecordingReader,
     publish_now,
     result_now,
 )
-from tests.unit.media_fixtures import h264_sample
+from tests.unit.media_fixtures import h264_sample, parameter_sets
 from wcs.access import Access
 from wcs.directory import InvalidName
 from wcs.media import h264
@@ -70,60 +70,13 @@ PEER = IPv4Address("TCP", "10.0.0.7", 50000)
 BASE = "rtsp://127.0.0.1:554/live/cam"
 
 
-# -- a fake reactor: Clock plus listenUDP --------------------------------------------------------
-
-
-class FakeUdpPort:
-    def __init__(self, reactor: FakeReactor, port: int, protocol: Any, interface: str) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.protocol = protocol
-        self.interface = interface
-        self.listening = True
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", self.interface, self.port)
-
-    def stopListening(self) -> None:
-        self.listening = False
-        del self.reactor.udp[self.port]
-
-    def deliver(self, data: bytes, host: str = "10.0.0.7", port: int = 40000) -> None:
-        self.protocol.datagramReceived(data, (host, port))
-
-
-class FakeReactor(Clock):
-    """A Clock that can "bind" UDP ports: ephemeral ones count up from `next_port`."""
-
-    def __init__(self, next_port: int = 40000) -> None:
-        super().__init__()
-        self.udp: dict[int, FakeUdpPort] = {}
-        self.taken: set[int] = set()  # ports something else holds
-        self.next_port = next_port
-        self.binds = 0
-
-    def listenUDP(
-        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
-    ) -> FakeUdpPort:
-        self.binds += 1
-        if port == 0:
-            port = self.next_port
-            self.next_port += 1
-        if port in self.udp or port in self.taken:
-            raise CannotListenError(interface, port, OSError("in use"))
-        bound = self.udp[port] = FakeUdpPort(self, port, protocol, interface)
-        return bound
-
-
 # -- media ----------------------------------------------------------------------------------------
 
 
 @functools.cache
 def media() -> tuple[bytes, bytes, tuple[MediaUnit, ...]]:
     sample = h264_sample(bframes=False)
-    nals = h264.split_annexb(sample.units[0].data)
-    sps = next(n for n in nals if h264.nal_type(n) == h264.NAL_SPS)
-    pps = next(n for n in nals if h264.nal_type(n) == h264.NAL_PPS)
+    sps, pps = parameter_sets(sample)
     return sps, pps, sample.units
 
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
 import wcs.snapshot.auto as auto_mod
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import ManualPool, publish_now, result_now, sync_pool
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
-from tests.unit.test_snapshot_service import ManualPool, result_of
+from tests.unit.snapshot_env import Env
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.rest.views import StreamViews
 from wcs.snapshot.auto import (
     AutoSnapshotter,
     SnapshotFolder,
@@ -28,47 +25,7 @@ from wcs.snapshot.auto import (
     write_numbered,
 )
 from wcs.snapshot.service import SnapshotService
-from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
-
-
-def sync_pool(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    return maybeDeferred(f, *args)
-
-
-class Env:
-    def __init__(
-        self,
-        root: Path,
-        *,
-        naming: str = "streamName",
-        rate: int = 15,
-        retention: int = 5,
-        pool: Callable[..., Deferred[Any]] = sync_pool,
-        batch: int = 1,
-    ) -> None:
-        self.hub = StreamHub()
-        self.clock = Clock()
-        self.snapshots = SnapshotService(
-            self.hub, pool, self.clock, hot_seconds=10, pinned_batch=batch
-        )
-        self.root = root
-        self.views = StreamViews(self.hub)
-        self.auto = AutoSnapshotter(
-            self.hub,
-            self.snapshots,
-            root=root,
-            naming=naming,
-            rate=rate,
-            retention=retention,
-        )
-        self.views.describe("autoSnapshot", self.auto.describe)
-        self.auto.start()
-
-    def publish(self, name: str, sample: Sample, units: int | None = None) -> Stream:
-        stream = publish_now(self.hub, name, PROVIDER_RTMP)
-        for unit in sample.units[:units]:
-            stream.push(unit)
-        return stream
+from wcs.streams import PROVIDER_RTMP, StreamHub
 
 
 def display_order(sample: Sample) -> list[int]:
@@ -111,7 +68,7 @@ def test_bframes_frames_counted_in_display_order_once_even_with_drains(
             # A request right after a keyframe makes the decoder drain and decode again.
             requests.append(env.snapshots.take("cam"))
     for d in requests:
-        png_rgb(result_of(d))
+        png_rgb(result_now(d))
     auto = env.auto.streams[stream]
     # The last pictures are still held for reordering until the publish ends.
     assert len(sample.frames) - 4 <= auto.frames < len(sample.frames)
@@ -325,7 +282,7 @@ def test_unwritable_root_is_logged_and_streaming_goes_on(
     info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert (info["written"], info["errors"]) == (0, 3)
-    png_rgb(result_of(env.snapshots.take("cam")))  # on-demand snapshots unaffected
+    png_rgb(result_now(env.snapshots.take("cam")))  # on-demand snapshots unaffected
 
 
 def test_retention_counts_only_snapshot_files(tmp_path: Path) -> None:
@@ -362,7 +319,7 @@ def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
     assert env.auto.streams[stream].frames == 9
     d = env.snapshots.take("cam")
     pool.run_all()
-    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[9].pts
+    assert pts_of(sample, png_rgb(result_now(d))) == sample.units[9].pts
     for unit in sample.units[10:]:
         stream.push(unit)
         pool.run_all()

@@ -18,10 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import publish_now, result_now
 from tests.unit.media_fixtures import flv_clip, h264_sample, png_rgb
-from tests.unit.test_snapshot_auto import Env
-from tests.unit.test_snapshot_service import result_of
+from tests.unit.snapshot_env import Env
 from wcs.media.decoder import DecodedFrame, StreamDecoder
 from wcs.rtmp import amf0, chunks
 from wcs.rtmp.chunks import ChunkEncoder, Message
@@ -96,7 +95,7 @@ def test_ended_streams_and_their_decoders_are_freed_without_gc(
         for n, unit in enumerate(sample.units[: 20 + 10 * i]):
             publisher.stream.push(unit)
             if n in (5, 17):
-                png_rgb(result_of(env.snapshots.take(f"cam{i}")))
+                png_rgb(result_now(env.snapshots.take(f"cam{i}")))
     # Some streams also get an on-demand snapshot pending at the end, one is terminated.
     pending = env.snapshots.take("cam0")
     assert no_gc()["StreamDecoder"] == STREAMS
@@ -146,7 +145,7 @@ def test_ended_rtmp_publishes_are_freed_without_gc(
         proto.makeConnection(StringTransport())
         proto.dataReceived(rtmp_session(f"cam{i}"))
         assert env.hub.get(f"cam{i}") is not None
-        png_rgb(result_of(env.snapshots.take(f"cam{i}")))
+        png_rgb(result_now(env.snapshots.take(f"cam{i}")))
         if i % 2:
             proto.connectionLost(Failure(ConnectionDone()))
         else:

@@ -3,7 +3,6 @@ freshness, hot decoding, stream end and republish."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import ManualPool, publish_now, result_now
 from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
 from wcs.directory import StreamNotFound
 from wcs.media.units import MediaUnit, VideoParams
@@ -21,42 +20,6 @@ from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
 from wcs.webrtc.peer import StreamTrack
 
 FRAME = 3000  # 90 kHz ticks per frame at 30 fps
-
-
-class ManualPool:
-    """A pool whose jobs run only when the test says so, in the test's thread."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
-        self.ran = 0
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.jobs.append((f, args, d))
-        return d
-
-    def run_next(self) -> None:
-        f, args, d = self.jobs.pop(0)
-        self.ran += 1
-        try:
-            result = f(*args)
-        except Exception:
-            d.errback(Failure())
-        else:
-            d.callback(result)
-
-    def run_all(self) -> None:
-        while self.jobs:
-            self.run_next()
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 def failure_of(d: Deferred[Any]) -> Failure:
@@ -116,7 +79,7 @@ def test_snapshot_is_newest_frame_and_concurrent_requests_share_one_decode(env: 
     first, second = service.take("cam"), service.take("cam")
     assert len(pool.jobs) == 1
     pool.run_next()
-    png1, png2 = result_of(first), result_of(second)
+    png1, png2 = result_now(first), result_now(second)
     assert png1 is png2
     rgb = png_rgb(png1)
     assert rgb.shape == (sample.height, sample.width, 3)
@@ -135,13 +98,13 @@ def test_request_after_new_keyframe_never_returns_older_gop(env: Any) -> None:
     push(stream, sample.units[: starts[1] - 1])
     d = service.take("cam")
     pool.run_all()
-    result_of(d)
+    result_now(d)
     # Only the next keyframe has arrived: the picture must be that keyframe, not the old GOP.
     clock.advance(60)  # not hot any more
     push(stream, sample.units[starts[1] - 1 : starts[1] + 1])
     d = service.take("cam")
     pool.run_all()
-    pts = pts_of(sample, png_rgb(result_of(d)))
+    pts = pts_of(sample, png_rgb(result_now(d)))
     assert pts >= sample.units[starts[1]].pts
 
 
@@ -152,7 +115,7 @@ def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
     push(stream, sample.units[:5])
     d = service.take("cam")
     pool.run_all()
-    result_of(d)
+    result_now(d)
     for unit in sample.units[5:15]:
         stream.push(unit)
         pool.run_all()
@@ -162,7 +125,7 @@ def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
     d = service.take("cam")
     pool.run_all()
     assert pool.ran == jobs_before + 1
-    pts = pts_of(sample, png_rgb(result_of(d)))
+    pts = pts_of(sample, png_rgb(result_now(d)))
     assert pts >= max(u.pts for u in sample.units[:15]) - 5 * FRAME
     clock.advance(11)
     decoded = source.decoder.frames_decoded
@@ -200,7 +163,7 @@ def test_waits_for_first_keyframe_within_interval(env: Any) -> None:
     push(stream, sample.units[start : start + 3])
     clock.advance(0.1)  # next attempt finds the keyframe
     pool.run_all()
-    pts = pts_of(sample, png_rgb(result_of(d)))
+    pts = pts_of(sample, png_rgb(result_now(d)))
     assert pts >= sample.units[start].pts
 
 
@@ -235,7 +198,7 @@ def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
         push(stream, sample.units[:5])
         d = service.take(stream.name)
         pool.run_all()
-        result_of(d)
+        result_now(d)
     assert service.hot_streams == 2
     assert [service.source(s).hot for s in streams] == [True, True, False]
     decoded = [service.source(s).decoder.frames_decoded for s in streams]
@@ -248,14 +211,14 @@ def test_hot_streams_are_bounded_and_never_evicted_by_newer_ones() -> None:
     # The cold stream is still served, from where its decoder stopped.
     d = service.take("cam2")
     pool.run_all()
-    pts = pts_of(sample, png_rgb(result_of(d)))
+    pts = pts_of(sample, png_rgb(result_now(d)))
     assert pts >= max(u.pts for u in sample.units[:15]) - 5 * FRAME
     assert [service.source(s).hot for s in streams] == [True, True, False]
     # Once the hot ones are no longer asked for, the budget frees up.
     clock.advance(11)
     d = service.take("cam2")
     pool.run_all()
-    result_of(d)
+    result_now(d)
     assert [service.source(s).hot for s in streams] == [False, False, True]
 
 
@@ -287,7 +250,7 @@ def test_no_cached_keyframe_asks_the_publisher_once(env: Any) -> None:
     push(stream, sample.units[:3])
     clock.advance(0.1)
     pool.run_all()
-    png_rgb(result_of(d))
+    png_rgb(result_now(d))
 
 
 def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env: Any) -> None:
@@ -297,7 +260,7 @@ def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env:
     push(stream, sample.units[:5])
     d = service.take("cam")
     pool.run_all()
-    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[4].pts
+    assert pts_of(sample, png_rgb(result_now(d))) == sample.units[4].pts
     clock.advance(11)  # no longer hot: nothing is decoded ahead of requests
     push(stream, sample.units[5:33])
     pool.run_all()
@@ -305,7 +268,7 @@ def test_cold_request_jumps_to_the_newest_gop_without_decoding_the_old_tail(env:
     before = decoder.frames_decoded
     d = service.take("cam")
     pool.run_all()
-    assert pts_of(sample, png_rgb(result_of(d))) == sample.units[32].pts
+    assert pts_of(sample, png_rgb(result_now(d))) == sample.units[32].pts
     assert decoder.frames_decoded - before == 3  # units 30..32 only, not the old GOP's tail
 
 
@@ -373,7 +336,7 @@ def test_decoder_within_the_limit_decodes() -> None:
     push(stream, sample.units[:10])
     d = service.take("ok")
     pool.run_all()
-    assert png_rgb(result_of(d)).shape == (240, 320, 3)
+    assert png_rgb(result_now(d)).shape == (240, 320, 3)
 
 
 def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() -> None:
@@ -388,7 +351,7 @@ def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() 
         push(stream, sample.units[:5])
         d = service.take(f"cam{i}")
         pool.run_all()
-        result_of(d)
+        result_now(d)
         stream.end()
         clock.advance(1)
     clock.advance(6.9)

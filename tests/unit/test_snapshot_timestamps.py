@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from tests.unit.fakes import publish_now
+from tests.unit.fakes import ManualPool, publish_now, result_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
-from tests.unit.test_snapshot_auto import Env
-from tests.unit.test_snapshot_service import ManualPool, result_of
+from tests.unit.snapshot_env import Env
 from wcs.media.units import MediaUnit
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import PROVIDER_RTMP, StreamHub
@@ -74,7 +73,7 @@ def test_every_request_gets_a_fresh_picture_of_the_newest_gop(jump: str, bframes
         clock.advance(11)  # cold: each request decodes on its own, drains included
         d = service.take("cam")
         pool.run_all()
-        got = pts_of(sample, png_rgb(result_of(d)))
+        got = pts_of(sample, png_rgb(result_now(d)))
         newest = max(original_pts(sample, j) for j in range(i + 1))
         assert got >= key_pts, f"unit {i}: picture older than the newest keyframe"
         assert got >= newest - 5 * FRAME, f"unit {i}: stale picture"
@@ -94,7 +93,7 @@ def test_auto_snapshots_count_every_picture_once(tmp_path: Path, jump: str, bfra
         if unit.keyframe or i % 7 == 0:
             requests.append(env.snapshots.take("cam"))
     for d in requests:
-        png_rgb(result_of(d))
+        png_rgb(result_now(d))
     auto = env.auto.streams[stream]
     stream.end()
     assert auto.frames == len(sample.frames) == 90

@@ -18,13 +18,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.logger import LogEvent
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
-from tests.unit.fakes import RecordingProtocol
+from tests.unit.fakes import RecordingProtocol, warnings
 from wcs.tls import (
     HANDSHAKE_TIMEOUT,
     HandshakeGuard,
@@ -66,10 +66,6 @@ def pem_key(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> b
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-
-
-def warnings(events: list[LogEvent]) -> list[str]:
-    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
 
 
 # -- the pair, at start-up ----------------------------------------------------------------------

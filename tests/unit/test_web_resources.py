@@ -15,7 +15,7 @@ from twisted.web import server
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.unit.test_rest import Api, Response
+from tests.unit.rest_client import Api, Response
 from wcs.config import Settings
 from wcs.web import jsonin, resources
 from wcs.web.origin import Origin, OriginPolicy, host_of, parse_origin

@@ -19,10 +19,16 @@ from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from tests.unit.fakes import PendingDirectory, PendingHooks, publish_now, result_now
-from tests.unit.test_rest import SlowReader, parse_response
-from tests.unit.test_rtsp_client import FakeConnector
-from tests.unit.test_snapshot_service import ManualPool
+from tests.unit.fakes import (
+    BIG_PNG,
+    FakeConnector,
+    ManualPool,
+    PendingDirectory,
+    PendingHooks,
+    publish_now,
+    result_now,
+)
+from tests.unit.rest_client import SlowReader, parse_response
 from wcs.access import FAILURE_DELAY, INFO_BAD_PASSWORD, Access
 from wcs.config import Settings
 from wcs.directory import StreamNotFound
@@ -826,9 +832,6 @@ def test_idle_publisher_terminated_by_the_hub_gets_its_final_status(env: Env) ->
     assert session.media == {} and env.hub.get("cam") is None
     peer.on_failed("Failed by ICE keep alive")  # the closed peer's late news: ignored
     assert len(ws.frames) == 1
-
-
-BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8192  # 2 MiB
 
 
 def reassemble(ws: WSConnection, data: bytes) -> list[str]:
