@@ -104,6 +104,18 @@ class Reader:
         while queue and not self.paused and not self.closed:
             self._deliver(queue.popleft())
 
+    def replay_gop(self) -> None:
+        """Offer the stream's cached GOP now, as if it were arriving (a pause taken meanwhile
+        applies). For a consumer that must hold its Reader before the first unit comes."""
+        stream = self.stream
+        gop = stream.gop if stream is not None else None
+        if gop is None:
+            return
+        for unit in list(gop.units):
+            if self.closed:
+                break
+            self._offer(unit)
+
     def close(self) -> None:
         """Detach from the stream and let go of the consumer's callbacks."""
         stream, self.stream = self.stream, None
@@ -409,12 +421,8 @@ class Stream:
             reader._ended(self)
             return reader
         self._readers.append(reader)
-        gop = self.gop
-        if replay_gop and gop is not None:
-            for unit in list(gop.units):
-                if reader.closed:
-                    break
-                reader._offer(unit)
+        if replay_gop:
+            reader.replay_gop()
         return reader
 
     def _detach(self, reader: Reader) -> None:

@@ -1743,3 +1743,30 @@ def test_the_play_hook_decides_describe_and_a_setup_without_describe(
     assert play["name"] == "cam" and play["published"] is False
     [r] = responses(other)
     assert r.status == 200
+
+
+def test_a_player_paused_during_the_gop_replay_queues_the_rest(hub: StreamHub) -> None:
+    """The transport may fill up while the cached GOP is replayed: the rest waits."""
+    stream = live_stream(hub)
+    units = video_units()
+    gop_end = next(i for i, u in enumerate(units) if u.keyframe and i > 0)
+    for u in units[:gop_end]:
+        stream.push(u)
+
+    class FullAfterOneWrite:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+            player.pauseProducing()  # as a transport whose buffer is full
+
+    session = FullAfterOneWrite()
+    player = Player(session, stream, 0)  # type: ignore[arg-type]
+    player.attach()
+    assert player.reader is not None
+    assert len(session.writes) == 1 and player.reader.queued == gop_end - 1
+    player.resumeProducing()  # one more unit, then full again
+    assert len(session.writes) == 2 and player.reader.queued == gop_end - 2
+    player.detach()
+    assert stream.readers == []

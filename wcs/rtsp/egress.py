@@ -55,13 +55,15 @@ class Player:
         session = self.session
         self.reader = self.stream.add_reader(
             self.send,
-            replay_gop=True,
+            from_keyframe=True,
             kind="video",
             max_queue=MAX_PLAYER_QUEUE,
             on_end=lambda stream: session.player_stream_ended(self),
             # Whatever goes wrong sending closes this player, never the publisher.
             on_error=lambda reader: session.player_failed(self, reader.error),
         )
+        # Replayed once the reader is ours: the transport may pause it halfway through.
+        self.reader.replay_gop()
 
     def detach(self) -> None:
         reader, self.reader = self.reader, None
