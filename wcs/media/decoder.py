@@ -11,6 +11,7 @@ import av
 import av.error
 from av.video.frame import VideoFrame
 
+from wcs.media import h264
 from wcs.media.gop import Gop
 from wcs.media.units import MAX_PICTURE_PIXELS, MediaUnit, VideoParams
 
@@ -67,6 +68,11 @@ class DecodedFrame:
 # Packets the decoder may hold without output: H.264 reorders at most 16 frames. Beyond this the
 # oldest are forgotten (a packet FFmpeg refused never comes out).
 MAX_PENDING = 64
+# A catch-up that only wants the newest picture skips the pictures nothing references, except
+# among the last units before its target, where the newest picture the decoder outputs comes
+# from: the SPS's max_num_reorder_frames + 2 of them, or KEEP_TAIL when the SPS does not say
+# (H.264 reorders at most 16 frames).
+KEEP_TAIL = 18
 
 
 class StreamDecoder:
@@ -83,8 +89,12 @@ class StreamDecoder:
     was), not by comparing the publisher's timestamps.
     """
 
-    def __init__(self, max_pixels: int = MAX_PICTURE_PIXELS) -> None:
+    def __init__(
+        self, max_pixels: int = MAX_PICTURE_PIXELS, *, skip_disposable: bool = True
+    ) -> None:
         self.max_pixels = max_pixels
+        # Whether a catch-up for the newest picture skips pictures nothing references.
+        self.skip_disposable = skip_disposable
         self._ctx: Any = None  # av.VideoCodecContext; PyAV types create() as the base class
         self._params: VideoParams | None = None
         self._gop: Gop | None = None
@@ -107,6 +117,8 @@ class StreamDecoder:
         self._delivered: set[int] = set()
         self.dropped_units = 0  # units never decoded because the decoder fell behind
         self.dropped_gops = 0  # whole GOPs among them
+        self.skipped_units = 0  # pictures nothing references, not decoded (see catch_up)
+        self._tail_of: tuple[VideoParams | None, int] = (None, KEEP_TAIL)
 
     def _open(self, params: VideoParams) -> None:
         ctx = open_codec(params.codec, params, self.max_pixels)
@@ -195,10 +207,24 @@ class StreamDecoder:
             self._gop_seq = gop.seq
             self._pos = 0
         start = self._pos
+        # Only the newest picture is wanted (nobody listens to every frame): pictures nothing
+        # references are skipped, but for the last few before the target.
+        skip = self.skip_disposable and self.on_frame is None
+        skip_below = end - self._keep_tail(gop) if skip else 0
         for pos, unit in enumerate(gop.units[start:end], start):
+            if pos < skip_below and _disposable(unit):
+                self.skipped_units += 1
+                continue
             self._feed(ctx, unit, gop.seq, pos)
         self._pos = max(self._pos, end)
         return self.latest
+
+    def _keep_tail(self, gop: Gop) -> int:
+        """How many units before a target are always decoded (see KEEP_TAIL)."""
+        params = gop.params
+        if params is not self._tail_of[0]:
+            self._tail_of = (params, keep_tail_of(params, gop.units[0] if gop.units else None))
+        return self._tail_of[1]
 
     def _finish_previous(self, ctx: Any, gop: Gop) -> None:
         """For a decoder that must see every frame (`on_frame` set): decode the tail of the GOP
@@ -241,6 +267,26 @@ class StreamDecoder:
         self.drain()
         frame = self.latest
         return frame if _in_gop(frame, gop) else None
+
+
+def keep_tail_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
+    """max_num_reorder_frames + 2 from the stream's SPS (its parameters, else the keyframe's
+    in-band one); KEEP_TAIL when there is none or it does not say."""
+    if params.codec != "H264":
+        return KEEP_TAIL
+    for source in (params.extradata, keyframe.data if keyframe is not None else b""):
+        for nal in h264.split_annexb(source):
+            if nal[0] & 0x1F == h264.NAL_SPS:
+                try:
+                    reorder = h264.parse_sps(nal, max_pixels=1 << 62).max_num_reorder_frames
+                except h264.H264Error:
+                    return KEEP_TAIL
+                return KEEP_TAIL if reorder is None else min(KEEP_TAIL, reorder + 2)
+    return KEEP_TAIL
+
+
+def _disposable(unit: MediaUnit) -> bool:
+    return not unit.keyframe and unit.codec == "H264" and h264.is_disposable(unit.data)
 
 
 def _in_gop(frame: DecodedFrame | None, gop: Gop) -> bool:

@@ -93,6 +93,23 @@ def split_annexb(data: bytes) -> list[bytes]:
     return nals
 
 
+def is_disposable(annexb: bytes) -> bool:
+    """Whether an Annex B access unit is a picture no other picture references: its slices'
+    nal_ref_idc is 0 (H.264 7.4.1; every slice of a picture has the same). A decoder that only
+    wants a later picture may skip it. A unit without a slice counts as needed.
+
+    Only the NAL header bytes are read: emulation prevention keeps start codes out of payloads.
+    """
+    pos = annexb.find(b"\x00\x00\x01")
+    last = len(annexb) - 3
+    while 0 <= pos < last:
+        header = annexb[pos + 3]
+        if 1 <= header & 0x1F <= 5:  # a slice or slice data partition (5: IDR)
+            return header & 0x60 == 0
+        pos = annexb.find(b"\x00\x00\x01", pos + 4)
+    return False
+
+
 def to_annexb(nals: Iterable[bytes]) -> bytes:
     """Join NAL units into an Annex B stream with 4-byte start codes."""
     return b"".join(START_CODE + nal for nal in nals)

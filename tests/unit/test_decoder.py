@@ -1,0 +1,90 @@
+"""StreamDecoder's catch-up for the newest picture: pictures nothing references are skipped,
+and the picture it returns is exactly the one a decode of every unit returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import wcs.media.decoder as decoder_mod
+from tests.unit.media_fixtures import Sample, h264_sample
+from wcs.media import h264
+from wcs.media.decoder import KEEP_TAIL, StreamDecoder
+from wcs.media.gop import Gop
+from wcs.media.image import frame_to_rgb
+from wcs.media.units import VideoParams
+
+
+@pytest.fixture(scope="module")
+def sample() -> Sample:
+    return h264_sample(bframes=True, seconds=3)  # GOPs of 30, B-frames (some referenced)
+
+
+def gops_of(sample: Sample) -> list[Gop]:
+    gops: list[Gop] = []
+    for unit in sample.units:
+        if unit.keyframe:
+            gops.append(Gop(len(gops) + 1, VideoParams("H264")))
+        gops[-1].units.append(unit)
+    return gops
+
+
+def slice_nal(ref_idc: int, kind: int = 1) -> bytes:
+    return bytes([ref_idc << 5 | kind]) + b"\x88\x84\x00"
+
+
+def test_a_picture_is_disposable_when_its_slices_have_nal_ref_idc_0(sample: Sample) -> None:
+    aud, sei = bytes([0x09, 0xF0]), bytes([0x06, 0x05, 0x01, 0x00, 0x80])
+    assert h264.is_disposable(h264.to_annexb([aud, sei, slice_nal(0)]))
+    assert not h264.is_disposable(h264.to_annexb([aud, slice_nal(2)]))
+    assert not h264.is_disposable(h264.to_annexb([slice_nal(3, kind=5)]))  # IDR
+    assert not h264.is_disposable(h264.to_annexb([aud, sei]))  # no slice: keep it
+    assert not h264.is_disposable(b"")
+    assert not h264.is_disposable(b"\x00\x00\x01")
+    # 3-byte start codes too.
+    assert h264.is_disposable(b"\x00\x00\x01" + slice_nal(0))
+    flags = [h264.is_disposable(u.data) for u in sample.units]
+    assert not any(f for f, u in zip(flags, sample.units, strict=True) if u.keyframe)
+    # x264's B-pyramid: some B-frames are references, the others are not.
+    assert 0.2 < sum(flags) / len(flags) < 0.6
+
+
+@pytest.mark.parametrize("sps_says", [True, False])
+def test_skipping_returns_the_picture_a_full_decode_returns_for_every_target(
+    sample: Sample, sps_says: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the SPS's max_num_reorder_frames (x264 writes it) and without (KEEP_TAIL)."""
+    if not sps_says:
+        monkeypatch.setattr(decoder_mod, "keep_tail_of", lambda params, keyframe: KEEP_TAIL)
+    gop = gops_of(sample)[1]
+    assert len(gop.units) > KEEP_TAIL + 8
+    assert decoder_mod.keep_tail_of(gop.params, gop.units[0]) == (4 if sps_says else KEEP_TAIL)
+    skipped = 0
+    for end in range(1, len(gop.units) + 1):
+        full = StreamDecoder(skip_disposable=False).newest(gop, end)
+        decoder = StreamDecoder()
+        got = decoder.newest(gop, end)
+        skipped += decoder.skipped_units
+        assert (got is None) == (full is None), end
+        if got is not None and full is not None:
+            assert np.array_equal(frame_to_rgb(got.frame), frame_to_rgb(full.frame)), end
+            assert got.after_key and got.gop_seq == gop.seq
+    assert skipped > 0
+
+
+def test_a_decoder_that_must_see_every_frame_skips_nothing(sample: Sample) -> None:
+    gop = gops_of(sample)[1]
+    seen: list[object] = []
+    decoder = StreamDecoder()
+    decoder.on_frame = seen.append
+    decoder.catch_up(gop, len(gop.units))
+    decoder.drain()
+    assert decoder.skipped_units == 0 and len(seen) == len(gop.units)
+
+
+def test_a_hot_decoder_following_the_stream_skips_nothing(sample: Sample) -> None:
+    gop = gops_of(sample)[1]
+    decoder = StreamDecoder()
+    for end in range(1, len(gop.units) + 1):
+        decoder.catch_up(gop, end)  # one new unit per job: always within the tail
+    assert decoder.skipped_units == 0
