@@ -4,10 +4,11 @@ from its keyframe by a fresh decoder, as a cold REST request does. Prints a tabl
 720p30 H.264 main with B-frames (x264 -bf 3, B-pyramid), GOP 2 s, 3 Mbit/s, made once with
 ffmpeg. For the same random targets (same run, so ratios hold on a noisy machine):
 - full: every unit decoded, one thread (the baseline the issue's ratio is against);
-- skip: pictures nothing references skipped but for the last few (what wcs does);
-- full+drain, skip+frame2: the same without / with skipping, the second through a 2-thread
-  frame-threaded context; both flushed at the end, so their picture is the newest in display
-  order (the decoders above return the newest one output without a flush).
+- skip: pictures nothing references skipped but for the last few, one thread;
+- full+drain: every unit, one thread, flushed at the end, so its picture is the newest in
+  display order (the two above return the newest one output without a flush);
+- wcs: what a cold request does (StreamDecoder().newest): skipping, on a context of its own
+  with frame threads, flushed at the end (its picture is full+drain's).
 Each picture is checked against the one-thread full decode's of the same kind (same pixels).
 """
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wcs.media import h264  # noqa: E402
-from wcs.media.decoder import StreamDecoder, keep_tail_of, open_codec  # noqa: E402
+from wcs.media.decoder import COLD_MIN_UNITS, StreamDecoder, keep_tail_of  # noqa: E402
 from wcs.media.gop import Gop  # noqa: E402
 from wcs.media.image import frame_to_rgb  # noqa: E402
 from wcs.media.units import MediaUnit, VideoParams  # noqa: E402
@@ -73,47 +74,30 @@ def gops_of(units: list[MediaUnit]) -> list[Gop]:
     return [g for g in gops if len(g.units) >= 60]
 
 
-def full(gop: Gop, end: int) -> Any:
-    picture = StreamDecoder(skip_disposable=False).newest(gop, end)
+def newest(decoder: StreamDecoder, gop: Gop, end: int) -> Any:
+    picture = decoder.newest(gop, end)
     return None if picture is None else picture.frame
 
 
-def skip(gop: Gop, end: int) -> Any:
-    picture = StreamDecoder().newest(gop, end)
-    return None if picture is None else picture.frame
-
-
-def flushed(gop: Gop, end: int, *, skip: bool, threads: int) -> Any:
-    ctx = open_codec("H264", gop.params, 1 << 30)
-    if threads > 1:
-        ctx.thread_type = "FRAME"
-        ctx.thread_count = threads
-    newest = None
-    below = end - keep_tail_of(gop.params, gop.units[0]) if skip else 0
-    for pos, unit in enumerate(gop.units[:end]):
-        if pos < below and not unit.keyframe and h264.is_disposable(unit.data):
-            continue
-        packet = av.Packet(unit.data)
-        packet.pts = packet.dts = pos
-        for frame in ctx.decode(packet):
-            newest = frame
-    for frame in ctx.decode(None):
-        newest = frame
-    return newest
+def full_drain(gop: Gop, end: int) -> Any:
+    decoder = StreamDecoder(skip_disposable=False, cold_threads=1)
+    decoder.catch_up(gop, end)
+    decoder.drain()
+    return None if decoder.latest is None else decoder.latest.frame
 
 
 VARIANTS = {
-    "full": full,
-    "skip": skip,
-    "full+drain": lambda gop, end: flushed(gop, end, skip=False, threads=1),
-    "skip+frame2": lambda gop, end: flushed(gop, end, skip=True, threads=2),
+    "full": lambda gop, end: newest(StreamDecoder(skip_disposable=False, cold_threads=1), gop, end),
+    "skip": lambda gop, end: newest(StreamDecoder(cold_threads=1), gop, end),
+    "full+drain": full_drain,
+    "wcs": lambda gop, end: newest(StreamDecoder(), gop, end),
 }
 # The picture each variant must equal.
 REFERENCE = {
     "full": "full",
     "skip": "full",
     "full+drain": "full+drain",
-    "skip+frame2": "full+drain",
+    "wcs": "full+drain",
 }
 
 
@@ -144,7 +128,9 @@ def main() -> None:
             pictures[name] = decode(gop, end)
             times[name].append((time.perf_counter() - t0) * 1000)
         for name, picture in pictures.items():
-            reference = pictures[REFERENCE[name]]
+            # Below COLD_MIN_UNITS a cold request decodes on one thread, unflushed.
+            kind = REFERENCE[name] if end >= COLD_MIN_UNITS else "full"
+            reference = pictures[kind if name != "full+drain" else name]
             same = (picture is None) == (reference is None) and (
                 picture is None or np.array_equal(frame_to_rgb(picture), frame_to_rgb(reference))
             )

@@ -9,7 +9,7 @@ import pytest
 import wcs.media.decoder as decoder_mod
 from tests.unit.media_fixtures import Sample, h264_sample
 from wcs.media import h264
-from wcs.media.decoder import KEEP_TAIL, StreamDecoder
+from wcs.media.decoder import COLD_MIN_UNITS, KEEP_TAIL, StreamDecoder
 from wcs.media.gop import Gop
 from wcs.media.image import frame_to_rgb
 from wcs.media.units import VideoParams
@@ -61,8 +61,8 @@ def test_skipping_returns_the_picture_a_full_decode_returns_for_every_target(
     assert decoder_mod.keep_tail_of(gop.params, gop.units[0]) == (4 if sps_says else KEEP_TAIL)
     skipped = 0
     for end in range(1, len(gop.units) + 1):
-        full = StreamDecoder(skip_disposable=False).newest(gop, end)
-        decoder = StreamDecoder()
+        full = StreamDecoder(skip_disposable=False, cold_threads=1).newest(gop, end)
+        decoder = StreamDecoder(cold_threads=1)
         got = decoder.newest(gop, end)
         skipped += decoder.skipped_units
         assert (got is None) == (full is None), end
@@ -88,3 +88,55 @@ def test_a_hot_decoder_following_the_stream_skips_nothing(sample: Sample) -> Non
     for end in range(1, len(gop.units) + 1):
         decoder.catch_up(gop, end)  # one new unit per job: always within the tail
     assert decoder.skipped_units == 0
+
+
+def drained_newest(gop: Gop, end: int) -> np.ndarray | None:
+    """The newest picture in display order of gop.units[:end]: every unit, one thread, flushed."""
+    decoder = StreamDecoder(skip_disposable=False, cold_threads=1)
+    decoder.catch_up(gop, end)
+    decoder.drain()
+    latest = decoder.latest
+    return None if latest is None else frame_to_rgb(latest.frame)
+
+
+def test_a_cold_request_decodes_with_frame_threads_and_gets_the_newest_picture(
+    sample: Sample,
+) -> None:
+    gops = gops_of(sample)
+    gop = gops[1]
+    for end in (COLD_MIN_UNITS, 13, len(gop.units) - 1, len(gop.units)):
+        decoder = StreamDecoder()
+        got = decoder.newest(gop, end)
+        assert got is not None and got.gop_seq == gop.seq and got.after_key
+        reference = drained_newest(gop, end)
+        assert reference is not None
+        assert np.array_equal(frame_to_rgb(got.frame), reference), end
+        assert decoder.skipped_units > 0 or end <= KEEP_TAIL
+        # The one-thread context starts the GOP again at the next catch-up, and keeps up.
+        follow = decoder.catch_up(gop, len(gop.units))
+        fresh = StreamDecoder(cold_threads=1).catch_up(gop, len(gop.units))
+        assert follow is not None and fresh is not None
+        assert np.array_equal(frame_to_rgb(follow.frame), frame_to_rgb(fresh.frame))
+
+
+def test_short_prefixes_and_decoders_already_in_the_gop_decode_on_one_thread(
+    sample: Sample,
+) -> None:
+    gop = gops_of(sample)[1]
+    decoder = StreamDecoder()
+    first = decoder.newest(gop, COLD_MIN_UNITS - 1)  # too short to be worth threads
+    assert first is not None and decoder._gop_seq == gop.seq
+    later = decoder.newest(gop, len(gop.units))  # in the GOP already: incremental
+    one_thread = StreamDecoder(cold_threads=1).newest(gop, len(gop.units))
+    assert later is not None and one_thread is not None
+    assert np.array_equal(frame_to_rgb(later.frame), frame_to_rgb(one_thread.frame))
+
+
+def test_an_auto_snapshot_decoder_never_takes_the_threaded_path(sample: Sample) -> None:
+    gop = gops_of(sample)[1]
+    decoder = StreamDecoder()
+    seen: list[object] = []
+    decoder.on_frame = seen.append
+    decoder.newest(gop, len(gop.units))
+    assert decoder._gop_seq == gop.seq  # the incremental context did the work
+    assert len(seen) >= len(gop.units) - 4

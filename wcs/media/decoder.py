@@ -23,10 +23,13 @@ def can_decode(codec: str) -> bool:
     return codec in DECODERS
 
 
-def open_codec(codec: str, params: VideoParams | None, max_pixels: int) -> Any:
+def open_codec(codec: str, params: VideoParams | None, max_pixels: int, threads: int = 1) -> Any:
     """A decoding context for `codec` (an av.VideoCodecContext; PyAV types create() as the base
     class), fed `params.extradata` when there is any. Raises ValueError for a codec we do not
-    decode. Every decoder of stream video is made here, so none misses the picture limit."""
+    decode. Every decoder of stream video is made here, so none misses the picture limit.
+
+    `threads` > 1 decodes with frame threads: each adds a frame of output delay, so only a
+    decode that is flushed at its end (a cold request's) uses them."""
     name = DECODERS.get(codec)
     if name is None:
         raise ValueError(f"no decoder for codec {codec}")
@@ -35,9 +38,9 @@ def open_codec(codec: str, params: VideoParams | None, max_pixels: int) -> Any:
     ctx.options = {"max_pixels": str(max_pixels)}
     if params is not None and params.extradata:
         ctx.extradata = params.extradata
-    # Frame threading would add one frame of delay per thread: freshness matters more here,
-    # and streams already decode in parallel on the pool.
-    ctx.thread_count = 1
+    if threads > 1:
+        ctx.thread_type = "FRAME"
+    ctx.thread_count = threads
     return ctx
 
 
@@ -68,6 +71,10 @@ class DecodedFrame:
 # Packets the decoder may hold without output: H.264 reorders at most 16 frames. Beyond this the
 # oldest are forgotten (a packet FFmpeg refused never comes out).
 MAX_PENDING = 64
+# A cold request (a decoder that starts the GOP at its keyframe) for at least this many units
+# decodes on a context of its own with COLD_THREADS frame threads, flushed at the end.
+COLD_MIN_UNITS = 8
+COLD_THREADS = 2
 # A catch-up that only wants the newest picture skips the pictures nothing references, except
 # among the last units before its target, where the newest picture the decoder outputs comes
 # from: the SPS's max_num_reorder_frames + 2 of them, or KEEP_TAIL when the SPS does not say
@@ -90,11 +97,17 @@ class StreamDecoder:
     """
 
     def __init__(
-        self, max_pixels: int = MAX_PICTURE_PIXELS, *, skip_disposable: bool = True
+        self,
+        max_pixels: int = MAX_PICTURE_PIXELS,
+        *,
+        skip_disposable: bool = True,
+        cold_threads: int = COLD_THREADS,
     ) -> None:
         self.max_pixels = max_pixels
         # Whether a catch-up for the newest picture skips pictures nothing references.
         self.skip_disposable = skip_disposable
+        # Frame threads of a cold request's decode (1: cold requests decode like the rest).
+        self.cold_threads = cold_threads
         self._ctx: Any = None  # av.VideoCodecContext; PyAV types create() as the base class
         self._params: VideoParams | None = None
         self._gop: Gop | None = None
@@ -260,13 +273,59 @@ class StreamDecoder:
 
         Right after a keyframe the decoder may still hold it for B-frame reordering; draining
         releases it at the price of decoding this GOP's first frames again next time.
+        A cold request is decoded with frame threads (see _cold_newest).
         """
+        if self._starts_cold(gop, end):
+            cold = self._cold_newest(gop, end)
+            if cold is not None:
+                return cold
         frame = self.catch_up(gop, end)
         if _in_gop(frame, gop):
             return frame
         self.drain()
         frame = self.latest
         return frame if _in_gop(frame, gop) else None
+
+    def _starts_cold(self, gop: Gop, end: int) -> bool:
+        return (
+            self.cold_threads > 1
+            and self.on_frame is None
+            and end >= COLD_MIN_UNITS
+            and (self._ctx is None or gop.seq != self._gop_seq or gop.params != self._params)
+        )
+
+    def _cold_newest(self, gop: Gop, end: int) -> DecodedFrame | None:
+        """The newest picture of `gop.units[:end]` for a decoder that would start at the
+        keyframe anyway: decoded on a frame-threaded context of its own and flushed, so the
+        picture is the newest in display order. The one-thread context then starts this GOP
+        at its next catch-up (a hot stream's background work, not the request's)."""
+        ctx = open_codec(gop.params.codec, gop.params, self.max_pixels, threads=self.cold_threads)
+        below = end - self._keep_tail(gop) if self.skip_disposable else 0
+        newest: VideoFrame | None = None
+        for pos, unit in enumerate([*gop.units[:end], None]):
+            if unit is not None and pos < below and _disposable(unit):
+                self.skipped_units += 1
+                continue
+            packet = None
+            if unit is not None:
+                packet = av.Packet(unit.data)
+                packet.pts = packet.dts = pos
+            try:
+                frames = ctx.decode(packet)
+            except av.error.FFmpegError as err:
+                self.errors += 1
+                self.last_error = str(err)
+                continue
+            for frame in frames:
+                self.frames_decoded += 1
+                if not frame.is_corrupt:
+                    assert isinstance(frame, VideoFrame)
+                    newest = frame
+        if newest is None:
+            return None
+        self.reset()
+        self.latest = DecodedFrame(newest, gop.seq)
+        return self.latest
 
 
 def keep_tail_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
