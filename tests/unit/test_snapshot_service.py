@@ -134,6 +134,47 @@ def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
     assert source.decoder.frames_decoded == decoded, "a cold stream must not be decoded"
 
 
+def test_a_request_joins_the_job_decoding_ahead_of_it(env: Any) -> None:
+    """A hot stream decodes as units come; a request arriving while such a job waits or runs
+    gets its PNG from that job instead of waiting for it and then for one more."""
+    hub, pool, _clock, service = env
+    sample = h264_sample()
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    first = service.take("cam")
+    pool.run_all()
+    result_now(first)
+    stream.push(sample.units[5])  # hot: a job decoding ahead of requests is queued
+    assert len(pool.jobs) == 1
+    d = service.take("cam")  # nothing newer since that job was queued: it joins
+    assert len(pool.jobs) == 1
+    jobs_before = pool.ran
+    pool.run_next()
+    assert pool.ran == jobs_before + 1 and pool.jobs == []
+    pts = pts_of(sample, png_rgb(result_now(d)))
+    assert pts >= max(u.pts for u in sample.units[:6]) - 5 * FRAME
+
+
+def test_a_request_after_the_job_decided_gets_a_job_of_its_own(env: Any) -> None:
+    hub, pool, _clock, service = env
+    sample = h264_sample()
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    result_of_first = service.take("cam")
+    pool.run_all()
+    result_now(result_of_first)
+    stream.push(sample.units[5])
+    source = service.source(stream)
+    running = source._running
+    assert running is not None and not running.png_wanted
+    assert running.close() is False  # as the pool does when its decode is done
+    d = service.take("cam")  # too late to join: waits for the next job
+    pool.run_all()
+    assert pool.ran >= 3
+    pts = pts_of(sample, png_rgb(result_now(d)))
+    assert pts >= max(u.pts for u in sample.units[:6]) - 5 * FRAME
+
+
 def test_stream_end_fails_waiting_request_and_republish_is_fresh(env: Any) -> None:
     hub, pool, clock, service = env
     sample = h264_sample()

@@ -7,6 +7,7 @@ request only pays for the last frame or two and the PNG.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -82,8 +83,8 @@ class FrameSource:
         self._reader: Reader | None = None
         self._busy = False
         self._waiters: list[Deferred[bytes | None]] = []
-        # (gop seq, units) and waiters of the running job, when it makes a PNG.
-        self._running: tuple[tuple[int, int], list[Deferred[bytes | None]]] | None = None
+        # The job in the pool, when one is: what it decodes to and the requests it answers.
+        self._running: _Job | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
         self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
         self._drain_from: Gop | None = None  # the last GOP of an ended pinned stream
@@ -99,9 +100,10 @@ class FrameSource:
         self._on_heat(self)
         gop = self.stream.gop
         running = self._running
-        if running is not None and gop is not None and running[0] == (gop.seq, len(gop.units)):
-            # Nothing new arrived since the running job started: its picture is the newest.
-            running[1].append(d)
+        # Nothing new arrived since the running job started: its picture is the newest, and a
+        # job decoding ahead of requests makes the PNG too if it has not ended yet.
+        at = (gop.seq, len(gop.units)) if gop is not None else None
+        if running is not None and running.at == at and running.join(d):
             return d
         self._waiters.append(d)
         self._attach()
@@ -230,9 +232,9 @@ class FrameSource:
             return
         waiters, self._waiters = self._waiters, []
         self._busy = True
-        self._running = ((gop.seq, end), waiters) if waiters else None
-        job = self._run(self._job, gop, end, bool(waiters))
-        job.addBoth(self._finished, waiters, (gop.seq, end))
+        running = self._running = _Job((gop.seq, end), waiters)
+        job = self._run(self._job, running, gop, end)
+        job.addBoth(self._finished, running.waiters, (gop.seq, end))
 
     def _finished(
         self,
@@ -299,12 +301,17 @@ class FrameSource:
         self.decoder.catch_up(gop, end)
         self.decoder.drain()
 
-    def _job(self, gop: Gop, end: int, want_png: bool) -> bytes | None:
+    def _job(self, job: _Job, gop: Gop, end: int) -> bytes | None:
         if self._abandoned:
+            job.close()
             return None  # queued before its stream ended and was given up: nothing to do
-        if not want_png:
+        if not job.png_wanted:
             self.decoder.catch_up(gop, end)
-            return None
+            if not job.close():
+                return None
+            # A request joined while this job decoded ahead of requests: answer it now.
+        else:
+            job.close()
         frame = self.decoder.newest(gop, end)
         if frame is None:
             return None
@@ -314,6 +321,36 @@ class FrameSource:
         png = frame_to_png(frame.frame)
         self._png_of = (frame, png)
         return png
+
+
+class _Job:
+    """One decode job of a FrameSource, and the requests it answers. A request may join a job
+    that decodes ahead of requests until the job has decided (in the pool) whether to make a
+    PNG; the lock makes that decision and a join exclusive."""
+
+    __slots__ = ("_closed", "_lock", "at", "png_wanted", "waiters")
+
+    def __init__(self, at: tuple[int, int], waiters: list[Deferred[bytes | None]]) -> None:
+        self.at = at
+        self.waiters = waiters
+        self.png_wanted = bool(waiters)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def join(self, d: Deferred[bytes | None]) -> bool:
+        """Reactor: answer `d` with this job's PNG; False once the job can no longer."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.waiters.append(d)
+            self.png_wanted = True
+            return True
+
+    def close(self) -> bool:
+        """Pool: no more joins; whether a PNG is wanted."""
+        with self._lock:
+            self._closed = True
+            return self.png_wanted
 
 
 class SnapshotService:
