@@ -107,3 +107,29 @@ def test_media_session_id_naming_matches_stream_find(tmp_path: Path, clip6: Clip
         check_pngs(tmp_path / "snaps" / msid, clip6)
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("rate", [1, 7, 30])
+def test_written_files_are_exactly_display_frames_n_2n_3n(
+    tmp_path: Path, clip6: Clip, rate: int
+) -> None:
+    """The decoder skips the pictures it does not write that nothing refers to (#8): the files
+    are still exactly frames N, 2N, 3N, ... of the source in display order (B-frames)."""
+    server = start_server(
+        tmp_path,
+        "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\nsnapshot_auto_naming=streamName\n"
+        f"snapshot_auto_rate={rate}\nsnapshot_auto_retention=0\n",
+    )
+    try:
+        line = publish_whole(server, "cam", clip6)
+        folder = tmp_path / "auto" / "cam"
+        written = numbers(folder)
+        total = len(clip6.thumbs)
+        assert written == list(range(1, total // rate + 1)), line
+        for n in written:
+            img = Image.open(folder / f"{n:06d}.png")
+            index, psnr = best_match(clip6, np.asarray(img.convert("RGB")))
+            assert (index, n) == (n * rate - 1, n), f"file {n}: frame {index} ({psnr:.1f} dB)"
+            assert psnr > 40, f"file {n}: {psnr:.1f} dB"
+    finally:
+        assert server.stop() == 0

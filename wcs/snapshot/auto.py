@@ -180,9 +180,15 @@ class AutoStream:
         self._logged_drops = False
 
     # -- pool side ----------------------------------------------------------------------------
+    def wants(self, number: int) -> bool:
+        """Whether the frame of this display number (from 1) is written: N, 2N, 3N, ..."""
+        return number % self.rate == 0
+
     def on_frame(self, frame: DecodedFrame) -> bytes | None:
-        self.frames += 1
-        if self.frames % self.rate:
+        # Numbered by the decoder in display order; it skips the pictures not written that
+        # nothing refers to, so not every number comes here.
+        self.frames = max(self.frames, frame.number)
+        if not self.wants(frame.number):
             return None
         png = frame_to_png(frame.frame)
         try:
@@ -329,7 +335,7 @@ class AutoSnapshotter:
         auto = AutoStream(stream, SnapshotFolder(self.root, key, self.retention), self.rate)
         self.streams[stream] = auto
         stream.on_end(self._ended)
-        source = self.snapshots.pin(stream, auto.on_frame)
+        source = self.snapshots.pin(stream, auto.on_frame, auto.wants)
         auto.decoder = source.decoder
         source.after_job(auto.report)
 
