@@ -6,18 +6,23 @@ as 16 RTMP streams (the client stays cheap). A fresh server per phase: auto snap
 baseline: ingest only), then on at `--rate`. In each phase a probe thread POSTs
 /rest-api/stream/find of a stream that does not exist every 50 ms for `--seconds`, on one kept-alive
 connection; its latency is how long the reactor kept that request waiting (a thread of the server
-holding the GIL stalls it). The server's CPU over the same window is read from /proc.
+holding the GIL stalls it). The CPU of the server and of its PNG helper processes over the same
+window is read from /proc.
 
-`--before DIR` adds a phase "on" served from another checkout (e.g. `git archive` of the commit
-before a change), so before/after come from one run.
+`--before DIR` adds servers "on, before" run from another checkout (e.g. `git archive` of the
+commit before a change), alternating with the current code, so before/after come from one run.
+`--nice N` measures each auto-on server a second time with every thread but the reactor's
+reniced to N (what yielding the CPU to the reactor would buy; -1 skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -73,6 +78,62 @@ def auto_written(server: Server) -> tuple[int, int]:
     return sum(a["written"] for a in autos), sum(a["droppedGops"] for a in autos)
 
 
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (the server's PNG helper processes)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the server process and of its helper processes so far."""
+    helpers = 0.0
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            helpers += cpu_seconds(child)
+    return cpu_seconds(pid), helpers
+
+
+def renice_workers(pid: int, nice: int) -> int:
+    """Give every thread of `pid` but the reactor's (the main thread) niceness `nice`: what
+    the server's pool threads would look like if they yielded the CPU to the reactor. Returns
+    how many threads were changed."""
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    for tid in tids:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return len(tids)
+
+
+def measure(server: Server, label: str, seconds: float) -> dict[str, object]:
+    written0, dropped0 = auto_written(server)
+    pid = server.proc.pid
+    (cpu0, helpers0), wall0 = server_cpu(pid), time.monotonic()
+    latencies = probe(server, seconds)
+    wall = time.monotonic() - wall0
+    cpu1, helpers1 = server_cpu(pid)
+    written1, dropped1 = auto_written(server)
+    return {
+        "phase": label,
+        "probes": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p90_ms": round(pct(latencies, 0.9), 2),
+        "p99_ms": round(pct(latencies, 0.99), 2),
+        "max_ms": round(max(latencies), 2),
+        "over_10ms": sum(v > 10 for v in latencies),
+        "server_cpu_pct_of_core": round((cpu1 - cpu0) / wall * 100, 1),
+        "helpers_cpu_pct_of_core": round((helpers1 - helpers0) / wall * 100, 1),
+        "auto_files_per_s": round((written1 - written0) / wall, 1),
+        "dropped_gops": dropped1 - dropped0,
+    }
+
+
 def phase(
     label: str,
     clip: Path,
@@ -80,8 +141,12 @@ def phase(
     extra: str,
     seconds: float,
     warmup: float,
+    *,
     tree: Path | None = None,
-) -> dict[str, object]:
+    nice: int | None = None,
+) -> list[dict[str, object]]:
+    """One server: `seconds` probed as it runs, then (`nice`) as many with its worker threads
+    reniced."""
     with tempfile.TemporaryDirectory() as tmp:
         launcher = None
         if tree is not None:  # the other checkout's wcs comes first on the server's sys.path
@@ -95,13 +160,10 @@ def phase(
             for name in names:
                 server.wait_for_log(rf"publishing {name} ", start=mark)
             threading.Event().wait(warmup)
-            written0, _ = auto_written(server)
-            pid = server.proc.pid
-            cpu0, wall0 = cpu_seconds(pid), time.monotonic()
-            latencies = probe(server, seconds)
-            wall = time.monotonic() - wall0
-            cpu = (cpu_seconds(pid) - cpu0) / wall * 100
-            written1, dropped = auto_written(server)
+            rows = [measure(server, label, seconds)]
+            if nice is not None:
+                renice_workers(server.proc.pid, nice)
+                rows.append(measure(server, f"{label}, pool nice {nice}", seconds))
             alive = pub.poll() is None
         finally:
             if pub is not None:
@@ -112,58 +174,69 @@ def phase(
                     pub.kill()
                     pub.wait()
             server.stop()
-    return {
-        "phase": label,
-        "streams": streams,
-        "config": extra.strip().replace("\n", "; "),
-        "probes": len(latencies),
-        "p50_ms": round(statistics.median(latencies), 2),
-        "p90_ms": round(pct(latencies, 0.9), 2),
-        "p99_ms": round(pct(latencies, 0.99), 2),
-        "max_ms": round(max(latencies), 2),
-        "over_10ms": sum(v > 10 for v in latencies),
-        "server_cpu_pct_of_core": round(cpu, 1),
-        "auto_files_per_s": round((written1 - written0) / wall, 1),
-        "dropped_gops": dropped,
-        "publisher_alive_at_end": alive,
-    }
+    rate = re.search(r"snapshot_auto_rate=(\d+)", extra) if "enabled=true" in extra else None
+    for row in rows:
+        row |= {
+            "streams": streams,
+            "rate": int(rate[1]) if rate else None,
+            "publisher_alive_at_end": alive,
+        }
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--rate", type=int, default=10, help="snapshot_auto_rate of the 'on' phase")
-    parser.add_argument("--seconds", type=float, default=30.0, help="probed seconds per phase")
+    parser.add_argument(
+        "--loads",
+        default="16x30,4x3",
+        help="STREAMSxRATE,...: streams published and snapshot_auto_rate when on; 16x30 is the "
+        "issue's case, 4x3 writes more PNGs (40/s) with a box that keeps up with the decoding",
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="probed seconds per row")
     parser.add_argument("--warmup", type=float, default=4.0)
-    parser.add_argument("--before", type=Path, help="another checkout to serve an extra 'on' phase")
+    parser.add_argument("--rounds", type=int, default=2, help="auto-on servers per variant")
+    parser.add_argument("--before", type=Path, help="another checkout, served as 'before'")
+    parser.add_argument(
+        "--nice", type=int, default=10, help="renice worker threads for a second row (-1: no)"
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "reactor_probe.json"
     )
     args = parser.parse_args()
-    auto_on = "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\n"
-    auto_on += f"snapshot_auto_rate={args.rate}\n"
-    rows = []
+    loads = [tuple(int(n) for n in load.split("x")) for load in args.loads.split(",")]
+    nice = args.nice if args.nice >= 0 else None
+    timing = (args.seconds, args.warmup)
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip720p_main_bf.flv"
         make_clip(clip, 20)
-        run = (clip, args.streams)
-        timing = (args.seconds, args.warmup)
-        rows.append(phase("auto off", *run, "snapshot_auto_enabled=false\n", *timing))
-        if args.before is not None:
-            rows.append(phase("auto on (before)", *run, auto_on, *timing, tree=args.before))
-        rows.append(phase("auto on", *run, auto_on, *timing))
+        for streams, rate in loads:
+            auto_on = "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\n"
+            auto_on += f"snapshot_auto_rate={rate}\n"
+            run = (clip, streams)
+            rows += phase("auto off", *run, "snapshot_auto_enabled=false\n", *timing)
+            # Before and after alternate, so that load from elsewhere on the box hits both.
+            for _ in range(args.rounds):
+                if args.before is not None:
+                    rows += phase("on, before", *run, auto_on, *timing, tree=args.before, nice=nice)
+                rows += phase("auto on", *run, auto_on, *timing, nice=nice)
 
-    keys = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "over_10ms", "server_cpu_pct_of_core")
-    heads = ("p50", "p90", "p99", "max", ">10ms", "CPU %")
+    keys = ["p50_ms", "p90_ms", "p99_ms", "max_ms", "over_10ms"]
+    keys += ["server_cpu_pct_of_core", "helpers_cpu_pct_of_core"]
+    heads = ("p50", "p90", "p99", "max", ">10ms", "CPU %", "helpers")
     print(
-        f"\nreactor probe: /stream/find every {PROBE_EVERY * 1000:.0f} ms for {args.seconds:.0f} s,"
-        f" {args.streams} x 720p30 main (one tee publisher), auto rate {args.rate},"
+        f"\nreactor probe: /stream/find every {PROBE_EVERY * 1000:.0f} ms,"
+        f" {args.seconds:.0f} s a row, 720p30 main streams from one tee publisher,"
         f" {os.cpu_count()} CPUs"
     )
-    print(f"{'phase':<18}" + "".join(f"{h:>8}" for h in heads) + f"{'files/s':>9}{'drops':>7}")
+    print(
+        f"{'streams x rate':<15}{'phase':<26}"
+        + "".join(f"{h:>8}" for h in heads)
+        + f"{'files/s':>9}{'drops':>7}"
+    )
     for r in rows:
         print(
-            f"{r['phase']:<18}"
+            f"{str(r['streams']) + ' x ' + str(r['rate'] or '-'):<15}{r['phase']:<26}"
             + "".join(f"{r[k]!s:>8}" for k in keys)
             + f"{r['auto_files_per_s']!s:>9}{r['dropped_gops']!s:>7}"
         )
@@ -171,8 +244,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "stream": "720p30 H.264 main, B-frames, GOP 2 s + AAC, RTMP from one ffmpeg -f tee",
         "probe_every_ms": PROBE_EVERY * 1000,
-        "rate": args.rate,
-        "phases": rows,
+        "loads": args.loads,
+        "before": str(args.before) if args.before else None,
+        "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
