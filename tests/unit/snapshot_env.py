@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from av.video.frame import VideoFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -30,6 +31,7 @@ class Env:
         retention: int = 5,
         pool: Callable[..., Deferred[Any]] = sync_pool,
         batch: int = 1,
+        encode: Callable[[VideoFrame], bytes] | None = None,
     ) -> None:
         self.hub = StreamHub()
         self.clock = Clock()
@@ -45,6 +47,7 @@ class Env:
             naming=naming,
             rate=rate,
             retention=retention,
+            encode=encode,
         )
         self.views.describe("autoSnapshot", self.auto.describe)
         self.auto.start()

@@ -16,6 +16,7 @@ import wcs.snapshot.auto as auto_mod
 from tests.unit.fakes import ManualPool, publish_now, result_now, sync_pool
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from tests.unit.snapshot_env import Env
+from wcs.media.image import frame_to_png, shared_encoders
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.snapshot.auto import (
     AutoSnapshotter,
@@ -53,6 +54,22 @@ def test_every_rate_th_frame_numbered_from_one_newest_kept(tmp_path: Path) -> No
     assert info["lastFile"] == "000006.png"
     assert info["errors"] == 0
     assert info["folder"] == str(folder)
+
+
+def test_files_are_fpng_bytes_made_in_helper_processes_by_default(tmp_path: Path) -> None:
+    sample = h264_sample(bframes=True)
+    helpers = Env(tmp_path / "helpers", rate=7, retention=0)
+    assert helpers.auto.encode == shared_encoders().frame_to_png
+    failures = shared_encoders().failures
+    helpers.publish("cam", sample)
+    in_process = Env(tmp_path / "inline", rate=7, retention=0, encode=frame_to_png)
+    in_process.publish("cam", sample)
+    written = files(tmp_path / "helpers" / "cam")
+    assert len(written) >= 10 and written == files(tmp_path / "inline" / "cam")
+    for name in written:
+        png = (tmp_path / "helpers" / "cam" / name).read_bytes()
+        assert png == (tmp_path / "inline" / "cam" / name).read_bytes()
+    assert shared_encoders().failures == failures
 
 
 def test_bframes_frames_counted_in_display_order_once_even_with_drains(

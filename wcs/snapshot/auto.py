@@ -8,15 +8,20 @@ import errno
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from wcs.directory import InvalidName, check_stream_name
 from wcs.media.decoder import DecodedFrame, StreamDecoder
-from wcs.media.image import frame_to_png
+from wcs.media.image import shared_encoders
 from wcs.snapshot.service import SnapshotService
 from wcs.streams import Stream, StreamHub
+
+if TYPE_CHECKING:
+    from av.video.frame import VideoFrame
 
 log = Logger(namespace="wcs.snapshot.auto")
 
@@ -164,10 +169,17 @@ class AutoStream:
     after each job and does all the logging, once per change of state rather than per frame.
     """
 
-    def __init__(self, stream: Stream, folder: SnapshotFolder, rate: int) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        folder: SnapshotFolder,
+        rate: int,
+        encode: Callable[[VideoFrame], bytes],
+    ) -> None:
         self.stream = stream
         self.folder = folder
         self.rate = rate
+        self.encode = encode
         self.decoder: StreamDecoder | None = None
         self.frames = 0
         self.written = 0
@@ -190,7 +202,7 @@ class AutoStream:
         self.frames = max(self.frames, frame.number)
         if not self.wants(frame.number):
             return None
-        png = frame_to_png(frame.frame)
+        png = self.encode(frame.frame)
         try:
             name = self.folder.write(png)
         except OSError as err:
@@ -265,7 +277,8 @@ class AutoStream:
 
 
 class AutoSnapshotter:
-    """Puts an AutoStream on every stream published from start() on."""
+    """Puts an AutoStream on every stream published from start() on. `encode` makes the PNGs
+    (default: fpng in helper processes, so that encoding never holds the reactor's GIL)."""
 
     def __init__(
         self,
@@ -276,6 +289,7 @@ class AutoSnapshotter:
         naming: str = NAMING_MEDIA_SESSION_ID,
         rate: int = 30,
         retention: int = 20,
+        encode: Callable[[VideoFrame], bytes] | None = None,
     ) -> None:
         if naming not in (NAMING_MEDIA_SESSION_ID, NAMING_STREAM_NAME):
             raise ValueError(f"unknown naming {naming!r}")
@@ -287,6 +301,7 @@ class AutoSnapshotter:
         self.naming = naming
         self.rate = rate
         self.retention = retention
+        self.encode = encode if encode is not None else shared_encoders().frame_to_png
         self.streams: dict[Stream, AutoStream] = {}
 
     def start(self) -> None:
@@ -332,7 +347,8 @@ class AutoSnapshotter:
                 error=err,
             )
             return
-        auto = AutoStream(stream, SnapshotFolder(self.root, key, self.retention), self.rate)
+        folder = SnapshotFolder(self.root, key, self.retention)
+        auto = AutoStream(stream, folder, self.rate, self.encode)
         self.streams[stream] = auto
         stream.on_end(self._ended)
         source = self.snapshots.pin(stream, auto.on_frame, auto.wants)
