@@ -141,18 +141,17 @@ def feed(
                 group.proc.wait()
 
 
-def wait_published(server: Server, names: list[str], mark: int, timeout: float) -> None:
+def wait_published(server: Server, names: list[str], mark: int, timeout: float) -> list[str]:
+    """The streams of `names` published within `timeout` (all of them, unless the server or
+    the feeders could not keep up)."""
     rx = re.compile(r"stream (\S+) published")
     deadline = time.monotonic() + timeout
     want = set(names)
     while True:
         with server.cond:
             seen = {m[1] for line in server.lines[mark:] if (m := rx.search(line))}
-        missing = want - seen
-        if not missing:
-            return
-        if time.monotonic() > deadline or server.proc.poll() is not None:
-            raise RuntimeError(f"{len(missing)} of {len(want)} streams never published")
+        if want <= seen or time.monotonic() > deadline or server.proc.poll() is not None:
+            return [n for n in names if n in seen]
         threading.Event().wait(0.2)
 
 
@@ -257,9 +256,17 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
+def reactor_schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the server's main thread, the
+    reactor: a reactor slow to answer while neither is high waits on the GIL or on I/O."""
+    run_ns, wait_ns = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
 @dataclass
 class Meter:
-    """CPU of the server, the feeders and this script over a phase."""
+    """CPU of the server (and of its reactor thread), the feeders and this script over a phase;
+    the machine's load average at the end (others share this machine)."""
 
     server_pid: int
     feeder_pids: list[int]
@@ -267,12 +274,14 @@ class Meter:
     server0: float = 0.0
     feeders0: float = 0.0
     own0: float = 0.0
+    reactor0: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         self.start = time.monotonic()
         self.server0 = cpu_seconds(self.server_pid)
         self.feeders0 = self._feeders()
         self.own0 = own_cpu_seconds()
+        self.reactor0 = reactor_schedstat(self.server_pid)
 
     def _feeders(self) -> float:
         total = 0.0
@@ -283,8 +292,12 @@ class Meter:
 
     def read(self) -> dict[str, float]:
         wall = time.monotonic() - self.start
+        run, wait = reactor_schedstat(self.server_pid)
         return {
             "server_cpu_pct": (cpu_seconds(self.server_pid) - self.server0) / wall * 100,
+            "reactor_cpu_pct": (run - self.reactor0[0]) / wall * 100,
+            "reactor_runqueue_wait_pct": (wait - self.reactor0[1]) / wall * 100,
+            "load_average_1min": os.getloadavg()[0],
             "client_ffmpeg_cpu_pct": (self._feeders() - self.feeders0) / wall * 100,
             "client_bench_cpu_pct": (own_cpu_seconds() - self.own0) / wall * 100,
         }
@@ -353,6 +366,9 @@ def phase_figures(
         "server_cpu_pct": round(cpu["server_cpu_pct"], 1),
         # Net of what answering the probe costs the server with no stream (measured first).
         "server_cpu_pct_per_stream": round((cpu["server_cpu_pct"] - probe_cpu) / streams, 3),
+        "reactor_cpu_pct": round(cpu["reactor_cpu_pct"], 1),
+        "reactor_runqueue_wait_pct": round(cpu["reactor_runqueue_wait_pct"], 1),
+        "load_average_1min": round(cpu["load_average_1min"], 2),
         "server_rss_mb_median": round(rss_mb, 1),
         "server_rss_mb_max": round(max(kbs) / 1024, 1),
         "rss_mb_per_stream_above_idle": round((rss_mb - idle_kb / 1024) / streams, 2),
@@ -401,7 +417,9 @@ def run_step(
     mark = server.log_mark()
     ngroups = 1 if mode == "aligned" else max(1, min(groups, n))
     with feed(server, clip, names, ngroups, rng, workdir / "ffmpeg.log") as feeders:
-        wait_published(server, names, mark, timeout=30 + n * 0.3)
+        published = wait_published(server, names, mark, timeout=30 + n * 0.3)
+        if not published:
+            raise RuntimeError(f"none of {n} streams published")
         threading.Event().wait(GOP_S + 1)  # every stream has a GOP cached
         probe.start()
         rss.start()
@@ -415,7 +433,9 @@ def run_step(
             idle = phase_figures(meter, rss, probe, step_start, idle_kb, n, probe_cpu)
             snap_start = time.monotonic()
             meter = Meter(server.proc.pid, pids)
-            cold, hot, failed, asked = snapshot_phase(server, names, snap_start + seconds / 2, rng)
+            cold, hot, failed, asked = snapshot_phase(
+                server, published, snap_start + seconds / 2, rng
+            )
             snaps = phase_figures(meter, rss, probe, snap_start, idle_kb, n, probe_cpu)
             step_end = time.monotonic()
             cooled: dict[str, object] | None = None
@@ -458,6 +478,7 @@ def run_step(
         "mode": mode,
         "streams": n,
         "feeders": ngroups,
+        "published": len(published),
         "kept_real_time": kept,
         "live_at_end": len(live & set(names)),
         "feeder_lag_growth_s": lag_growth,
@@ -488,7 +509,8 @@ def run_step(
 COLUMNS = [
     ("mode", 8), ("N", 5), ("kept", 5), ("cpu%", 6), ("cpu%/s", 7), ("MB/s", 6),
     ("snap cpu%", 10), ("snap MB/s", 10), ("cooled MB/s", 12), ("cold med/p90", 14),
-    ("hot med/p90", 13), ("probe p50/p99", 14), ("ffmpeg%", 8),
+    ("hot med/p90", 13), ("probe p50/p99", 14), ("reactor%/rq%", 13), ("ffmpeg%", 8),
+    ("load", 6),
 ]  # fmt: skip
 
 
@@ -497,7 +519,9 @@ cpu%: server CPU, % of one core, nobody asking (cpu%/s: per stream, net of the p
 MB/s: server RSS per stream above the same server before the step (fresh, no stream); snap: the
 same while cold and hot snapshots are asked; cooled: MB/s once every asked stream left the hot
 window; cold / hot / probe: ms; kept: streams kept in real time (feeder lag growth <= 0.5 s,
-Recv-Q under 1 s of data, still live, no warning); ffmpeg%: CPU of the feeding ffmpeg processes."""
+Recv-Q under 1 s of data, still live, no warning); reactor%/rq%: the server's main thread on a CPU /
+runnable but waiting for one, % of the idle phase; ffmpeg%: CPU of the feeding ffmpeg processes;
+load: the machine's 1-min load average at the end of the step (2 cores, shared)."""
 
 
 def row(step: dict[str, object]) -> str:
@@ -516,9 +540,24 @@ def row(step: dict[str, object]) -> str:
         snaps["server_cpu_pct"], snaps["rss_mb_per_stream_above_idle"],
         cooled["rss_mb_per_stream_above_idle"] if isinstance(cooled, dict) else "-",
         pair(cold), pair(hot),
-        pair(probe, "median_ms", "p99_ms"), idle["client_ffmpeg_cpu_pct"],
+        pair(probe, "median_ms", "p99_ms"),
+        f"{idle['reactor_cpu_pct']}/{idle['reactor_runqueue_wait_pct']}",
+        idle["client_ffmpeg_cpu_pct"], snaps["load_average_1min"],
     ]  # fmt: skip
     return "".join(f"{c!s:>{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
+
+
+def write_json(
+    path: Path, clip_mbit: float, seconds: float, steps: list[dict[str, object]]
+) -> None:
+    out = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "clip": f"720p30 H.264 main, B-frames, GOP 2 s, {clip_mbit:.2f} Mbit/s with AAC, FLV",
+        "seconds_per_step": seconds,
+        "steps": steps,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 def main() -> None:
@@ -541,6 +580,8 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     if not set(modes) <= {"aligned", "drift"}:
         parser.error("--modes takes aligned and/or drift")
+    # SIGTERM unwinds like Ctrl-C, so every feeder and server this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rng = random.Random(args.seed)
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -555,7 +596,7 @@ def main() -> None:
                 # A fresh server per step: what one step's streams and decoders leave in the
                 # heap is not the next step's baseline.
                 stepdir = workdir / f"{mode}{n}"
-                stepdir.mkdir()
+                stepdir.mkdir(exist_ok=True)
                 server = start_server(stepdir)
                 try:
                     threading.Event().wait(2.0)
@@ -580,15 +621,8 @@ def main() -> None:
                 step["probe_only_server_cpu_pct"] = round(probe_cpu, 1)
                 results.append(step)
                 print(row(step), flush=True)
+                write_json(args.out, clip_mbit, args.seconds, results)  # a partial run survives
     print(LEGEND)
-    out = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "clip": f"720p30 H.264 main, B-frames, GOP 2 s, {clip_mbit:.2f} Mbit/s with AAC, FLV",
-        "seconds_per_step": args.seconds,
-        "steps": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
