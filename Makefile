@@ -71,6 +71,7 @@ bench: venv system-deps node-deps
 	$(PY) bench/webrtc_snapshot.py
 	$(PY) bench/churn.py
 	$(PY) bench/reactor_probe.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ import av
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.snapshot_latency import cpu_seconds, looped_publisher, make_clip, pct  # noqa: E402
+from bench.common import cpu_seconds, looped_publisher, make_clip, pct  # noqa: E402
 from tests.integration.conftest import Server, start_server  # noqa: E402
 
 AUTO = "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\nsnapshot_auto_rate=30\n"

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_seconds, rss_kb  # noqa: E402
 from tests.integration.conftest import Server, start_server  # noqa: E402
 from wcs.rtmp import amf0, chunks  # noqa: E402
 from wcs.rtmp.chunks import ChunkEncoder, Message  # noqa: E402
@@ -71,13 +72,6 @@ def flv_tags(path: Path) -> list[tuple[int, int, bytes]]:
             tags.append((kind, ts, payload))
         pos += 11 + size + 4
     return tags
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def fd_count(pid: int) -> int:
@@ -169,14 +163,6 @@ async def churn(
 def sample(server: Server) -> dict[str, float]:
     pid = server.proc.pid
     return {"rss_mb": round(rss_kb(pid) / 1024, 1), "fds": fd_count(pid)}
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def settle(server: Server, limit: float) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.snapshot_latency import looped_publisher, make_clip, pct  # noqa: E402
+from bench.common import looped_publisher, make_clip, pct  # noqa: E402
 from tests.integration.conftest import Server, start_server  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.snapshot_latency import cpu_seconds, make_clip, pct  # noqa: E402
+from bench.common import cpu_seconds, make_clip, pct  # noqa: E402
 from tests.integration.conftest import BIN, Server, start_server  # noqa: E402
 
 PROBE_EVERY = 0.05

@@ -26,37 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_seconds, looped_publisher, make_clip, pct  # noqa: E402
 from tests.integration.camera import start_camera  # noqa: E402
-from tests.integration.conftest import Server, publish, start_server  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def make_clip(path: Path, seconds: int) -> None:
-    subprocess.run(
-        [
-            "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
-            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "3",
-            "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-b:a", "64k", "-f", "flv", str(path),
-        ],
-        check=True,
-    )  # fmt: skip
-
-
-def looped_publisher(url: str, clip: Path) -> subprocess.Popen[bytes]:
-    return publish(url, None, extra_input=["-stream_loop", "-1", "-i", str(clip), "-c", "copy"])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from tests.integration.conftest import Server, start_server  # noqa: E402
 
 
 def wait_published(server: Server, name: str, mark: int) -> float:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import BrowserContext  # noqa: E402
 
-from bench.snapshot_latency import cpu_seconds, pct  # noqa: E402
+from bench.common import cpu_seconds, pct  # noqa: E402
 from tests.integration.browser import (  # noqa: E402
     SdkPage,
     launch_chromium,
