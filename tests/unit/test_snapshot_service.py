@@ -380,6 +380,52 @@ def test_decoder_within_the_limit_decodes() -> None:
     assert png_rgb(result_now(d)).shape == (240, 320, 3)
 
 
+def test_a_stream_that_cools_lets_go_of_its_decoder_and_again_when_it_ends() -> None:
+    """An asked stream's decoder holds its codec context, pictures and PNG (megabytes at 720p);
+    once nobody asks, they go, and the memory is handed back; a cooled stream that ends, which
+    no reader tells any more, is released too."""
+    hub, pool, clock = StreamHub(), ManualPool(), Clock()
+    trims: list[float] = []
+    service = SnapshotService(
+        hub,
+        pool,
+        clock,
+        hot_seconds=10,
+        trim_after_s=5,
+        release_memory=lambda: trims.append(clock.seconds()),
+    )
+    sample = h264_sample()
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    d = service.take("cam")
+    pool.run_all()
+    result_now(d)
+    source = service.source(stream)
+    assert source.decoder.latest is not None and source._png_of is not None
+    clock.advance(11)  # cold now
+    stream.push(sample.units[5])  # the first unit after: the source stops reading
+    assert stream.readers == [] and pool.jobs == []
+    assert source.decoder.latest is None and source.decoder._ctx is None
+    assert source._png_of is None
+    clock.advance(5)
+    pool.run_all()
+    assert trims == [16.0]
+    # Asked again: decoded from the keyframe, a fresh picture.
+    d = service.take("cam")
+    pool.run_all()
+    pts = pts_of(sample, png_rgb(result_now(d)))
+    assert pts >= max(u.pts for u in sample.units[:6]) - 5 * FRAME
+    clock.advance(11)
+    stream.push(sample.units[6])  # cooled again
+    clock.advance(5)
+    pool.run_all()
+    assert len(trims) == 2
+    released: list[object] = []
+    source._on_release = released.append
+    stream.end()  # no reader tells the cooled source: the service does
+    assert released == [source] and source.decoder.on_frame is None
+
+
 def test_freed_decoder_memory_is_returned_once_per_interval_after_streams_end() -> None:
     hub, pool, clock = StreamHub(), ManualPool(), Clock()
     trims: list[float] = []

@@ -66,10 +66,12 @@ class FrameSource:
         pinned_batch: int = PINNED_BATCH,
         on_release: Callable[[FrameSource], None] = _no_heat,
         may_finish: Callable[[FrameSource], bool] = lambda source: True,
+        on_cool: Callable[[FrameSource], None] = _no_heat,
     ) -> None:
         self.stream = stream
         self._on_heat = on_heat
         self._on_release = on_release
+        self._on_cool = on_cool
         self._may_finish = may_finish
         # Set on the reactor when an ended stream's last frames are given up; read by jobs
         # still queued in the pool, which then return without decoding.
@@ -169,8 +171,25 @@ class FrameSource:
             return  # nobody is asking: decode a few frames per job, not one
         if not self.hot and not self._waiters:
             self._detach()
+            if not self._busy:
+                self._cool_down()
             return
         self._kick()
+
+    def _cool_down(self) -> None:
+        """Nobody asks any more: let go of the decoder's codec context, pictures and cached PNG
+        (megabytes at 720p, for as long as the stream lives otherwise). The next request
+        decodes from the keyframe, as a cold one does."""
+        self.decoder.reset()
+        self._png_of = None
+        self._done_at = (-1, -1)
+        self._on_cool(self)
+
+    def stream_gone(self) -> None:
+        """The stream ended while this source was not reading it (it had cooled): nothing else
+        tells it, so let go of everything now, unless a job still runs (which then does)."""
+        if self._reader is None and not self._busy:
+            self._release()
 
     def _stream_ended(self, stream: Stream) -> None:
         self._reader = None  # closed by the stream after this
@@ -282,6 +301,8 @@ class FrameSource:
             d.callback(png)
         if self._waiters or self.hot:
             self._kick()
+        elif self._reader is None and not self.pinned:
+            self._cool_down()  # it cooled while this job ran
 
     def _decode_failed(self, reason: str, failure: Failure | None = None) -> None:
         """Logged once per stream: a broken or hostile stream fails the same way every frame."""
@@ -411,6 +432,7 @@ class SnapshotService:
                 self._pinned_batch,
                 self._released,
                 self._may_finish,
+                self._cooled,
             )
             stream.on_end(self._forget)
         return src
@@ -419,6 +441,7 @@ class SnapshotService:
         src = self._sources.pop(stream, None)
         if src is not None:
             self._hot.pop(src, None)
+            src.stream_gone()
 
     def _may_finish(self, source: FrameSource) -> bool:
         """An auto-snapshotted stream ended: may its decoder finish its last frames? Not while
@@ -439,6 +462,12 @@ class SnapshotService:
         self._ended_backlog.discard(source)
         # A decoder of an ended stream let go of its memory (after its last job, which may run
         # well after the stream ended when the pool is busy).
+        self._schedule_trim()
+
+    def _cooled(self, source: FrameSource) -> None:
+        self._schedule_trim()  # a decoder nobody asks any more let go of its memory
+
+    def _schedule_trim(self) -> None:
         if self._trim is None and self._trim_after_s > 0:
             self._trim = self._clock.callLater(self._trim_after_s, self._trim_memory)
 
