@@ -12,7 +12,7 @@ from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from tests.unit.fakes import ManualPool, publish_now, result_now
-from tests.unit.media_fixtures import h264_sample, png_rgb, pts_of
+from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from wcs.directory import StreamNotFound
 from wcs.media.units import MediaUnit, VideoParams
 from wcs.snapshot.service import SnapshotService, SnapshotTimeout
@@ -134,17 +134,25 @@ def test_hot_stream_decodes_as_frames_arrive_then_cools(env: Any) -> None:
     assert source.decoder.frames_decoded == decoded, "a cold stream must not be decoded"
 
 
-def test_a_request_joins_the_job_decoding_ahead_of_it(env: Any) -> None:
-    """A hot stream decodes as units come; a request arriving while such a job waits or runs
-    gets its PNG from that job instead of waiting for it and then for one more."""
-    hub, pool, _clock, service = env
+def hot_with_a_job_queued(
+    hub: StreamHub, pool: ManualPool, service: SnapshotService
+) -> tuple[Sample, Stream]:
+    """A stream asked once (so hot), and one more unit: a job decoding ahead is queued."""
     sample = h264_sample()
     stream = publish_now(hub, "cam", PROVIDER_RTMP)
     push(stream, sample.units[:5])
     first = service.take("cam")
     pool.run_all()
     result_now(first)
-    stream.push(sample.units[5])  # hot: a job decoding ahead of requests is queued
+    stream.push(sample.units[5])
+    return sample, stream
+
+
+def test_a_request_joins_the_job_decoding_ahead_of_it(env: Any) -> None:
+    """A hot stream decodes as units come; a request arriving while such a job waits or runs
+    gets its PNG from that job instead of waiting for it and then for one more."""
+    hub, pool, _clock, service = env
+    sample, _ = hot_with_a_job_queued(hub, pool, service)
     assert len(pool.jobs) == 1
     d = service.take("cam")  # nothing newer since that job was queued: it joins
     assert len(pool.jobs) == 1
@@ -157,13 +165,7 @@ def test_a_request_joins_the_job_decoding_ahead_of_it(env: Any) -> None:
 
 def test_a_request_after_the_job_decided_gets_a_job_of_its_own(env: Any) -> None:
     hub, pool, _clock, service = env
-    sample = h264_sample()
-    stream = publish_now(hub, "cam", PROVIDER_RTMP)
-    push(stream, sample.units[:5])
-    result_of_first = service.take("cam")
-    pool.run_all()
-    result_now(result_of_first)
-    stream.push(sample.units[5])
+    sample, stream = hot_with_a_job_queued(hub, pool, service)
     source = service.source(stream)
     running = source._running
     assert running is not None and not running.png_wanted

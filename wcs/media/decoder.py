@@ -180,14 +180,7 @@ class StreamDecoder:
                 del pending[next(iter(pending))]
             packet = av.Packet(unit.data)
             packet.pts = packet.dts = index
-        try:
-            frames = ctx.decode(packet)
-        except av.error.FFmpegError as err:
-            # A broken packet: frames that depended on it come out flagged corrupt.
-            self.errors += 1
-            self.last_error = str(err)
-            return
-        for frame in frames:
+        for frame in self._decode(ctx, packet):
             self.frames_decoded += 1
             origin = self._pending.pop(frame.pts, None) if frame.pts is not None else None
             if origin is None:
@@ -211,6 +204,16 @@ class StreamDecoder:
                     numbers.delivered += 1
                     numbers.high = max(numbers.high, number or 0)
                 on_frame(decoded)
+
+    def _decode(self, ctx: Any, packet: av.Packet | None) -> list[Any]:
+        """The frames `packet` (None: the end) lets out. A packet FFmpeg refuses gives none
+        and is counted; frames that depended on it come out flagged corrupt."""
+        try:
+            return list(ctx.decode(packet))
+        except av.error.FFmpegError as err:
+            self.errors += 1
+            self.last_error = str(err)
+            return []
 
     def _start_numbering(self, gop: Gop) -> None:
         """Number `gop`'s frames after those of the newest GOP numbered so far."""
@@ -398,13 +401,7 @@ class StreamDecoder:
             if unit is not None:
                 packet = av.Packet(unit.data)
                 packet.pts = packet.dts = pos
-            try:
-                frames = ctx.decode(packet)
-            except av.error.FFmpegError as err:
-                self.errors += 1
-                self.last_error = str(err)
-                continue
-            for frame in frames:
+            for frame in self._decode(ctx, packet):
                 self.frames_decoded += 1
                 if not frame.is_corrupt:
                     assert isinstance(frame, VideoFrame)
