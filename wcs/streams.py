@@ -126,12 +126,12 @@ class Reader:
 
     # -- the stream's side ----------------------------------------------------------------------
     def _offer(self, unit: MediaUnit) -> None:
-        if self.kind is not None and unit.kind != self.kind:
-            return
+        if self._on_unit is None or (self.kind is not None and unit.kind != self.kind):
+            return  # closed (perhaps by another reader's callback in this push), or not its kind
         if self._skipping or self._wait_key:
             if unit.kind == "video" and unit.keyframe:
                 self._skipping = self._wait_key = False
-            elif self._skipping and (unit.kind == "video" or self._has_video()):
+            elif self._skipping and (unit.kind == "video" or self._keyframe_coming()):
                 self.discarded += 1
                 return
             elif self._wait_key and unit.kind == "video":
@@ -145,7 +145,7 @@ class Reader:
             queue.append(unit)
         else:
             self._overflow()
-            if unit.keyframe if unit.kind == "video" else not self._has_video():
+            if unit.keyframe if unit.kind == "video" else not self._keyframe_coming():
                 self._skipping = False  # the unit to start again from
                 if not self.paused:  # on_overflow may have resumed
                     self._deliver(unit)
@@ -161,9 +161,16 @@ class Reader:
         self._queue.clear()
         self._skipping = True
 
-    def _has_video(self) -> bool:
+    def _keyframe_coming(self) -> bool:
+        """Whether skipping to a keyframe can end: the reader takes video, and the stream has
+        video going (not audio only, nor a camera whose video dropped)."""
         stream = self.stream
-        return stream is not None and stream.has_video
+        return (
+            self.kind in (None, "video")
+            and stream is not None
+            and stream.has_video
+            and stream.gop is not None
+        )
 
     def _overflow(self) -> None:
         self.skip_to_keyframe()
@@ -369,7 +376,12 @@ class Stream:
         self._gops.clear()
         callbacks, self._on_end = self._on_end, []
         for cb in callbacks:
-            cb(self)
+            try:
+                cb(self)
+            except Exception:  # a consumer's bug must not stop the others, nor the publisher
+                log.failure(
+                    "stream {stream_name}: a callback of its end failed", stream_name=self.name
+                )
 
     def terminate(self, reason: str = END_SERVER) -> None:
         """Ask the publisher's front-end to disconnect (REST /stream/terminate, shutdown, the
@@ -517,7 +529,10 @@ class StreamHub:
                 msid=msid,
             )
             for observer in list(self._observers):
-                observer(stream)
+                try:
+                    observer(stream)
+                except Exception:  # a consumer's bug must not refuse the publish
+                    log.failure("stream {stream_name}: an observer failed", stream_name=name)
             return stream
 
         def refused(failure: Failure) -> Failure:

@@ -1546,6 +1546,15 @@ def test_a_publisher_gone_before_the_directory_answers_publishes_nothing() -> No
     assert result_now(directory.lookup("cam1")) is None
 
 
+def test_a_directory_that_fails_instead_of_answering_ends_the_connection() -> None:
+    directory = PendingDirectory()
+    h = Harness(StreamHub(directory=directory))
+    h.publish("cam1")
+    [(_, _, d)] = directory.pending
+    d.errback(ConnectionError("directory unreachable"))  # not an answer: a fault
+    assert h.dropped and h.hub.get("cam1") is None
+
+
 def test_a_client_that_does_not_wait_for_answers_is_closed() -> None:
     hooks = PendingHooks()
     h = access_harness(hooks=hooks)

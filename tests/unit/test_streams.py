@@ -612,3 +612,57 @@ def test_end_lets_go_of_front_end_and_consumers_and_keeps_extras_as_values() -> 
     assert stream._readers == [] and stream._on_end == []
     # The REST view keeps the extra fields as they were at the end.
     assert views.stream_json(stream)["autoSnapshot"] == {"n": 1}
+
+
+def test_an_audio_reader_and_a_camera_without_video_start_again_after_an_overflow() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    stream.push(video(0, keyframe=True))
+    sound = RecordingReader()
+    reader = sound.attach(stream, kind="audio", max_queue=2)
+    reader.pause()
+    for dts in range(1, 5):
+        stream.push(audio(dts))  # the third overflows: no video keyframe is for this reader
+    reader.resume()
+    assert [u.dts for u in sound.units] == [3, 4]
+    every = RecordingReader()
+    reader = every.attach(stream, max_queue=1)
+    stream.clear_video()  # the camera's video dropped: no keyframe is coming
+    reader.pause()
+    for dts in range(10, 13):
+        stream.push(audio(dts))
+    reader.resume()
+    assert [u.dts for u in every.units] == [12]  # a queue of one keeps the newest
+
+
+def test_a_reader_closed_by_another_during_a_push_takes_nothing_more() -> None:
+    stream = Stream("cam1", PROVIDER_RTMP)
+    victim = RecordingReader()
+
+    def closer(unit: MediaUnit) -> None:
+        assert victim.reader is not None
+        victim.reader.close()
+
+    stream.add_reader(closer)
+    victim.attach(stream)
+    victim.reader.pause()  # type: ignore[union-attr]
+    stream.push(audio(0))
+    assert victim.units == [] and victim.reader is not None and victim.reader.queued == 0
+
+
+def test_a_failing_end_callback_or_observer_stops_neither_the_others_nor_the_publish(
+    log_events: list[LogEvent],
+) -> None:
+    hub = StreamHub()
+    seen: list[str] = []
+
+    def broken(stream: Stream) -> None:
+        raise RuntimeError("a consumer's bug")
+
+    hub.add_observer(broken)
+    hub.add_observer(lambda s: seen.append(f"published {s.name}"))
+    stream = publish_now(hub, "cam1", PROVIDER_RTMP)
+    stream.on_end(broken)
+    stream.on_end(lambda s: seen.append("ended"))
+    stream.end()
+    assert seen == ["published cam1", "ended"] and hub.get("cam1") is None
+    assert len([e for e in log_events if "log_failure" in e]) == 2

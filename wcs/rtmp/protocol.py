@@ -316,7 +316,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                     result.end()  # named for a publisher that left meanwhile
                 return
             if isinstance(result, Failure):
-                result.trap(Refused, StreamError)
+                if not result.check(Refused, StreamError):
+                    # Not an answer but a fault (a directory or hook transport error): this
+                    # connection ends with a reason; nothing is left waiting.
+                    self.drop(f"could not decide: {result.getErrorMessage()}")
+                    return
                 refused(result.value)  # type: ignore[arg-type]
             else:
                 accepted(result)
@@ -510,11 +514,15 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         msid = str(uuid.uuid4())
         decision = self.factory.access.publish(client, name, msid, password)
         # Allowed: the directory is asked for the name, and the reply waits for it too.
-        decision.addCallback(
-            lambda _: self.hub.publish(
+
+        def claim(_: object) -> Deferred[Stream] | None:
+            if self._dropping or self._lost:
+                return None  # gone while the hooks decided: claim nothing
+            return self.hub.publish(
                 name, PROVIDER_RTMP, media_session_id=msid, on_terminate=self._terminated
             )
-        )
+
+        decision.addCallback(claim)
         self._await(
             decision,
             lambda stream: self._start_publish(client, stream),

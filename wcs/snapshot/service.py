@@ -135,8 +135,13 @@ class FrameSource:
         if self._reader is None:
             # The GOP cache is what a job decodes: the reader only says that it grew.
             self._reader = self.stream.add_reader(
-                self._unit, kind="video", on_end=self._stream_ended
+                self._unit, kind="video", on_end=self._stream_ended, on_error=self._reader_failed
             )
+
+    def _reader_failed(self, reader: Reader) -> None:
+        # Detached by the stream (logged there): the next request attaches a new one.
+        if self._reader is reader:
+            self._reader = None
 
     def _detach(self) -> None:
         reader, self._reader = self._reader, None

@@ -662,6 +662,8 @@ class PlayPeer(_Peer):
     async def _before_offer(self, offer_sdp: str) -> None:
         offered = offered_video_codecs(offer_sdp)
         video = self.stream.video or await self._first_video()
+        if self.closed:  # the player left while waiting: no track, no reader left behind
+            raise PeerError(INFO_ERROR, "closed while waiting for the source's video")
         codec = choose_play_codec(offered, video.codec if video else None)
         if codec is None:
             raise PeerError(INFO_NO_COMMON_CODECS, f"browser offers {offered}")
