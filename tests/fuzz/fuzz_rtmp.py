@@ -143,20 +143,6 @@ def h264_parsers(data: bytes) -> None:
         h264.with_parameter_sets(data, data[:32])
     assert all(nals)
     assert h264.unescape_rbsp(h264.escape_rbsp(data)) == data
-    # What the decoder reads of every access unit: whether it is referenced, and its order.
-    h264.is_disposable(data)
-    h264.is_idr(data)
-    slices = [h264.slice_info(data[i:], p) for p in _FUZZ_SPS for i in (0, len(data) // 2)]
-    for params in _FUZZ_SPS:
-        orders = h264.picture_orders(slices, params)
-        assert orders is None or len(orders) == len(slices)
-
-
-# Parameter sets of both order-count kinds the slice header parser must handle.
-_FUZZ_SPS = (
-    h264.SpsInfo(77, 0, 31, 0, 1, 8, 1280, 720, True, 2, log2_max_poc_lsb=6),
-    h264.SpsInfo(66, 0, 31, 0, 1, 8, 640, 360, False, 0, poc_type=2, separate_colour_plane=True),
-)
 
 
 class _Protocol(RTMPServerProtocol):

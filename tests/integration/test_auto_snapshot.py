@@ -113,8 +113,8 @@ def test_media_session_id_naming_matches_stream_find(tmp_path: Path, clip6: Clip
 def test_written_files_are_exactly_display_frames_n_2n_3n(
     tmp_path: Path, clip6: Clip, rate: int
 ) -> None:
-    """The decoder skips the pictures it does not write that nothing refers to (#8): the files
-    are still exactly frames N, 2N, 3N, ... of the source in display order (B-frames)."""
+    """The files are exactly frames N, 2N, 3N, ... of the source in display order (B-frames),
+    each the same picture as ffmpeg's own decode of that frame."""
     server = start_server(
         tmp_path,
         "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\nsnapshot_auto_naming=streamName\n"

@@ -3,7 +3,6 @@ streams) and VideoParams from parameter sets."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import shutil
 import subprocess
@@ -906,49 +905,3 @@ def test_h264_video_params_of_keeps_every_parameter_set() -> None:
     assert h264_video_params_of(info, [SPS_BASELINE], [PPS_BASELINE]) == h264_video_params(
         SPS_BASELINE, PPS_BASELINE
     )
-
-
-# -- picture order (display order from slice headers) -----------------------------------------
-def test_picture_orders_give_display_order_however_the_timestamps_run() -> None:
-    from tests.unit.media_fixtures import h264_sample, parameter_sets
-
-    for bframes in (True, False):
-        sample = h264_sample(bframes=bframes, seconds=2)
-        sps = h264.parse_sps(parameter_sets(sample)[0])
-        gop = list(sample.units[:30])
-        slices = [h264.slice_info(u.data, sps) for u in gop]
-        assert slices[0] is not None and slices[0].idr and slices[0].reference
-        orders = h264.picture_orders(slices, sps)
-        assert orders is not None
-        by_pts = sorted(range(30), key=lambda i: gop[i].pts)
-        assert sorted(range(30), key=lambda i: orders[i]) == by_pts
-        # A GOP that does not start at its IDR cannot be ordered this way.
-        assert h264.picture_orders(slices[1:], sps) is None
-
-
-def test_picture_orders_follow_the_lsb_wrapping_and_type_2() -> None:
-    sps = h264.SpsInfo(66, 0, 30, 0, 1, 8, 16, 16, True, None, log2_max_poc_lsb=4)
-    # The lsb wraps at 16 twice; the non-reference B (lsb 8) is shown before the P decoded
-    # before it, and does not move the wrap point of the P after it.
-    lsbs = [0, 4, 8, 12, 0, 4, 12, 8, 4]
-    refs = [True, True, True, True, True, True, True, False, True]
-    slices: list[h264.SliceInfo | None] = [
-        h264.SliceInfo(i == 0, ref, i, lsb)
-        for i, (lsb, ref) in enumerate(zip(lsbs, refs, strict=True))
-    ]
-    assert h264.picture_orders(slices, sps) == [0, 4, 8, 12, 16, 20, 28, 24, 36]
-    two = dataclasses.replace(sps, poc_type=2)
-    assert h264.picture_orders(slices, two) == list(range(9))
-    assert h264.picture_orders(slices, dataclasses.replace(sps, poc_type=1)) is None
-    assert h264.picture_orders([*slices[:3], None], sps) is None
-
-
-def test_slice_info_reads_the_first_slice_header() -> None:
-    from tests.unit.media_fixtures import h264_sample, parameter_sets
-
-    sample = h264_sample(bframes=True, seconds=1)
-    sps = h264.parse_sps(parameter_sets(sample)[0])
-    first = h264.slice_info(sample.units[0].data, sps)
-    assert first is not None and first.idr and first.frame_num == 0 and first.poc_lsb == 0
-    assert h264.slice_info(h264.to_annexb([bytes([0x09, 0xF0])]), sps) is None  # no slice
-    assert h264.slice_info(b"\x00\x00\x01\x41", sps) is None  # a header cut short

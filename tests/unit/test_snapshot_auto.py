@@ -119,26 +119,6 @@ def test_a_stream_ending_with_no_video_cached_still_reports_done(
     assert source.decoder.on_frame is None  # released
 
 
-@pytest.mark.parametrize("rate", [1, 7, 30])
-def test_only_written_frames_and_their_references_are_decoded(tmp_path: Path, rate: int) -> None:
-    sample = h264_sample(bframes=True)  # 90 frames, B-frames of which some are references
-    env = Env(tmp_path, rate=rate, retention=0)
-    stream = env.publish("cam", sample)
-    source = env.snapshots.source(stream)
-    decoder = source.decoder
-    stream.end()
-    order = display_order(sample)
-    written = files(tmp_path / "cam")
-    assert written == [f"{n:06d}.png" for n in range(1, 90 // rate + 1)]
-    for n in range(1, 90 // rate + 1):
-        rgb = png_rgb((tmp_path / "cam" / f"{n:06d}.png").read_bytes())
-        assert pts_of(sample, rgb) == order[rate * n - 1], n
-    if rate == 1:
-        assert decoder.skipped_units == 0  # every frame is written
-    else:
-        assert decoder.skipped_units > 0
-
-
 def test_republish_continues_numbering_after_highest_file(tmp_path: Path) -> None:
     sample = h264_sample(bframes=False)
     folder = tmp_path / "cam"

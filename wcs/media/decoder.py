@@ -61,15 +61,11 @@ def release_free_memory() -> None:
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then.
-
-    `number` (for on_frame) is the picture's place in display order among the frames of the
-    GOPs this decoder was given, from 1: skipped pictures count too."""
+    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then."""
 
     frame: VideoFrame
     gop_seq: int
     after_key: bool = True
-    number: int = 0
 
 
 # Packets the decoder may hold without output: H.264 reorders at most 16 frames. Beyond this the
@@ -84,7 +80,6 @@ COLD_THREADS = 2
 # from: the SPS's max_num_reorder_frames + 2 of them, or KEEP_TAIL when the SPS does not say
 # (H.264 reorders at most 16 frames).
 KEEP_TAIL = 18
-MAX_REORDER = 16
 
 
 class StreamDecoder:
@@ -136,11 +131,7 @@ class StreamDecoder:
         self.dropped_units = 0  # units never decoded because the decoder fell behind
         self.dropped_gops = 0  # whole GOPs among them
         self.skipped_units = 0  # pictures nothing references, not decoded (see catch_up)
-        # For on_frame: the display numbers it needs (None: all), and per GOP seq the GOP and
-        # the number of frames before it (the current GOP and the one before).
-        self.wanted: Callable[[int], bool] | None = None
-        self._numbering: dict[int, _GopNumbers] = {}
-        self._reorder_of: tuple[VideoParams | None, int] = (None, MAX_REORDER)
+        self._tail_of: tuple[VideoParams | None, int] = (None, KEEP_TAIL)
 
     def _open(self, params: VideoParams) -> None:
         ctx = open_codec(params.codec, params, self.max_pixels)
@@ -163,8 +154,6 @@ class StreamDecoder:
         native memory), not whenever a garbage collection finds them."""
         self.reset()
         self.on_frame = None
-        self.wanted = None
-        self._numbering = {}
         self._delivered = set()
 
     def _feed(self, ctx: Any, unit: MediaUnit | None, gop_seq: int, pos: int = 0) -> None:
@@ -192,18 +181,9 @@ class StreamDecoder:
             if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
-            on_frame = self.on_frame
-            numbers = self._numbering.get(seq) if on_frame is not None else None
-            number = numbers.number(at) if numbers is not None else None
-            if numbers is not None and number is None:
-                # No order counts to go by: number by output order, which is display order.
-                number = numbers.base + numbers.delivered + 1
-            decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out, number or 0)
-            if on_frame is not None and self._first_time(seq, at):
-                if numbers is not None:
-                    numbers.delivered += 1
-                    numbers.high = max(numbers.high, number or 0)
-                on_frame(decoded)
+            decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out)
+            if self.on_frame is not None and self._first_time(seq, at):
+                self.on_frame(decoded)
 
     def _decode(self, ctx: Any, packet: av.Packet | None) -> list[Any]:
         """The frames `packet` (None: the end) lets out. A packet FFmpeg refuses gives none
@@ -214,36 +194,6 @@ class StreamDecoder:
             self.errors += 1
             self.last_error = str(err)
             return []
-
-    def _start_numbering(self, gop: Gop) -> None:
-        """Number `gop`'s frames after those of the newest GOP numbered so far."""
-        if gop.seq in self._numbering:
-            return
-        base = 0
-        if self._numbering:
-            last = self._numbering[max(self._numbering)]
-            base = last.high if last.truncated else last.base + len(last.gop.units)
-            self._numbering = {last.gop.seq: last}
-        keyframe = gop.units[0] if gop.units else None
-        self._numbering[gop.seq] = _GopNumbers(gop, base, sps_of(gop.params, keyframe))
-
-    def _number(self, gop_seq: int, pos: int) -> int | None:
-        numbers = self._numbering.get(gop_seq)
-        return None if numbers is None else numbers.number(pos)
-
-    def _skippable(self, gop: Gop, pos: int, unit: MediaUnit) -> bool:
-        """Whether unit `pos` may go undecoded: a picture nothing references that on_frame
-        does not want (no on_frame: any such picture). Without a display number (no order
-        counts to read) nothing is skipped for on_frame."""
-        if not _disposable(unit):
-            return False
-        if self.on_frame is None:
-            return True
-        wanted = self.wanted
-        if wanted is None:
-            return False
-        number = self._number(gop.seq, pos)
-        return number is not None and not wanted(number)
 
     def _first_time(self, gop_seq: int, pos: int) -> bool:
         """Whether the picture of unit `pos` of GOP `gop_seq` is new to on_frame (a drain makes
@@ -257,11 +207,8 @@ class StreamDecoder:
         self._delivered.add(pos)
         return True
 
-    def catch_up(self, gop: Gop, end: int, *, newest: bool = True) -> DecodedFrame | None:
-        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame.
-
-        `newest=False` (an auto-snapshot decoder nobody asks): the units whose display number
-        is not final yet wait for the next call, so no picture it skips is decided early."""
+    def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
+        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
         if gop.seq != self._gop_seq:
             if gop.seq < self._gop_seq:
                 raise ValueError("GOP sequence went backwards")
@@ -276,38 +223,24 @@ class StreamDecoder:
             self._gop_seq = gop.seq
             self._pos = 0
         start = self._pos
-        if self.on_frame is not None:
-            self._start_numbering(gop)
-        # Pictures nothing references are skipped, unless they are among the last few before
-        # the target (the newest picture comes from there), or on_frame wants them. For
-        # on_frame, a picture's display number is final once the pictures shown before it have
-        # come: `reorder` units after it.
-        if self.on_frame is None:
-            skip_below = end - self._keep_tail(gop)
-        else:
-            skip_below = end - self._reorder(gop)
-            if not newest:
-                end = max(start, skip_below)  # the rest waits until it can be decided
-        if not self.skip_disposable:
-            skip_below = 0
+        # Only the newest picture is wanted (nobody listens to every frame): pictures nothing
+        # references are skipped, but for the last few before the target.
+        skip = self.skip_disposable and self.on_frame is None
+        skip_below = end - self._keep_tail(gop) if skip else 0
         for pos, unit in enumerate(gop.units[start:end], start):
-            if pos < skip_below and self._skippable(gop, pos, unit):
+            if pos < skip_below and _disposable(unit):
                 self.skipped_units += 1
                 continue
             self._feed(ctx, unit, gop.seq, pos)
         self._pos = max(self._pos, end)
         return self.latest
 
-    def _reorder(self, gop: Gop) -> int:
-        """The stream's reorder depth (see reorder_of), once per parameter set."""
-        params = gop.params
-        if params is not self._reorder_of[0]:
-            self._reorder_of = (params, reorder_of(params, gop.units[0] if gop.units else None))
-        return self._reorder_of[1]
-
     def _keep_tail(self, gop: Gop) -> int:
         """How many units before a target are always decoded (see KEEP_TAIL)."""
-        return min(KEEP_TAIL, self._reorder(gop) + 2)
+        params = gop.params
+        if params is not self._tail_of[0]:
+            self._tail_of = (params, keep_tail_of(params, gop.units[0] if gop.units else None))
+        return self._tail_of[1]
 
     def _finish_previous(self, ctx: Any, gop: Gop) -> None:
         """For a decoder that must see every frame (`on_frame` set): decode the tail of the GOP
@@ -320,33 +253,12 @@ class StreamDecoder:
         start = self._pos
         tail = prev.units[start:]
         if gop.seq == prev.seq + 1:
-            last = len(prev.units)
-            if self.wanted is not None and gop.units and h264.is_idr(gop.units[0].data):
-                # Nothing after the GOP's last wanted picture (in decode order) is needed: the
-                # next GOP refers to none of it.
-                last = self._last_wanted(prev) + 1
             for pos, unit in enumerate(tail, start):
-                if pos >= last or self._skippable(prev, pos, unit):
-                    self.skipped_units += 1
-                    continue
                 self._feed(ctx, unit, prev.seq, pos)
             return
         if gop.seq > prev.seq + 1:
             self.dropped_gops += gop.seq - prev.seq - 1
             self.dropped_units += len(tail)
-            numbers = self._numbering.get(prev.seq)
-            if numbers is not None:
-                numbers.truncated = True  # frames never decoded are not counted
-
-    def _last_wanted(self, gop: Gop) -> int:
-        """The decode position of `gop`'s last picture on_frame wants (-1: none; the last
-        position when that cannot be told)."""
-        wanted = self.wanted
-        for pos in range(len(gop.units) - 1, -1, -1):
-            number = self._number(gop.seq, pos)
-            if wanted is None or number is None or wanted(number):
-                return pos
-        return -1
 
     def drain(self) -> None:
         """Output the pictures held for reordering (the stream is over); the next call starts
@@ -413,63 +325,20 @@ class StreamDecoder:
         return self.latest
 
 
-def sps_of(params: VideoParams, keyframe: MediaUnit | None) -> h264.SpsInfo | None:
-    """The stream's SPS: from its parameters, else the keyframe's in-band one."""
+def keep_tail_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
+    """max_num_reorder_frames + 2 from the stream's SPS (its parameters, else the keyframe's
+    in-band one); KEEP_TAIL when there is none or it does not say."""
     if params.codec != "H264":
-        return None
+        return KEEP_TAIL
     for source in (params.extradata, keyframe.data if keyframe is not None else b""):
         for nal in h264.split_annexb(source):
             if nal[0] & 0x1F == h264.NAL_SPS:
                 try:
-                    return h264.parse_sps(nal, max_pixels=1 << 62)
+                    reorder = h264.parse_sps(nal, max_pixels=1 << 62).max_num_reorder_frames
                 except h264.H264Error:
-                    return None
-    return None
-
-
-def reorder_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
-    """max_num_reorder_frames from the stream's SPS: how many units may arrive after a picture
-    and still be shown before it. H.264's maximum (16) when there is none or it does not say."""
-    sps = sps_of(params, keyframe)
-    if sps is None or sps.max_num_reorder_frames is None:
-        return MAX_REORDER
-    return min(MAX_REORDER, sps.max_num_reorder_frames)
-
-
-class _GopNumbers:
-    """The display numbers of one GOP's pictures for on_frame: `base` (the frames of earlier
-    GOPs) plus the picture's rank by picture order count within the GOP, plus one. The order
-    counts come from the slice headers, so a publisher's timestamps never matter."""
-
-    def __init__(self, gop: Gop, base: int, sps: h264.SpsInfo | None) -> None:
-        self.gop = gop
-        self.base = base
-        self.sps = sps
-        self.delivered = 0  # pictures given to on_frame (numbering by output order)
-        self.high = base  # the highest number given to on_frame
-        self.truncated = False  # the decoder fell behind and dropped the GOP's last units
-        self._slices: list[h264.SliceInfo | None] = []
-        self._orders: list[int] | None = None
-
-    def number(self, pos: int) -> int | None:
-        """None when the GOP's order counts cannot be read (not H.264, no IDR first, ...)."""
-        sps = self.sps
-        if sps is None:
-            return None
-        units = self.gop.units[:]  # the reactor appends meanwhile
-        if len(self._slices) < len(units):
-            self._slices += [h264.slice_info(u.data, sps) for u in units[len(self._slices) :]]
-            self._orders = h264.picture_orders(self._slices, sps)
-        orders = self._orders
-        if orders is None or pos >= len(orders):
-            return None
-        mine = orders[pos]
-        return self.base + sum(1 for order in orders if order < mine) + 1
-
-
-def keep_tail_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
-    """How many units before a target a catch-up for the newest picture always decodes."""
-    return min(KEEP_TAIL, reorder_of(params, keyframe) + 2)
+                    return KEEP_TAIL
+                return KEEP_TAIL if reorder is None else min(KEEP_TAIL, reorder + 2)
+    return KEEP_TAIL
 
 
 def _disposable(unit: MediaUnit) -> bool:

@@ -6,7 +6,7 @@ Pure functions over bytes; references are to ITU-T H.264 (2021) and ISO/IEC 1449
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wcs.media.units import MAX_PICTURE_PIXELS, VideoParams
 
@@ -106,19 +106,6 @@ def is_disposable(annexb: bytes) -> bool:
         header = annexb[pos + 3]
         if 1 <= header & 0x1F <= 5:  # a slice or slice data partition (5: IDR)
             return header & 0x60 == 0
-        pos = annexb.find(b"\x00\x00\x01", pos + 4)
-    return False
-
-
-def is_idr(annexb: bytes) -> bool:
-    """Whether an Annex B access unit's first slice is an IDR slice (nothing after it refers
-    to a picture before it)."""
-    pos = annexb.find(b"\x00\x00\x01")
-    last = len(annexb) - 3
-    while 0 <= pos < last:
-        kind = annexb[pos + 3] & 0x1F
-        if 1 <= kind <= 5:
-            return kind == NAL_IDR
         pos = annexb.find(b"\x00\x00\x01", pos + 4)
     return False
 
@@ -374,11 +361,6 @@ class SpsInfo:
     height: int
     frame_mbs_only: bool
     max_num_reorder_frames: int | None
-    # What a slice header's picture order count needs (see slice_poc); not compared.
-    log2_max_frame_num: int = field(default=4, compare=False)
-    poc_type: int = field(default=0, compare=False)
-    log2_max_poc_lsb: int = field(default=4, compare=False)
-    separate_colour_plane: bool = field(default=False, compare=False)
 
 
 def _skip_scaling_list(reader: _BitReader, size: int) -> None:
@@ -479,11 +461,10 @@ def parse_sps(nal: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> SpsInfo:
                     if reader.flag():  # seq_scaling_list_present_flag[i]
                         _skip_scaling_list(reader, 16 if i < 6 else 64)
 
-        log2_max_frame_num = _ue_max(reader, "log2_max_frame_num_minus4", 12) + 4
+        _ue_max(reader, "log2_max_frame_num_minus4", 12)
         poc_type = _ue_max(reader, "pic_order_cnt_type", 2)
-        log2_max_poc_lsb = 4
         if poc_type == 0:
-            log2_max_poc_lsb = _ue_max(reader, "log2_max_pic_order_cnt_lsb_minus4", 12) + 4
+            _ue_max(reader, "log2_max_pic_order_cnt_lsb_minus4", 12)
         elif poc_type == 1:
             reader.u(1)  # delta_pic_order_always_zero_flag
             reader.se()  # offset_for_non_ref_pic
@@ -559,84 +540,7 @@ def parse_sps(nal: bytes, max_pixels: int = MAX_PICTURE_PIXELS) -> SpsInfo:
         height=height,
         frame_mbs_only=frame_mbs_only,
         max_num_reorder_frames=max_num_reorder_frames,
-        log2_max_frame_num=log2_max_frame_num,
-        poc_type=poc_type,
-        log2_max_poc_lsb=log2_max_poc_lsb,
-        separate_colour_plane=separate_colour_plane,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SliceInfo:
-    """The first slice header's fields that place a picture in display order."""
-
-    idr: bool
-    reference: bool  # nal_ref_idc != 0
-    frame_num: int
-    poc_lsb: int | None  # pic_order_cnt_lsb (pic_order_cnt_type 0), else None
-
-
-def slice_info(annexb: bytes, sps: SpsInfo) -> SliceInfo | None:
-    """The first slice header of an access unit, read up to its pic_order_cnt_lsb (7.3.3);
-    None when there is no slice, or it is a field (the order of fields is not needed here)."""
-    pos = annexb.find(b"\x00\x00\x01")
-    last = len(annexb) - 3
-    while 0 <= pos < last:
-        header = annexb[pos + 3]
-        kind = header & 0x1F
-        if 1 <= kind <= 5:
-            break
-        pos = annexb.find(b"\x00\x00\x01", pos + 4)
-    else:
-        return None
-    # A slice header is a few dozen bytes at most: unescape only its start.
-    reader = _BitReader(unescape_rbsp(annexb[pos + 4 : pos + 4 + 64]))
-    try:
-        reader.ue()  # first_mb_in_slice
-        reader.ue()  # slice_type
-        reader.ue()  # pic_parameter_set_id
-        if sps.separate_colour_plane:
-            reader.u(2)  # colour_plane_id
-        frame_num = reader.u(sps.log2_max_frame_num)
-        if not sps.frame_mbs_only and reader.flag():  # field_pic_flag
-            return None
-        if kind == NAL_IDR:
-            reader.ue()  # idr_pic_id
-        poc_lsb = reader.u(sps.log2_max_poc_lsb) if sps.poc_type == 0 else None
-    except (_Truncated, H264Error):
-        return None
-    return SliceInfo(kind == NAL_IDR, header & 0x60 != 0, frame_num, poc_lsb)
-
-
-def picture_orders(slices: Sequence[SliceInfo | None], sps: SpsInfo) -> list[int] | None:
-    """Each picture's order count (display order) from an IDR on, in decode order (8.2.1.1 for
-    pic_order_cnt_type 0; type 2 shows pictures in decode order). None when that cannot be
-    told this way (no IDR first, type 1, a picture without a readable slice header)."""
-    if not slices or slices[0] is None or not slices[0].idr:
-        return None
-    if sps.poc_type == 2:
-        return list(range(len(slices)))
-    if sps.poc_type != 0:
-        return None
-    max_lsb = 1 << sps.log2_max_poc_lsb
-    prev_msb = prev_lsb = 0
-    orders: list[int] = []
-    for info in slices:
-        if info is None or info.poc_lsb is None:
-            return None
-        if info.idr:
-            prev_msb = prev_lsb = 0
-        lsb = info.poc_lsb
-        if lsb < prev_lsb and prev_lsb - lsb >= max_lsb // 2:
-            msb = prev_msb + max_lsb
-        elif lsb > prev_lsb and lsb - prev_lsb > max_lsb // 2:
-            msb = prev_msb - max_lsb
-        else:
-            msb = prev_msb
-        orders.append(msb + lsb)
-        if info.reference:  # memory_management_control_operation 5 is not looked for
-            prev_msb, prev_lsb = msb, lsb
-    return orders
 
 
 def codec_string(sps: SpsInfo) -> str:

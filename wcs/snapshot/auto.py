@@ -192,15 +192,9 @@ class AutoStream:
         self._logged_drops = False
 
     # -- pool side ----------------------------------------------------------------------------
-    def wants(self, number: int) -> bool:
-        """Whether the frame of this display number (from 1) is written: N, 2N, 3N, ..."""
-        return number % self.rate == 0
-
     def on_frame(self, frame: DecodedFrame) -> bytes | None:
-        # Numbered by the decoder in display order; it skips the pictures not written that
-        # nothing refers to, so not every number comes here.
-        self.frames = max(self.frames, frame.number)
-        if not self.wants(frame.number):
+        self.frames += 1
+        if self.frames % self.rate:
             return None
         png = self.encode(frame.frame)
         try:
@@ -351,7 +345,7 @@ class AutoSnapshotter:
         auto = AutoStream(stream, folder, self.rate, self.encode)
         self.streams[stream] = auto
         stream.on_end(self._ended)
-        source = self.snapshots.pin(stream, auto.on_frame, auto.wants)
+        source = self.snapshots.pin(stream, auto.on_frame)
         auto.decoder = source.decoder
         source.after_job(auto.report)
 

@@ -112,17 +112,11 @@ class FrameSource:
         self._kick()
         return d
 
-    def pin(
-        self,
-        listener: Callable[[DecodedFrame], bytes | None],
-        wanted: Callable[[int], bool] | None = None,
-    ) -> None:
-        """Decode the stream for as long as it lives, calling `listener(frame)` in the pool once
-        per new picture (the auto-snapshotter). With `wanted(number)`, only pictures it wants
-        (by display number, see DecodedFrame) and those they refer to need decoding. A PNG the
-        listener returns is reused by requests for that same picture."""
+    def pin(self, listener: Callable[[DecodedFrame], bytes | None]) -> None:
+        """Decode every frame for as long as the stream lives, calling `listener(frame)` in the
+        pool once per new picture (the auto-snapshotter). A PNG it returns is reused by requests
+        for that same picture."""
         self._frame_listener = listener
-        self.decoder.wanted = wanted
         self.decoder.on_frame = self._frame_decoded
         self._attach()
         self._kick()
@@ -262,11 +256,8 @@ class FrameSource:
             return
         waiters, self._waiters = self._waiters, []
         self._busy = True
-        # An auto-snapshot decoder nobody asks lets the units whose display number is not
-        # final yet wait (see StreamDecoder.catch_up); one that is asked decodes to the newest.
-        asked = self._clock.seconds() <= self._hot_until
         running = self._running = _Job((gop.seq, end), waiters)
-        job = self._run(self._job, running, gop, end, asked)
+        job = self._run(self._job, running, gop, end)
         job.addBoth(self._finished, running.waiters, (gop.seq, end))
 
     def _finished(
@@ -336,12 +327,12 @@ class FrameSource:
         self.decoder.catch_up(gop, end)
         self.decoder.drain()
 
-    def _job(self, job: _Job, gop: Gop, end: int, asked: bool = True) -> bytes | None:
+    def _job(self, job: _Job, gop: Gop, end: int) -> bytes | None:
         if self._abandoned:
             job.close()
             return None  # queued before its stream ended and was given up: nothing to do
         if not job.png_wanted:
-            self.decoder.catch_up(gop, end, newest=asked)
+            self.decoder.catch_up(gop, end)
             if not job.close():
                 return None
             # A request joined while this job decoded ahead of requests: answer it now.
@@ -506,15 +497,10 @@ class SnapshotService:
     def hot_streams(self) -> int:
         return sum(1 for src in self._hot if src.hot)
 
-    def pin(
-        self,
-        stream: Stream,
-        listener: Callable[[DecodedFrame], bytes | None],
-        wanted: Callable[[int], bool] | None = None,
-    ) -> FrameSource:
-        """Keep `stream` decoded for its whole life (see FrameSource.pin)."""
+    def pin(self, stream: Stream, listener: Callable[[DecodedFrame], bytes | None]) -> FrameSource:
+        """Keep `stream` decoded frame by frame for its whole life (see FrameSource.pin)."""
         source = self.source(stream)
-        source.pin(listener, wanted)
+        source.pin(listener)
         return source
 
     def take(self, name: str) -> Deferred[bytes]:
