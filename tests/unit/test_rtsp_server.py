@@ -1667,14 +1667,20 @@ def test_the_hooks_decide_an_announce_and_later_requests_wait(
     assert [(m, b["status"]) for m, b in hooks.told] == [("StreamStatusEvent", "PUBLISHING")]
 
 
-def test_a_publisher_gone_before_the_answer_publishes_nothing(
-    hub: StreamHub, reactor: FakeReactor
-) -> None:
+def hooked_announce(hub: StreamHub, reactor: FakeReactor) -> tuple[Conn, PendingHooks]:
+    """A connection whose ANNOUNCE of `cam` waits for hooks the test answers by hand."""
     hooks = PendingHooks()
     conn = Conn(RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks)))
     raw_request(
         conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
     )
+    return conn, hooks
+
+
+def test_a_publisher_gone_before_the_answer_publishes_nothing(
+    hub: StreamHub, reactor: FakeReactor
+) -> None:
+    conn, hooks = hooked_announce(hub, reactor)
     hooks.answer("connect")
     conn.close()
     hooks.answer("publishStream")
@@ -1705,11 +1711,7 @@ def test_an_announce_is_answered_once_the_directory_answers(reactor: FakeReactor
 def test_an_announce_refused_by_the_hook_is_403_with_its_reason(
     hub: StreamHub, reactor: FakeReactor
 ) -> None:
-    hooks = PendingHooks()
-    conn = Conn(RTSPServerFactory(hub, reactor, access=Access(reactor, hooks=hooks)))
-    raw_request(
-        conn, "ANNOUNCE", headers=[("Content-Type", "application/sdp")], body=announce_sdp()
-    )
+    conn, hooks = hooked_announce(hub, reactor)
     hooks.answer("connect")
     hooks.answer("publishStream", refuse="Not your stream")
     [r] = responses(conn)

@@ -148,6 +148,31 @@ def hot_with_a_job_queued(
     return sample, stream
 
 
+def test_a_frame_source_whose_reader_failed_reads_again_at_the_next_request(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, pool, _clock, service = env
+    sample = h264_sample()
+    stream = publish_now(hub, "cam", PROVIDER_RTMP)
+    push(stream, sample.units[:5])
+    source = service.source(stream)
+
+    def broken(unit: MediaUnit) -> None:
+        raise RuntimeError("a bug in the snapshot reader")
+
+    monkeypatch.setattr(source, "_unit", broken)
+    first = service.take("cam")
+    pool.run_all()
+    result_now(first)
+    stream.push(sample.units[5])  # the reader raises: the stream detaches it
+    assert stream.readers == [] and source._reader is None
+    monkeypatch.undo()
+    d = service.take("cam")  # attaches a new reader
+    assert len(stream.readers) == 1
+    pool.run_all()
+    png_rgb(result_now(d))
+
+
 def test_a_request_joins_the_job_decoding_ahead_of_it(env: Any) -> None:
     """A hot stream decodes as units come; a request arriving while such a job waits or runs
     gets its PNG from that job instead of waiting for it and then for one more."""
