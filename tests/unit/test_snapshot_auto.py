@@ -50,10 +50,22 @@ def test_every_rate_th_frame_numbered_from_one_newest_kept(tmp_path: Path) -> No
     info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
     assert info["written"] == 6
-    assert info["framesDecoded"] == 90
+    assert info["frames"] == 90
+    assert info["framesDecoded"] == 90  # no B-frames: each picture is referenced by the next
     assert info["lastFile"] == "000006.png"
     assert info["errors"] == 0
     assert info["folder"] == str(folder)
+
+
+def test_an_unrequested_stream_is_decoded_a_gop_at_a_time_once_the_next_starts(
+    tmp_path: Path,
+) -> None:
+    sample = h264_sample(bframes=False)  # GOPs of 30
+    env = Env(tmp_path, rate=15, retention=0)
+    stream = env.publish("cam", sample, next_gop=False)
+    assert files(tmp_path / "cam") == [f"{n:06d}.png" for n in range(1, 5)]
+    stream.end()  # the last GOP is complete now
+    assert files(tmp_path / "cam") == [f"{n:06d}.png" for n in range(1, 7)]
 
 
 def test_files_are_fpng_bytes_made_in_helper_processes_by_default(tmp_path: Path) -> None:
@@ -214,30 +226,32 @@ def test_disk_full_is_counted_and_logged_once_then_writing_resumes(
 
     real_write = auto_mod._write_file
     monkeypatch.setattr(auto_mod, "_write_file", disk_full)
-    for unit in sample.units[:45]:
+    for unit in sample.units[:61]:  # GOPs of 30: the first two are complete
         stream.push(unit)
     auto = env.auto.streams[stream]
-    assert (auto.written, auto.errors) == (0, 4)
+    assert (auto.written, auto.errors) == (0, 6)
     assert "No space left on device" in str(auto.last_error)
     errors = [e for e in log_events if "not written" in e.get("log_format", "")]
     assert len(errors) == 1
     monkeypatch.setattr(auto_mod, "_write_file", real_write)
-    for unit in sample.units[45:]:
+    for unit in sample.units[61:]:
         stream.push(unit)
+    env.next_gop(stream, sample.units)
     assert not stream.ended
-    assert (auto.written, auto.errors) == (5, 4)
-    assert files(tmp_path / "cam") == [f"{n:06d}.png" for n in range(1, 6)]
+    assert (auto.written, auto.errors) == (3, 6)
+    assert files(tmp_path / "cam") == [f"{n:06d}.png" for n in range(1, 4)]
     assert any("written again" in e.get("log_format", "") for e in log_events)
 
 
 def test_folder_deleted_while_running_is_made_again(tmp_path: Path) -> None:
     sample = h264_sample(bframes=False)
     env = Env(tmp_path, rate=30, retention=0)
-    stream = env.publish("cam", sample, units=31)
+    stream = env.publish("cam", sample, units=31, next_gop=False)
     (tmp_path / "cam" / "000001.png").unlink()
     (tmp_path / "cam").rmdir()
     for unit in sample.units[31:]:
         stream.push(unit)
+    env.next_gop(stream, sample.units)
     assert files(tmp_path / "cam") == ["000002.png", "000003.png"]
 
 
@@ -245,11 +259,13 @@ def test_resolution_change_resets_decoder_and_files_continue(tmp_path: Path) -> 
     small = h264_sample(bframes=False)
     large = h264_sample(bframes=False, seconds=2, size="640x360")
     env = Env(tmp_path, rate=30, retention=0)
-    stream = env.publish("cam", small)
+    stream = env.publish("cam", small, next_gop=False)
     stream.set_video_params(VideoParams("H264", 640, 360))
     base = max(small.units, key=lambda u: u.pts).pts + 3000
-    for unit in large.units:
-        stream.push(dataclasses.replace(unit, pts=unit.pts + base, dts=unit.dts + base))
+    shifted = [dataclasses.replace(u, pts=u.pts + base, dts=u.dts + base) for u in large.units]
+    for unit in shifted:
+        stream.push(unit)
+    env.next_gop(stream, shifted)
     sizes = [png_rgb(p.read_bytes()).shape for p in sorted((tmp_path / "cam").iterdir())]
     assert sizes == [(240, 320, 3)] * 3 + [(360, 640, 3)] * 2
 
@@ -268,9 +284,12 @@ def test_decoder_behind_real_time_drops_whole_gops_and_logs_once(
     auto = env.auto.streams[stream]
     info = env.views.stream_json(stream)["autoSnapshot"]
     assert isinstance(info, dict)
-    assert info["droppedGops"] == 1  # GOP 2 was never decoded; GOP 1's first frame was
-    assert info["droppedFrames"] == 29
-    assert auto.frames == 1 + 30
+    # GOP 1 was held until complete and decoded whole; GOP 2 was gone by then.
+    assert info["droppedGops"] == 1
+    assert auto.frames == 30 and auto.written == 30
+    stream.end()
+    pool.run_all()
+    assert auto.frames == 60 and auto.written == 60  # GOP 3 numbered after GOP 1
     drops = [e for e in log_events if "fell behind" in e.get("log_format", "")]
     assert len(drops) == 1
 
@@ -321,23 +340,28 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         AutoSnapshotter(hub, snaps, root=tmp_path, rate=0)
 
 
-def test_unrequested_stream_decodes_in_batches_and_requests_get_the_newest(
+def test_unrequested_stream_decodes_a_gop_per_job_and_requests_get_the_newest(
     tmp_path: Path,
 ) -> None:
-    sample = h264_sample(bframes=False)
+    sample = h264_sample(bframes=False)  # GOPs of 30
     pool = ManualPool()
-    env = Env(tmp_path, rate=1, retention=0, pool=pool, batch=4)
+    env = Env(tmp_path, rate=1, retention=0, pool=pool)
     stream = publish_now(env.hub, "cam", PROVIDER_RTMP)
-    for unit in sample.units[:10]:
+    for unit in sample.units[:31]:
         stream.push(unit)
         pool.run_all()
-    # a job on the keyframe, then one per 4 frames: 1 + 4 + 4, the 10th waits for company
-    assert pool.ran == 3
-    assert env.auto.streams[stream].frames == 9
+    # One job on each keyframe: the first leaves its GOP for later, the second decodes it.
+    assert pool.ran == 2
+    assert env.auto.streams[stream].frames == 30
+    assert len(os.listdir(tmp_path / "cam")) == 30
+    for unit in sample.units[31:40]:
+        stream.push(unit)
+        pool.run_all()
+    assert pool.ran == 2
     d = env.snapshots.take("cam")
     pool.run_all()
-    assert pts_of(sample, png_rgb(result_now(d))) == sample.units[9].pts
-    for unit in sample.units[10:]:
+    assert pts_of(sample, png_rgb(result_now(d))) == sample.units[39].pts
+    for unit in sample.units[40:]:
         stream.push(unit)
         pool.run_all()
     stream.end()

@@ -61,13 +61,54 @@ def release_free_memory() -> None:
 
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
-    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then."""
+    """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then.
+    `number`: its place in the stream in display order, from 1 (set for an `on_frame` listener)."""
 
     frame: VideoFrame
     gop_seq: int
     after_key: bool = True
+    number: int = 0
 
 
+class _Numbering:
+    """Display numbers of one GOP's pictures, the first being `base` + 1.
+
+    A GOP decoded as it arrives is numbered in output order, which is display order: the
+    count of pictures output since the pass started at its keyframe. A complete GOP decoded
+    for some pictures only is numbered before decoding, by its units' presentation times
+    (`ranks`), when those are plausible: each picture displayed within MAX_REORDER places of
+    where it is decoded (a publisher's clock that jumps breaks that, and the GOP is then decoded
+    whole and counted)."""
+
+    __slots__ = ("base", "gop", "outputs", "ranks")
+
+    def __init__(self, gop: Gop, base: int) -> None:
+        self.gop = gop
+        self.base = base
+        self.outputs = 0
+        self.ranks: list[int] | None = None
+
+    def rank_by_time(self) -> bool:
+        """Number the complete GOP by presentation time; False when that is not plausible."""
+        order = sorted(range(len(self.gop.units)), key=lambda pos: (self.gop.units[pos].pts, pos))
+        ranks = [0] * len(order)
+        for rank, pos in enumerate(order):
+            if abs(rank - pos) > MAX_REORDER:
+                return False
+            ranks[pos] = rank
+        self.ranks = ranks
+        return True
+
+    def number(self, pos: int) -> int:
+        """The number of the picture of unit `pos`, as it is output."""
+        if self.ranks is not None:
+            return self.base + self.ranks[pos] + 1
+        self.outputs += 1
+        return self.base + self.outputs
+
+
+# H.264 reorders at most 16 pictures (max_num_reorder_frames).
+MAX_REORDER = 16
 # Packets the decoder may hold without output: H.264 reorders at most 16 frames. Beyond this the
 # oldest are forgotten (a packet FFmpeg refused never comes out).
 MAX_PENDING = 64
@@ -94,6 +135,11 @@ class StreamDecoder:
     output picture maps back to its unit however the publisher's clock jumps, and "not older
     than the keyframe" is decided by output order (pictures of the GOP output once its keyframe
     was), not by comparing the publisher's timestamps.
+
+    A listener of every picture (`on_frame`, the auto-snapshotter) that wants only some of them
+    (`want`) may let whole GOPs wait until they are complete (`catch_up(defer=True)`): a
+    complete GOP's display order is known from its units' timestamps, so only the reference
+    pictures up to the last wanted one and the wanted ones are decoded (see _selective).
     """
 
     def __init__(
@@ -126,14 +172,23 @@ class StreamDecoder:
         # Called (in the decoding thread) once per new picture in display order, never twice for
         # one picture even when a drain makes the decoder output it again.
         self.on_frame: Callable[[DecodedFrame], object] | None = None
+        # Which display numbers on_frame wants (None: all); a deferred GOP decodes only those.
+        self.want: Callable[[int], bool] | None = None
         self._delivered_gop = -1  # GOP of the last on_frame, and its positions delivered
         self._delivered: set[int] = set()
+        self._deliver = True  # False while a drain made for a request outputs pictures early
+        self._numberings: dict[int, _Numbering] = {}
+        self._deferred: Gop | None = None  # a GOP left until complete (see catch_up)
         self.dropped_units = 0  # units never decoded because the decoder fell behind
         self.dropped_gops = 0  # whole GOPs among them
-        self.skipped_units = 0  # pictures nothing references, not decoded (see catch_up)
+        self.skipped_units = 0  # pictures not decoded because no wanted picture needs them
+        self.selective_gops = 0  # GOPs decoded for their wanted pictures only
+        self.frames_seen = 0  # the highest display number of the listener's stream so far
         self._tail_of: tuple[VideoParams | None, int] = (None, KEEP_TAIL)
 
     def _open(self, params: VideoParams) -> None:
+        if self._ctx is not None and self.on_frame is not None:
+            self._flush(deliver=True)  # the listener gets the pictures held for reordering
         ctx = open_codec(params.codec, params, self.max_pixels)
         self.reset()
         self._ctx = ctx
@@ -147,6 +202,7 @@ class StreamDecoder:
         self._gop_seq = -1
         self._pos = 0
         self._pending.clear()
+        self._deferred = None
         self.latest = None
 
     def release(self) -> None:
@@ -154,19 +210,40 @@ class StreamDecoder:
         native memory), not whenever a garbage collection finds them."""
         self.reset()
         self.on_frame = None
+        self.want = None
         self._delivered = set()
+        self._numberings = {}
 
-    def _feed(self, ctx: Any, unit: MediaUnit | None, gop_seq: int, pos: int = 0) -> None:
+    def _numbering(self, gop: Gop) -> _Numbering:
+        """The display numbering of `gop`: the next numbers after the newest GOP numbered so
+        far (GOPs dropped unseen are not counted)."""
+        numbering = self._numberings.get(gop.seq)
+        if numbering is not None:
+            return numbering
+        base = 0
+        if self._numberings:
+            last = self._numberings[max(self._numberings)]
+            base = last.base + len(last.gop.units)
+        numbering = self._numberings[gop.seq] = _Numbering(gop, base)
+        while len(self._numberings) > 4:  # pictures of older GOPs are out by now
+            del self._numberings[min(self._numberings)]
+        return numbering
+
+    def _feed(self, ctx: Any, unit: MediaUnit | None, gop: Gop | None, pos: int = 0) -> None:
         packet: av.Packet | None = None
-        if unit is not None:
+        if unit is not None and gop is not None:
             index = self._index
             self._index += 1
             if pos == 0:
                 self._pass_key = index
             pending = self._pending
-            pending[index] = (gop_seq, pos, self._pass_key)
+            pending[index] = (gop.seq, pos, self._pass_key)
             if len(pending) > MAX_PENDING:
                 del pending[next(iter(pending))]
+            if self.on_frame is not None:
+                started = self._numbering(gop)
+                if pos == 0:
+                    started.outputs = 0  # a pass from the keyframe outputs from the first
             packet = av.Packet(unit.data)
             packet.pts = packet.dts = index
         for frame in self._decode(ctx, packet):
@@ -177,13 +254,21 @@ class StreamDecoder:
             seq, at, key = origin
             if at == 0:
                 self._last_key_out = max(self._last_key_out, key)
+            numbering = self._numberings.get(seq) if self.on_frame is not None else None
+            number = numbering.number(at) if numbering is not None else 0
             # FFmpeg flags pictures decoded with missing references; those are the grey/green ones.
             if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
             decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out)
-            if self.on_frame is not None and self._first_time(seq, at):
-                self.on_frame(decoded)
+            if numbering is None:
+                continue  # nobody listens, or a picture of a GOP long gone
+            # A drain for a request holds back the current GOP's pictures, not older ones.
+            deliver = self._deliver or seq != self._gop_seq
+            if deliver and self._first_time(seq, at):
+                self.frames_seen = max(self.frames_seen, number)
+                if self.on_frame is not None and (self.want is None or self.want(number)):
+                    self.on_frame(DecodedFrame(frame, seq, decoded.after_key, number))
 
     def _decode(self, ctx: Any, packet: av.Packet | None) -> list[Any]:
         """The frames `packet` (None: the end) lets out. A packet FFmpeg refuses gives none
@@ -207,13 +292,23 @@ class StreamDecoder:
         self._delivered.add(pos)
         return True
 
-    def catch_up(self, gop: Gop, end: int) -> DecodedFrame | None:
-        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame."""
+    def catch_up(self, gop: Gop, end: int, *, defer: bool = False) -> DecodedFrame | None:
+        """Decode `gop.units[:end]` from where the last call stopped; return the newest frame.
+
+        `defer` (a listener of every picture, nobody asking for the newest one): a GOP this
+        decoder has not started waits until it is complete, then only what the listener wants
+        is decoded (see _selective)."""
         if gop.seq != self._gop_seq:
             if gop.seq < self._gop_seq:
                 raise ValueError("GOP sequence went backwards")
-            if self._ctx is not None:
+            deferred, self._deferred = self._deferred, None
+            if deferred is not None and deferred.seq < gop.seq:
+                self._selective(deferred, gop)
+            elif deferred is None and self._ctx is not None:
                 self._finish_previous(self._ctx, gop)
+            if defer and self.on_frame is not None:
+                self._deferred = gop
+                return self.latest
         if self._ctx is None or gop.params != self._params:
             self._open(gop.params)
         ctx = self._ctx
@@ -231,9 +326,53 @@ class StreamDecoder:
             if pos < skip_below and _disposable(unit):
                 self.skipped_units += 1
                 continue
-            self._feed(ctx, unit, gop.seq, pos)
+            self._feed(ctx, unit, gop, pos)
         self._pos = max(self._pos, end)
         return self.latest
+
+    def finish(self, gop: Gop, end: int) -> None:
+        """The stream is over and `gop.units[:end]` is its last GOP: decode and deliver what is
+        left (a deferred GOP is complete now), then output every held picture."""
+        self.catch_up(gop, end, defer=True)
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._selective(deferred, None)
+        else:
+            self.drain()
+
+    def _selective(self, gop: Gop, after: Gop | None) -> None:
+        """Decode complete `gop` for the listener's wanted pictures only: the wanted ones, and
+        the pictures something references up to the last wanted one in decode order. `after` is
+        the GOP that follows (None: the stream ended). When it does not continue from this one
+        (an IDR, a gap, the end), nothing after the last wanted picture is decoded and the held
+        pictures are flushed out; an open GOP follows, so every reference is decoded."""
+        if self._ctx is None or gop.params != self._params:
+            self._open(gop.params)
+        ctx = self._ctx
+        assert ctx is not None
+        self.selective_gops += 1
+        units = gop.units
+        numbering = self._numbering(gop)
+        want = self.want
+        if want is None or not numbering.rank_by_time():
+            wanted = set(range(len(units)))
+        else:
+            wanted = {pos for pos in range(len(units)) if want(numbering.number(pos))}
+        clean_cut = after is None or after.seq != gop.seq + 1 or _starts_clean(after)
+        last = max(wanted, default=-1) if clean_cut else len(units) - 1
+        self._gop, self._gop_seq = gop, gop.seq
+        for pos, unit in enumerate(units[: last + 1]):
+            if pos in wanted or not _disposable(unit):
+                self._feed(ctx, unit, gop, pos)
+            else:
+                self.skipped_units += 1
+        self.skipped_units += len(units) - last - 1
+        self.frames_seen = max(self.frames_seen, numbering.base + len(units))
+        self._pos = len(units)
+        if clean_cut:
+            self._flush(deliver=True)
+        if after is not None and after.seq > gop.seq + 1:
+            self.dropped_gops += after.seq - gop.seq - 1
 
     def _keep_tail(self, gop: Gop) -> int:
         """How many units before a target are always decoded (see KEEP_TAIL)."""
@@ -254,21 +393,31 @@ class StreamDecoder:
         tail = prev.units[start:]
         if gop.seq == prev.seq + 1:
             for pos, unit in enumerate(tail, start):
-                self._feed(ctx, unit, prev.seq, pos)
+                self._feed(ctx, unit, prev, pos)
             return
         if gop.seq > prev.seq + 1:
             self.dropped_gops += gop.seq - prev.seq - 1
             self.dropped_units += len(tail)
 
-    def drain(self) -> None:
-        """Output the pictures held for reordering (the stream is over); the next call starts
-        again at a keyframe."""
+    def _flush(self, deliver: bool) -> None:
+        """Output the pictures held for reordering (to the listener when `deliver`) and make
+        the context ready for a new keyframe."""
         ctx = self._ctx
         if ctx is None:
             return
-        self._feed(ctx, None, self._gop_seq)
+        self._deliver = deliver
+        try:
+            self._feed(ctx, None, None)
+        finally:
+            self._deliver = True
         ctx.flush_buffers()
         self._pending.clear()
+
+    def drain(self, *, deliver: bool = True) -> None:
+        """Output the pictures held for reordering; the next call starts again at a keyframe.
+        A drain for a request (`deliver=False`) gives the listener nothing: it outputs a GOP's
+        first pictures before the ones displayed between them have arrived."""
+        self._flush(deliver)
         self._pos = 0
 
     def newest(self, gop: Gop, end: int) -> DecodedFrame | None:
@@ -285,23 +434,24 @@ class StreamDecoder:
         frame = self.catch_up(gop, end)
         if _in_gop(frame, gop):
             return frame
-        self.drain()
+        self.drain(deliver=False)
         frame = self.latest
         return frame if _in_gop(frame, gop) else None
 
     def _starts_cold(self, gop: Gop, end: int) -> bool:
-        return (
-            self.cold_threads > 1
-            and self.on_frame is None
-            and end >= COLD_MIN_UNITS
-            and (self._ctx is None or gop.seq != self._gop_seq or gop.params != self._params)
-        )
+        if self.cold_threads <= 1 or end < COLD_MIN_UNITS:
+            return False
+        if self.on_frame is not None:
+            # A listener's decoder that left this GOP for later (it is not complete yet).
+            return self._deferred is not None and self._deferred.seq == gop.seq
+        return self._ctx is None or gop.seq != self._gop_seq or gop.params != self._params
 
     def _cold_newest(self, gop: Gop, end: int) -> DecodedFrame | None:
         """The newest picture of `gop.units[:end]` for a decoder that would start at the
         keyframe anyway: decoded on a frame-threaded context of its own and flushed, so the
         picture is the newest in display order. The one-thread context then starts this GOP
-        at its next catch-up (a hot stream's background work, not the request's)."""
+        at its next catch-up (a hot stream's background work, not the request's); a listener's
+        decoder keeps its context and place."""
         ctx = open_codec(gop.params.codec, gop.params, self.max_pixels, threads=self.cold_threads)
         below = end - self._keep_tail(gop) if self.skip_disposable else 0
         newest: VideoFrame | None = None
@@ -320,7 +470,8 @@ class StreamDecoder:
                     newest = frame
         if newest is None:
             return None
-        self.reset()
+        if self.on_frame is None:
+            self.reset()
         self.latest = DecodedFrame(newest, gop.seq)
         return self.latest
 
@@ -339,6 +490,14 @@ def keep_tail_of(params: VideoParams, keyframe: MediaUnit | None) -> int:
                     return KEEP_TAIL
                 return KEEP_TAIL if reorder is None else min(KEEP_TAIL, reorder + 2)
     return KEEP_TAIL
+
+
+def _starts_clean(gop: Gop) -> bool:
+    """Whether `gop` references nothing before it: its keyframe is an H.264 IDR (or VP8's)."""
+    if not gop.units:
+        return True
+    key = gop.units[0]
+    return key.codec != "H264" or h264.contains_idr(h264.split_annexb(key.data))
 
 
 def _disposable(unit: MediaUnit) -> bool:

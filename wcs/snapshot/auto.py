@@ -163,7 +163,8 @@ class SnapshotFolder:
 
 
 class AutoStream:
-    """The auto-snapshotter of one publish: counts decoded frames, writes every `rate`-th.
+    """The auto-snapshotter of one publish: writes the pictures whose display number (from 1) is
+    a multiple of `rate`; the decoder decodes only those and what they reference (see `wants`).
 
     `on_frame` runs in the pool (inside the stream's decode job); `report` runs on the reactor
     after each job and does all the logging, once per change of state rather than per frame.
@@ -181,7 +182,6 @@ class AutoStream:
         self.rate = rate
         self.encode = encode
         self.decoder: StreamDecoder | None = None
-        self.frames = 0
         self.written = 0
         self.errors = 0
         self.last_file: str | None = None
@@ -191,10 +191,17 @@ class AutoStream:
         self._logged_failing = False
         self._logged_drops = False
 
+    @property
+    def frames(self) -> int:
+        """Frames of the stream so far, in display order (decoded or skipped as not needed)."""
+        return self.decoder.frames_seen if self.decoder is not None else 0
+
+    def wants(self, number: int) -> bool:
+        return number % self.rate == 0
+
     # -- pool side ----------------------------------------------------------------------------
     def on_frame(self, frame: DecodedFrame) -> bytes | None:
-        self.frames += 1
-        if self.frames % self.rate:
+        if not self.wants(frame.number):
             return None
         png = self.encode(frame.frame)
         try:
@@ -260,7 +267,8 @@ class AutoStream:
         return {
             "folder": str(self.folder.path),
             "rate": self.rate,
-            "framesDecoded": self.frames,
+            "frames": self.frames,
+            "framesDecoded": decoder.frames_decoded if decoder else 0,
             "written": self.written,
             "lastFile": self.last_file,
             "errors": self.errors,
@@ -345,7 +353,7 @@ class AutoSnapshotter:
         auto = AutoStream(stream, folder, self.rate, self.encode)
         self.streams[stream] = auto
         stream.on_end(self._ended)
-        source = self.snapshots.pin(stream, auto.on_frame)
+        source = self.snapshots.pin(stream, auto.on_frame, auto.wants)
         auto.decoder = source.decoder
         source.after_job(auto.report)
 

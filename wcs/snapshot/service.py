@@ -29,9 +29,6 @@ log = Logger(namespace="wcs.snapshot")
 T = TypeVar("T")
 
 HOT_SECONDS = 15.0
-# Frames a pinned (auto-snapshotted) stream nobody is requesting decodes per pool job: one job
-# per frame costs ~1 % of a core per stream in thread hand-offs alone.
-PINNED_BATCH = 8
 # Ended auto-snapshotted streams whose decoders may still finish their last frames at once. Past
 # this (the pool cannot keep up: more streams end than it drains) a stream's last frames are
 # dropped and counted instead, so memory does not grow with the backlog.
@@ -63,7 +60,6 @@ class FrameSource:
         clock: IReactorTime,
         hot_seconds: float,
         on_heat: Callable[[FrameSource], None] = _no_heat,
-        pinned_batch: int = PINNED_BATCH,
         on_release: Callable[[FrameSource], None] = _no_heat,
         may_finish: Callable[[FrameSource], bool] = lambda source: True,
         on_cool: Callable[[FrameSource], None] = _no_heat,
@@ -80,7 +76,6 @@ class FrameSource:
         self._run = run_in_pool
         self._clock = clock
         self._hot_seconds = hot_seconds
-        self._pinned_batch = pinned_batch
         self._hot_until = float("-inf")
         self._reader: Reader | None = None
         self._busy = False
@@ -112,12 +107,19 @@ class FrameSource:
         self._kick()
         return d
 
-    def pin(self, listener: Callable[[DecodedFrame], bytes | None]) -> None:
-        """Decode every frame for as long as the stream lives, calling `listener(frame)` in the
-        pool once per new picture (the auto-snapshotter). A PNG it returns is reused by requests
-        for that same picture."""
+    def pin(
+        self,
+        listener: Callable[[DecodedFrame], bytes | None],
+        want: Callable[[int], bool] | None = None,
+    ) -> None:
+        """Decode the stream for as long as it lives, calling `listener(frame)` in the pool once
+        per picture whose display number (from 1) `want` accepts (None: every picture), in
+        display order (the auto-snapshotter). A PNG it returns is reused by requests for that
+        same picture. While nobody requests snapshots, each GOP is decoded once complete, and
+        only for the wanted pictures (StreamDecoder.catch_up's defer)."""
         self._frame_listener = listener
         self.decoder.on_frame = self._frame_decoded
+        self.decoder.want = want
         self._attach()
         self._kick()
 
@@ -151,7 +153,12 @@ class FrameSource:
 
     @property
     def hot(self) -> bool:
-        return self.pinned or self._clock.seconds() <= self._hot_until
+        return self.pinned or self.requested
+
+    @property
+    def requested(self) -> bool:
+        """Whether somebody asked for a snapshot lately (the stream is decoded ahead)."""
+        return self._clock.seconds() <= self._hot_until
 
     def cool(self) -> None:
         """Stop decoding ahead of requests; the next request decodes from where it stopped."""
@@ -160,20 +167,19 @@ class FrameSource:
     def _unit(self, unit: MediaUnit) -> None:
         stream = self.stream
         gop = stream.gop
-        if (
-            self.pinned
-            and gop is not None
-            and self._clock.seconds() > self._hot_until
-            and gop.seq == self._done_at[0]
-            and len(gop.units) - self._done_at[1] < self._pinned_batch
-        ):
-            return  # nobody is asking: decode a few frames per job, not one
+        if gop is not None and self._waits_for_gop(gop):
+            return
         if not self.hot and not self._waiters:
             self._detach()
             if not self._busy:
                 self._cool_down()
             return
         self._kick()
+
+    def _waits_for_gop(self, gop: Gop) -> bool:
+        """Nobody is asking: a pinned stream is decoded a whole GOP at a time, once the next
+        one starts (the job for that GOP's first unit did so)."""
+        return self.pinned and gop.seq == self._done_at[0] and not self.requested
 
     def _cool_down(self) -> None:
         """Nobody asks any more: let go of the decoder's codec context, pictures and cached PNG
@@ -252,11 +258,11 @@ class FrameSource:
                 d.callback(None)
             return
         end = len(gop.units)
-        if not self._waiters and self._done_at == (gop.seq, end):
+        if not self._waiters and (self._done_at == (gop.seq, end) or self._waits_for_gop(gop)):
             return
         waiters, self._waiters = self._waiters, []
         self._busy = True
-        running = self._running = _Job((gop.seq, end), waiters)
+        running = self._running = _Job((gop.seq, end), waiters, defer=not self.requested)
         job = self._run(self._job, running, gop, end)
         job.addBoth(self._finished, running.waiters, (gop.seq, end))
 
@@ -324,15 +330,14 @@ class FrameSource:
 
     # -- pool side ----------------------------------------------------------------------------
     def _drain_job(self, gop: Gop, end: int) -> None:
-        self.decoder.catch_up(gop, end)
-        self.decoder.drain()
+        self.decoder.finish(gop, end)
 
     def _job(self, job: _Job, gop: Gop, end: int) -> bytes | None:
         if self._abandoned:
             job.close()
             return None  # queued before its stream ended and was given up: nothing to do
         if not job.png_wanted:
-            self.decoder.catch_up(gop, end)
+            self.decoder.catch_up(gop, end, defer=job.defer)
             if not job.close():
                 return None
             # A request joined while this job decoded ahead of requests: answer it now.
@@ -354,10 +359,13 @@ class _Job:
     that decodes ahead of requests until the job has decided (in the pool) whether to make a
     PNG; the lock makes that decision and a join exclusive."""
 
-    __slots__ = ("_closed", "_lock", "at", "png_wanted", "waiters")
+    __slots__ = ("_closed", "_lock", "at", "defer", "png_wanted", "waiters")
 
-    def __init__(self, at: tuple[int, int], waiters: list[Deferred[bytes | None]]) -> None:
+    def __init__(
+        self, at: tuple[int, int], waiters: list[Deferred[bytes | None]], defer: bool = False
+    ) -> None:
         self.at = at
+        self.defer = defer  # nobody asked lately: a listener's decoder may wait for whole GOPs
         self.waiters = waiters
         self.png_wanted = bool(waiters)
         self._closed = False
@@ -392,7 +400,6 @@ class SnapshotService:
         attempts: int = 30,
         hot_seconds: float = HOT_SECONDS,
         max_hot: int = MAX_HOT_STREAMS,
-        pinned_batch: int = PINNED_BATCH,
         trim_after_s: float = TRIM_AFTER_S,
         release_memory: Callable[[], object] = release_free_memory,
         max_ended_backlog: int = MAX_ENDED_BACKLOG,
@@ -412,7 +419,6 @@ class SnapshotService:
         self.interval = interval_ms / 1000.0
         self.attempts = max(1, attempts)
         self._hot_seconds = hot_seconds
-        self._pinned_batch = pinned_batch
         self._sources: dict[Stream, FrameSource] = {}
 
     def source(self, stream: Stream) -> FrameSource:
@@ -425,7 +431,6 @@ class SnapshotService:
                 self._clock,
                 self._hot_seconds,
                 self._heated,
-                self._pinned_batch,
                 self._released,
                 self._may_finish,
                 self._cooled,
@@ -497,10 +502,15 @@ class SnapshotService:
     def hot_streams(self) -> int:
         return sum(1 for src in self._hot if src.hot)
 
-    def pin(self, stream: Stream, listener: Callable[[DecodedFrame], bytes | None]) -> FrameSource:
-        """Keep `stream` decoded frame by frame for its whole life (see FrameSource.pin)."""
+    def pin(
+        self,
+        stream: Stream,
+        listener: Callable[[DecodedFrame], bytes | None],
+        want: Callable[[int], bool] | None = None,
+    ) -> FrameSource:
+        """Keep `stream` decoded for its whole life (see FrameSource.pin)."""
         source = self.source(stream)
-        source.pin(listener)
+        source.pin(listener, want)
         return source
 
     def take(self, name: str) -> Deferred[bytes]:
