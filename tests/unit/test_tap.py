@@ -155,7 +155,9 @@ def test_ephemeral_ports_bind_every_enabled_listener_to_a_port_the_os_picks(
 # -- the reactor, in subprocesses ---------------------------------------------------------------
 
 
-def test_install_reactor_installs_asyncio_when_none_is_installed(tmp_path: Path) -> None:
+def test_install_reactor_installs_asyncio_on_uvloop_when_none_is_installed(
+    tmp_path: Path,
+) -> None:
     code = (
         "import sys\n"
         "assert 'twisted.internet.reactor' not in sys.modules\n"
@@ -164,11 +166,21 @@ def test_install_reactor_installs_asyncio_when_none_is_installed(tmp_path: Path)
         "from twisted.internet import reactor\n"
         "from twisted.internet.asyncioreactor import AsyncioSelectorReactor\n"
         "print(type(r).__name__, isinstance(r, AsyncioSelectorReactor), r is reactor)\n"
-        "print(install_reactor() is r)\n"
+        "print(install_reactor() is r, type(r._asyncioEventloop).__module__)\n"
+        "r.callLater(0, r.stop)\n"
+        "r.run()\n"
+        "print('ran')\n"
     )
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["AsyncioSelectorReactor", "True", "True", "True"]
+    assert result.stdout.split() == [
+        "AsyncioSelectorReactor",
+        "True",
+        "True",
+        "True",
+        "uvloop",
+        "ran",
+    ]
 
 
 def test_install_reactor_accepts_a_preinstalled_asyncio_reactor(tmp_path: Path) -> None:
