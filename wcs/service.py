@@ -107,6 +107,8 @@ class WCSService(MultiService):
         self.auto: AutoSnapshotter | None = None
         # The REST view of streams; it watches the hub before any consumer does.
         self.views = StreamViews(self.hub)
+        # Whether a snapshot can be taken now, and why not (REST /stream/find).
+        self.views.describe("video", self.snapshots.video_json)
         # One count over every listener; its cap is fitted to the open-file limit at start.
         self.connections = ConnectionLimiter(
             reactor, settings.max_connections, settings.max_connections_per_ip

@@ -237,6 +237,7 @@ class Stream:
         self.watch_idle = watch_idle
         self.provider = provider
         self.media_session_id = media_session_id or str(uuid.uuid4())
+        self._clock_ms = clock_ms
         self.created_ms = clock_ms()
         self.status = "PUBLISHING"
         self.video: VideoParams | None = None
@@ -263,6 +264,10 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} {self.media_session_id} {self.provider}>"
+
+    def now_ms(self) -> int:
+        """The wall clock the stream's times are on (created_ms, Gop.arrived_ms)."""
+        return self._clock_ms()
 
     # -- the publishing side ------------------------------------------------------------------
     def set_video_params(self, params: VideoParams) -> None:
@@ -345,7 +350,8 @@ class Stream:
             self.video_refused = None
         if self.video_refused is not None:
             return
-        if not self._gops.add(unit, params) and not self._gop_overflow_logged:
+        now_ms = self._clock_ms() if unit.keyframe else 0
+        if not self._gops.add(unit, params, now_ms) and not self._gop_overflow_logged:
             self._gop_overflow_logged = True
             log.warn(
                 "stream {stream_name}: GOP longer than {units} units / {size} bytes; "

@@ -176,13 +176,17 @@ class Api:
         return response
 
 
-def assert_wcs_error(response: Response, status: int, message: str, path: str) -> dict[str, Any]:
-    """The WCS error JSON: exactly these keys in this order, reason built from the others."""
+def assert_wcs_error(
+    response: Response, status: int, message: str, path: str, code: str | None = None
+) -> dict[str, Any]:
+    """The WCS error JSON: exactly these keys in this order, reason built from the others; a
+    snapshot's machine-readable reason `code` last, when given."""
     assert response.status == status
     assert response.header("Content-Type") == "application/json"
     body = response.json()
     assert isinstance(body, dict)
-    assert list(body) == ERROR_KEYS
+    assert list(body) == (ERROR_KEYS if code is None else [*ERROR_KEYS, "code"])
+    assert body.get("code") == code
     assert body["status"] == status
     assert body["message"] == message
     assert body["path"] == path

@@ -14,8 +14,9 @@ from twisted.python.failure import Failure
 from tests.unit.fakes import ManualPool, publish_now, result_now
 from tests.unit.media_fixtures import Sample, h264_sample, png_rgb, pts_of
 from wcs.directory import StreamNotFound
+from wcs.media.encode import ImageSpec
 from wcs.media.units import MediaUnit, VideoParams
-from wcs.snapshot.service import SnapshotService, SnapshotTimeout
+from wcs.snapshot.service import Snapshot, SnapshotService, SnapshotTimeout
 from wcs.streams import PROVIDER_RTMP, Stream, StreamHub
 from wcs.webrtc.peer import StreamTrack
 
@@ -56,16 +57,20 @@ def test_audio_only_times_out_after_all_attempts(env: Any) -> None:
     calls: list[float] = []
     original = source.request
 
-    def counting_request() -> Deferred[bytes | None]:
+    def counting_request(spec: ImageSpec, max_age_ms: int) -> Deferred[Snapshot | None]:
         calls.append(clock.seconds())
-        return original()
+        return original(spec, max_age_ms)
 
     source.request = counting_request
     d = service.take("radio")
     clock.pump([0.1] * 29)
     assert not d.called
     clock.advance(0.1)
-    failure_of(d).trap(SnapshotTimeout)
+    failure = failure_of(d)
+    failure.trap(SnapshotTimeout)
+    timeout = failure.value
+    assert isinstance(timeout, SnapshotTimeout)
+    assert timeout.code == "no_video" and "audio only" in timeout.detail
     assert len(calls) == 30
     assert calls[0] == 0 and calls[-1] == pytest.approx(2.9)
     assert pool.jobs == []
@@ -428,12 +433,12 @@ def test_a_stream_that_cools_lets_go_of_its_decoder_and_again_when_it_ends() -> 
     pool.run_all()
     result_now(d)
     source = service.source(stream)
-    assert source.decoder.latest is not None and source._png_of is not None
+    assert source.decoder.latest is not None and source._images is not None
     clock.advance(11)  # cold now
     stream.push(sample.units[5])  # the first unit after: the source stops reading
     assert stream.readers == [] and pool.jobs == []
     assert source.decoder.latest is None and source.decoder._ctx is None
-    assert source._png_of is None
+    assert source._images is None
     clock.advance(5)
     pool.run_all()
     assert trims == [16.0]

@@ -62,12 +62,15 @@ def release_free_memory() -> None:
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
     """A fully decoded picture, its GOP, and whether the GOP's keyframe had been output by then.
-    `number`: its place in the stream in display order, from 1 (set for an `on_frame` listener)."""
+    `number`: its place in the stream in display order, from 1 (set for an `on_frame` listener);
+    `pos`: its unit's position in the GOP; `captured_ms`: when it was taken (Gop.captured_ms)."""
 
     frame: VideoFrame
     gop_seq: int
     after_key: bool = True
     number: int = 0
+    pos: int = -1
+    captured_ms: int = 0
 
 
 class _Numbering:
@@ -162,8 +165,8 @@ class StreamDecoder:
         self._index = 0  # decode index of the next packet, for the decoder's whole life
         self._pass_key = -1  # decode index of the keyframe the current pass started at
         self._last_key_out = -1  # decode index of the newest keyframe output so far
-        # decode index -> (gop seq, position in the GOP, pass keyframe index)
-        self._pending: dict[int, tuple[int, int, int]] = {}
+        # decode index -> (gop seq, position in the GOP, pass keyframe index, capture time)
+        self._pending: dict[int, tuple[int, int, int, int]] = {}
         self.latest: DecodedFrame | None = None
         self.frames_decoded = 0
         # Packets FFmpeg refused (broken, or a picture over max_pixels) and the newest reason.
@@ -237,7 +240,7 @@ class StreamDecoder:
             if pos == 0:
                 self._pass_key = index
             pending = self._pending
-            pending[index] = (gop.seq, pos, self._pass_key)
+            pending[index] = (gop.seq, pos, self._pass_key, gop.captured_ms(pos))
             if len(pending) > MAX_PENDING:
                 del pending[next(iter(pending))]
             if self.on_frame is not None:
@@ -251,7 +254,7 @@ class StreamDecoder:
             origin = self._pending.pop(frame.pts, None) if frame.pts is not None else None
             if origin is None:
                 continue
-            seq, at, key = origin
+            seq, at, key, captured = origin
             if at == 0:
                 self._last_key_out = max(self._last_key_out, key)
             numbering = self._numberings.get(seq) if self.on_frame is not None else None
@@ -260,7 +263,8 @@ class StreamDecoder:
             if frame.is_corrupt:
                 continue
             assert isinstance(frame, VideoFrame)
-            decoded = self.latest = DecodedFrame(frame, seq, key <= self._last_key_out)
+            after_key = key <= self._last_key_out
+            self.latest = DecodedFrame(frame, seq, after_key, 0, at, captured)
             if numbering is None:
                 continue  # nobody listens, or a picture of a GOP long gone
             # A drain for a request holds back the current GOP's pictures, not older ones.
@@ -268,7 +272,7 @@ class StreamDecoder:
             if deliver and self._first_time(seq, at):
                 self.frames_seen = max(self.frames_seen, number)
                 if self.on_frame is not None and (self.want is None or self.want(number)):
-                    self.on_frame(DecodedFrame(frame, seq, decoded.after_key, number))
+                    self.on_frame(DecodedFrame(frame, seq, after_key, number, at, captured))
 
     def _decode(self, ctx: Any, packet: av.Packet | None) -> list[Any]:
         """The frames `packet` (None: the end) lets out. A packet FFmpeg refuses gives none
@@ -455,6 +459,7 @@ class StreamDecoder:
         ctx = open_codec(gop.params.codec, gop.params, self.max_pixels, threads=self.cold_threads)
         below = end - self._keep_tail(gop) if self.skip_disposable else 0
         newest: VideoFrame | None = None
+        newest_pos = -1
         for pos, unit in enumerate([*gop.units[:end], None]):
             if unit is not None and pos < below and _disposable(unit):
                 self.skipped_units += 1
@@ -468,11 +473,13 @@ class StreamDecoder:
                 if not frame.is_corrupt:
                     assert isinstance(frame, VideoFrame)
                     newest = frame
+                    newest_pos = frame.pts if frame.pts is not None else -1
         if newest is None:
             return None
         if self.on_frame is None:
             self.reset()
-        self.latest = DecodedFrame(newest, gop.seq)
+        captured = gop.captured_ms(newest_pos) if 0 <= newest_pos < end else gop.arrived_ms
+        self.latest = DecodedFrame(newest, gop.seq, True, 0, newest_pos, captured)
         return self.latest
 
 

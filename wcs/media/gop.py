@@ -11,6 +11,8 @@ from wcs.media.units import MediaUnit, VideoParams
 # 60 s at 30 fps, or 32 MiB of compressed video, whichever comes first.
 MAX_GOP_UNITS = 1800
 MAX_GOP_BYTES = 32 * 1024 * 1024
+# A picture's capture time is at most this long after its GOP's keyframe (the longest GOP cached).
+MAX_OFFSET_MS = 60_000
 
 
 @dataclass(eq=False)
@@ -22,6 +24,17 @@ class Gop:
     params: VideoParams
     units: list[MediaUnit] = field(default_factory=list)
     size: int = 0
+    arrived_ms: int = 0  # wall clock (ms since the epoch) when the keyframe arrived
+
+    def captured_ms(self, pos: int) -> int:
+        """When the picture of unit `pos` was taken, in ms since the epoch: the keyframe's
+        arrival plus the stream's own time from the keyframe to that unit. Anchored at each
+        keyframe, so a publisher clock that jumps moves at most one GOP's pictures, and those
+        stay within MAX_OFFSET_MS of the keyframe."""
+        key = self.units[0]
+        unit = self.units[pos]
+        offset = int((unit.pts - key.pts) * unit.time_base * 1000)
+        return self.arrived_ms + min(max(offset, 0), MAX_OFFSET_MS)
 
 
 class GopCache:
@@ -37,12 +50,13 @@ class GopCache:
         self.gop: Gop | None = None
         self._seq = 0
 
-    def add(self, unit: MediaUnit, params: VideoParams) -> bool:
-        """Cache one video unit; False when it overflowed the limits (the GOP is dropped and
-        nothing is cached until the next keyframe)."""
+    def add(self, unit: MediaUnit, params: VideoParams, now_ms: int = 0) -> bool:
+        """Cache one video unit (`now_ms`: the wall clock, read for keyframes); False when it
+        overflowed the limits (the GOP is dropped and nothing is cached until the next
+        keyframe)."""
         if unit.keyframe:
             self._seq += 1
-            self.gop = Gop(self._seq, params, [unit], len(unit.data))
+            self.gop = Gop(self._seq, params, [unit], len(unit.data), now_ms)
             return True
         gop = self.gop
         if gop is None:

@@ -16,17 +16,29 @@ _EXCEPTIONS = {
     405: "MethodNotAllowedException",
     409: "ConflictException",
     413: "PayloadTooLargeException",
+    415: "UnsupportedMediaTypeException",
     500: "InternalErrorException",
+    503: "ServiceUnavailableException",
 }
 
 
 class RestError(Exception):
-    """An error answered to a REST client with `status` and `message`."""
+    """An error answered to a REST client with `status` and `message`; `code` (a snapshot's
+    machine-readable reason) is added to the body as "code", `headers` to the response."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.headers = headers or {}
 
 
 def error_body(
@@ -47,6 +59,10 @@ def error_body(
     }
 
 
-def error_json(status: int, message: str, path: str) -> bytes:
-    """The WCS error object as the compact JSON bytes every REST error answers with."""
-    return json.dumps(error_body(status, message, path), separators=(",", ":")).encode("utf-8")
+def error_json(status: int, message: str, path: str, code: str | None = None) -> bytes:
+    """The WCS error object as the compact JSON bytes every REST error answers with; `code`
+    is added last when given."""
+    body = error_body(status, message, path)
+    if code is not None:
+        body["code"] = code
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")

@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
-from zope.interface import implementer
 
 from wcs.config import Settings
-from wcs.directory import InvalidName, NameInUse, StreamNotFound
+from wcs.directory import InvalidName, NameInUse
 from wcs.guard import describe
 from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
+from wcs.rest.images import ImageAnswer, ImageApi, json_error
 from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
-from wcs.snapshot.service import SnapshotService, SnapshotTimeout
+from wcs.snapshot.service import SnapshotService
 from wcs.streams import Stream, StreamHub
 from wcs.web import jsonin
 from wcs.web.channel import GuardedSite, peer_of
 from wcs.web.origin import OriginPolicy
 from wcs.web.resources import build_demo
-from wcs.web.spliced import Base64Json, base64_json
+from wcs.web.spliced import Base64Json, SplicedBodyProducer, base64_json
 
 log = Logger(namespace="wcs.rest")
 
@@ -55,50 +56,6 @@ def _send(request: server.Request, status: int, body: bytes) -> None:
     request.setHeader(b"Content-Length", b"%d" % len(body))
     request.write(body)
     request.finish()
-
-
-@implementer(IPushProducer)
-class SplicedBodyProducer:
-    """Writes a Base64Json response chunk by chunk while the client reads: a slow client holds
-    the shared PNG and one chunk, and the channel's drain deadline drops one that stops."""
-
-    def __init__(self, request: server.Request, body: Base64Json) -> None:
-        self.request = request
-        self._chunks = body.chunks()
-        self._length = len(body)
-        self._paused = False
-        self._done = False
-
-    def start(self) -> None:
-        request = self.request
-        request.setResponseCode(http.OK)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"%d" % self._length)
-        request.notifyFinish().addErrback(lambda _: self.stopProducing())
-        request.registerProducer(self, True)  # may pause us at once: the client is not reading
-        self._produce()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._produce()
-
-    def _produce(self) -> None:
-        # A write may pause us at once (the transport's buffer is full): check every time.
-        while not self._paused and not self._done:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self._done = True
-                self.request.unregisterProducer()
-                self.request.finish()
-                return
-            self.request.write(chunk)
-
-    def stopProducing(self) -> None:
-        self._done = True
-        self._chunks = iter(())
 
 
 class LoginThrottle:
@@ -197,7 +154,7 @@ class JsonEndpoint(Resource):
                 request, lambda: _send(request, 401, self._error(request, 401, "Unauthorized"))
             )
         except RestError as err:
-            return self._error(request, err.status, err.message)
+            return self._rest_error(request, err)
         except Exception:
             # A bug, whatever the input: the WCS 500 JSON, never Twisted's HTML page.
             log.failure("REST {path} failed", path=request.path)
@@ -258,14 +215,20 @@ class JsonEndpoint(Resource):
         if isinstance(result, Base64Json):
             SplicedBodyProducer(request, result).start()
             return
+        if isinstance(result, ImageAnswer):
+            result.write(request)
+            return
         _send(request, http.OK, _json_bytes(result))
 
     def _respond_error(self, failure: Failure, request: server.Request) -> None:
         if failure.check(RestError):
             err = failure.value
             assert isinstance(err, RestError)
-            status, message = err.status, err.message
-        elif isinstance(failure.value, ValueError):
+            if request.finished or request.channel is None:
+                return
+            _send(request, err.status, self._rest_error(request, err))
+            return
+        if isinstance(failure.value, ValueError):
             # A parser refused something of the request (as wcs.guard has it: expected, and
             # specific): the client's error, not ours.
             status, message = 400, str(failure.value) or "Bad request"
@@ -282,18 +245,28 @@ class JsonEndpoint(Resource):
         _send(request, status, self._error(request, status, message))
 
     @staticmethod
-    def _error(request: server.Request, status: int, message: str) -> bytes:
+    def _error(
+        request: server.Request, status: int, message: str, code: str | None = None
+    ) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         path = (request.path or b"").decode("utf-8", "replace")
-        return error_json(status, message, path)
+        return error_json(status, message, path, code)
+
+    @classmethod
+    def _rest_error(cls, request: server.Request, err: RestError) -> bytes:
+        for name, value in err.headers.items():
+            request.setHeader(name, value)
+        return cls._error(request, err.status, err.message, err.code)
 
 
 def set_cors(request: server.Request, settings: Settings, methods: tuple[str, ...]) -> None:
     origin = settings.rest_access_control_allow_origin
     if origin:
         request.setHeader(b"Access-Control-Allow-Origin", origin.encode())
-        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
+        request.setHeader(
+            b"Access-Control-Allow-Headers", b"Content-Type, Authorization, If-None-Match"
+        )
         request.setHeader(b"Access-Control-Allow-Methods", ", ".join(methods).encode())
 
 
@@ -336,13 +309,24 @@ class StreamApi:
         snapshots: SnapshotService,
         pulls: PullManager | None = None,
         views: StreamViews | None = None,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.hub = hub
         self.snapshots = snapshots
         self.pulls = pulls
         self.views = views if views is not None else StreamViews()
+        self.images = ImageApi(snapshots, pulls, now_ms)
 
-    def snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[Base64Json]:
+    def snapshot(
+        self, request: server.Request, body: dict[str, Any]
+    ) -> Deferred[Base64Json] | Deferred[ImageAnswer]:
+        """POST: the WCS snapshot (with image fields: see ImageApi.post_snapshot); GET: the
+        picture itself (ImageApi.get_snapshot)."""
+        if request.method == b"GET":
+            return self.images.get_snapshot(request, body)
+        posted = self.images.post_snapshot(request, body)
+        if posted is not None:
+            return posted
         name = _required_str(body, "streamName")
         if self.pulls is not None:
             # As in WCS, a pulled camera's stream may be named by its rtsp:// URI.
@@ -353,14 +337,7 @@ class StreamApi:
             # {"data": "<base64>"}, streamed from the shared PNG rather than joined here.
             return base64_json(lambda data: json.dumps({"data": data}, separators=(",", ":")), png)
 
-        def translate(failure: Failure) -> NoReturn:
-            if failure.check(StreamNotFound):
-                raise RestError(404, "Stream not found")
-            if failure.check(SnapshotTimeout):
-                raise RestError(500, SnapshotTimeout.message)
-            failure.raiseException()
-
-        return d.addCallbacks(encoded, translate)
+        return d.addCallbacks(encoded, json_error)
 
     def _matching(self, body: dict[str, Any]) -> list[Stream]:
         streams = self.hub.all()
@@ -452,9 +429,10 @@ def build_rest_tree(
     clock: IReactorTime,
     pulls: PullManager | None = None,
     views: StreamViews | None = None,
+    doors: Doors | None = None,
 ) -> Resource:
     """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
-    doors = Doors(settings, clock)
+    doors = doors if doors is not None else Doors(settings, clock)
     api = StreamApi(hub, snapshots, pulls, views)
 
     def endpoint(
@@ -465,7 +443,7 @@ def build_rest_tree(
     rest = Branch(settings)
     stream = Branch(settings)
     rest.putChild(b"stream", stream)
-    stream.putChild(b"snapshot", endpoint(api.snapshot))
+    stream.putChild(b"snapshot", endpoint(api.snapshot, ("GET", "POST")))
     stream.putChild(b"find", endpoint(api.find))
     stream.putChild(b"find_all", endpoint(api.find_all, ("GET", "POST")))
     stream.putChild(b"terminate", endpoint(api.terminate, changes_state=True))
@@ -477,6 +455,16 @@ def build_rest_tree(
         rtsp.putChild(b"find_all", endpoint(rtsp_api.find_all, ("GET", "POST")))
         rtsp.putChild(b"terminate", endpoint(rtsp_api.terminate, changes_state=True))
     return rest
+
+
+def build_api_tree(
+    settings: Settings, snapshots: SnapshotService, doors: Doors, pulls: PullManager | None = None
+) -> Resource:
+    """`/api`: go2rtc's frame URL (`/api/frame.jpeg?src=NAME`), under the REST API's auth."""
+    images = ImageApi(snapshots, pulls, lambda: int(time.time() * 1000))
+    api = Branch(settings)
+    api.putChild(b"frame.jpeg", JsonEndpoint(settings, images.frame_jpeg, ("GET",), doors=doors))
+    return api
 
 
 def build_site(
@@ -497,7 +485,10 @@ def build_site(
 
         reactor = default_reactor
     root = Resource()
-    root.putChild(REST_PREFIX, build_rest_tree(settings, hub, snapshots, reactor, pulls, views))
+    doors = Doors(settings, reactor)
+    rest = build_rest_tree(settings, hub, snapshots, reactor, pulls, views, doors)
+    root.putChild(REST_PREFIX, rest)
+    root.putChild(b"api", build_api_tree(settings, snapshots, doors, pulls))
     root.putChild(b"demo", build_demo(settings, bound_ports))
     cors = settings.rest_access_control_allow_origin
     return GuardedSite(

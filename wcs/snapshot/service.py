@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wcs.directory import StreamNotFound
 from wcs.media.decoder import DecodedFrame, StreamDecoder, can_decode, release_free_memory
+from wcs.media.encode import BadImageParam, EncodedImage, ImageSpec, encode
 from wcs.media.gop import Gop
-from wcs.media.image import frame_to_png
 from wcs.media.pool import PoolRunner
 from wcs.media.units import MediaUnit
 from wcs.streams import Reader, Stream, StreamHub
@@ -40,10 +41,74 @@ MAX_HOT_STREAMS = 8
 TRIM_AFTER_S = 10.0
 
 
+# The WCS snapshot: a full-size PNG (fpng).
+PNG = ImageSpec()
+# Images kept per stream for requests with a max age (the newest of each spec asked with one),
+# and the largest kept: a dashboard's tiles (a 320-wide JPEG is ~7 KB), not full-size pictures.
+MAX_SERVED_SPECS = 4
+MAX_SERVED_BYTES = 64 * 1024
+
+# Why a snapshot could not be taken (SnapshotTimeout.code, /stream/find's video.state).
+NO_VIDEO = "no_video"
+AWAITING_KEYFRAME = "awaiting_keyframe"
+UNSUPPORTED_CODEC = "unsupported_codec"
+DECODE_FAILED = "decode_failed"
+TIMEOUT = "timeout"
+
+
 class SnapshotTimeout(Exception):
-    """No frame could be produced within snapshot_taking_interval_ms."""
+    """No frame could be produced within snapshot_taking_interval_ms; `code` says why (one of
+    the constants above) and `detail` adds what is known (the codec, the decoder's error)."""
 
     message = "Snapshot response timeout"
+
+    def __init__(self, code: str = TIMEOUT, detail: str = "") -> None:
+        super().__init__(f"{self.message} ({code}{': ' + detail if detail else ''})")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One picture of a stream, encoded as a request asked: `captured_ms` is when it was taken
+    (ms since the epoch, see Gop.captured_ms), `tag` names the picture and its encoding (an
+    ETag: the same tag is the same bytes)."""
+
+    image: EncodedImage
+    captured_ms: int
+    tag: str
+
+    @property
+    def data(self) -> bytes:
+        return self.image.data
+
+
+def video_state(stream: Stream, decoder_failed: bool = False) -> tuple[str, str]:
+    """Whether a snapshot of `stream` can be taken now, and if not why: ("ok", "") or one of the
+    codes above with a detail."""
+    video = stream.video
+    if video is None or not stream.has_video:
+        return NO_VIDEO, "the stream has no video" + (" (audio only)" if stream.has_audio else "")
+    if stream.video_refused is not None:
+        return UNSUPPORTED_CODEC, stream.video_refused
+    if not can_decode(video.codec):
+        return UNSUPPORTED_CODEC, f"video codec {video.codec} is not decoded"
+    if stream.gop is None:
+        return AWAITING_KEYFRAME, "no keyframe cached yet"
+    if decoder_failed:
+        return DECODE_FAILED, "the decoder refused the stream's pictures"
+    return "ok", ""
+
+
+class _Want:
+    """A request waiting on a FrameSource: how it wants the picture, and its answer."""
+
+    __slots__ = ("d", "max_age_ms", "spec")
+
+    def __init__(self, spec: ImageSpec, max_age_ms: int) -> None:
+        self.spec = spec
+        self.max_age_ms = max_age_ms
+        self.d: Deferred[Snapshot | None] = Deferred()
 
 
 def _no_heat(source: FrameSource) -> None:
@@ -79,33 +144,52 @@ class FrameSource:
         self._hot_until = float("-inf")
         self._reader: Reader | None = None
         self._busy = False
-        self._waiters: list[Deferred[bytes | None]] = []
+        self._waiters: list[_Want] = []
         # The job in the pool, when one is: what it decodes to and the requests it answers.
         self._running: _Job | None = None
         self._done_at: tuple[int, int] = (-1, -1)  # (gop seq, units) the last job covered
-        self._png_of: tuple[DecodedFrame, bytes] | None = None  # touched only inside jobs
+        # The newest picture encoded, and its encodings by (format, width, height, quality):
+        # touched only inside jobs.
+        self._images: tuple[DecodedFrame, dict[tuple[object, ...], EncodedImage]] | None = None
+        # The newest Snapshot answered per spec (reactor side), for requests with a max age.
+        self._served: dict[ImageSpec, Snapshot] = {}
         self._drain_from: Gop | None = None  # the last GOP of an ended pinned stream
         self._after_job: list[Callable[[bool], object]] = []
         self._frame_listener: Callable[[DecodedFrame], bytes | None] | None = None
         self._errors_logged = False
 
     # -- reactor side -------------------------------------------------------------------------
-    def request(self) -> Deferred[bytes | None]:
-        """PNG of the newest frame as of now, or None when the stream has nothing decodable."""
-        d: Deferred[bytes | None] = Deferred()
+    def request(self, spec: ImageSpec = PNG, max_age_ms: int = 0) -> Deferred[Snapshot | None]:
+        """The newest frame as of now encoded as `spec` asks, or None when the stream has
+        nothing decodable. `max_age_ms` > 0: a picture answered before and taken at most that
+        long ago will do (nothing is decoded or encoded then). Errback BadImageParam: the spec
+        asks for more pixels than the picture has."""
+        if max_age_ms > 0:
+            served = self._served.get(spec)
+            if served is not None and self._now_ms() - served.captured_ms <= max_age_ms:
+                return succeed(served)
+        want = _Want(spec, max_age_ms)
         self._hot_until = self._clock.seconds() + self._hot_seconds
         self._on_heat(self)
         gop = self.stream.gop
         running = self._running
         # Nothing new arrived since the running job started: its picture is the newest, and a
-        # job decoding ahead of requests makes the PNG too if it has not ended yet.
+        # job decoding ahead of requests encodes for this request too if it has not ended yet.
         at = (gop.seq, len(gop.units)) if gop is not None else None
-        if running is not None and running.at == at and running.join(d):
-            return d
-        self._waiters.append(d)
+        if running is not None and running.at == at and running.join(want):
+            return want.d
+        self._waiters.append(want)
         self._attach()
         self._kick()
-        return d
+        return want.d
+
+    def _now_ms(self) -> int:
+        return self.stream.now_ms()
+
+    def video_state(self) -> tuple[str, str]:
+        """See video_state(); a decoder that refused pictures and produced none since counts."""
+        decoder = self.decoder
+        return video_state(self.stream, decoder.errors > 0 and decoder.latest is None)
 
     def pin(
         self,
@@ -149,7 +233,9 @@ class FrameSource:
         if listener is not None:
             png = listener(frame)
             if png is not None:
-                self._png_of = (frame, png)
+                size = (frame.frame.width, frame.frame.height)
+                image = EncodedImage(png, PNG.content_type, *size)
+                self._images = (frame, {_key(PNG, *size): image})
 
     @property
     def hot(self) -> bool:
@@ -186,7 +272,7 @@ class FrameSource:
         (megabytes at 720p, for as long as the stream lives otherwise). The next request
         decodes from the keyframe, as a cold one does."""
         self.decoder.reset()
-        self._png_of = None
+        self._images = None
         self._done_at = (-1, -1)
         self._on_cool(self)
 
@@ -199,8 +285,8 @@ class FrameSource:
     def _stream_ended(self, stream: Stream) -> None:
         self._reader = None  # closed by the stream after this
         waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(StreamNotFound(stream.name))
+        for want in waiters:
+            want.d.errback(StreamNotFound(stream.name))
         if self.pinned and stream.gop is not None:
             if self._may_finish(self):
                 # The pictures still held for B-frame reordering are the last frames of the
@@ -233,7 +319,8 @@ class FrameSource:
         self.decoder.release()
         self._frame_listener = None
         self._after_job = []
-        self._png_of = None
+        self._images = None
+        self._served = {}
         self._drain_from = None
         self._running = None
         self._on_heat = _no_heat
@@ -254,8 +341,8 @@ class FrameSource:
         gop = self.stream.gop
         if gop is None or not can_decode(gop.params.codec):
             waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+            for want in waiters:
+                want.d.callback(None)
             return
         end = len(gop.units)
         if not self._waiters and (self._done_at == (gop.seq, end) or self._waits_for_gop(gop)):
@@ -268,24 +355,24 @@ class FrameSource:
 
     def _finished(
         self,
-        result: bytes | Failure | None,
-        waiters: list[Deferred[bytes | None]],
+        result: list[Snapshot | BadImageParam] | Failure | None,
+        waiters: list[_Want],
         at: tuple[int, int],
     ) -> None:
         self._busy = False
         self._running = None
         self._done_at = at
-        png: bytes | None = None
+        answers: list[Snapshot | BadImageParam] | None = None
         if isinstance(result, Failure):
             self.decoder.reset()
             self._decode_failed(result.getErrorMessage(), result)
         else:
-            png = result
+            answers = result
             if self.decoder.errors:
                 self._decode_failed(self.decoder.last_error)
         if self.stream.ended:
-            for d in waiters:
-                d.errback(StreamNotFound(self.stream.name))
+            for want in waiters:
+                want.d.errback(StreamNotFound(self.stream.name))
             if self._abandoned:
                 self._finish_abandoned()
                 self._release()
@@ -299,12 +386,29 @@ class FrameSource:
             return
         for callback in self._after_job:
             callback(False)
-        for d in waiters:
-            d.callback(png)
+        for i, want in enumerate(waiters):
+            answer = answers[i] if answers is not None else None
+            if isinstance(answer, BadImageParam):
+                want.d.errback(answer)
+                continue
+            if answer is not None and want.max_age_ms > 0:
+                self._keep(want.spec, answer)
+            want.d.callback(answer)
         if self._waiters or self.hot:
             self._kick()
         elif self._reader is None and not self.pinned:
             self._cool_down()  # it cooled while this job ran
+
+    def _keep(self, spec: ImageSpec, snapshot: Snapshot) -> None:
+        """Remember the newest small image of each spec for requests with a max age."""
+        served = self._served
+        if len(snapshot.data) > MAX_SERVED_BYTES:
+            served.pop(spec, None)
+            return
+        served.pop(spec, None)
+        served[spec] = snapshot
+        while len(served) > MAX_SERVED_SPECS:
+            del served[next(iter(served))]
 
     def _decode_failed(self, reason: str, failure: Failure | None = None) -> None:
         """Logged once per stream: a broken or hostile stream fails the same way every frame."""
@@ -332,7 +436,7 @@ class FrameSource:
     def _drain_job(self, gop: Gop, end: int) -> None:
         self.decoder.finish(gop, end)
 
-    def _job(self, job: _Job, gop: Gop, end: int) -> bytes | None:
+    def _job(self, job: _Job, gop: Gop, end: int) -> list[Snapshot | BadImageParam] | None:
         if self._abandoned:
             job.close()
             return None  # queued before its stream ended and was given up: nothing to do
@@ -346,12 +450,41 @@ class FrameSource:
         frame = self.decoder.newest(gop, end)
         if frame is None:
             return None
-        cached = self._png_of
-        if cached is not None and cached[0] is frame:
-            return cached[1]
-        png = frame_to_png(frame.frame)
-        self._png_of = (frame, png)
-        return png
+        cached = self._images
+        if cached is None or cached[0] is not frame:
+            cached = self._images = (frame, {})
+        images = cached[1]
+        # One encode per distinct encoding among the requests (same frame, format, size).
+        return [self._encoded(frame, images, want.spec) for want in job.waiters]
+
+    def _encoded(
+        self,
+        frame: DecodedFrame,
+        images: dict[tuple[object, ...], EncodedImage],
+        spec: ImageSpec,
+    ) -> Snapshot | BadImageParam:
+        picture = frame.frame
+        try:
+            size = spec.size_for(picture.width, picture.height)
+        except BadImageParam as err:
+            return err
+        key = _key(spec, *size)
+        image = images.get(key)
+        if image is None:
+            image = images[key] = encode(picture, spec)
+        fmt, width, height, quality = key
+        picture_id = f"{self.stream.media_session_id}.{frame.gop_seq}.{frame.pos}"
+        tag = f"{picture_id}.{fmt}.{width}x{height}.q{quality}"
+        return Snapshot(image, frame.captured_ms, _etag_safe(tag))
+
+
+def _key(spec: ImageSpec, width: int, height: int) -> tuple[object, ...]:
+    """What makes two encodings of one picture the same bytes."""
+    return (spec.format, width, height, 0 if spec.format == "png" else spec.quality)
+
+
+def _etag_safe(tag: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in tag)
 
 
 class _Job:
@@ -361,9 +494,7 @@ class _Job:
 
     __slots__ = ("_closed", "_lock", "at", "defer", "png_wanted", "waiters")
 
-    def __init__(
-        self, at: tuple[int, int], waiters: list[Deferred[bytes | None]], defer: bool = False
-    ) -> None:
+    def __init__(self, at: tuple[int, int], waiters: list[_Want], defer: bool = False) -> None:
         self.at = at
         self.defer = defer  # nobody asked lately: a listener's decoder may wait for whole GOPs
         self.waiters = waiters
@@ -371,12 +502,12 @@ class _Job:
         self._closed = False
         self._lock = threading.Lock()
 
-    def join(self, d: Deferred[bytes | None]) -> bool:
-        """Reactor: answer `d` with this job's PNG; False once the job can no longer."""
+    def join(self, want: _Want) -> bool:
+        """Reactor: answer `want` with this job's picture; False once the job can no longer."""
         with self._lock:
             if self._closed:
                 return False
-            self.waiters.append(d)
+            self.waiters.append(want)
             self.png_wanted = True
             return True
 
@@ -514,20 +645,57 @@ class SnapshotService:
         return source
 
     def take(self, name: str) -> Deferred[bytes]:
+        """The WCS snapshot: a full-size PNG of the newest frame."""
+        return self.take_image(name).addCallback(lambda snapshot: snapshot.data)
+
+    def take_image(
+        self,
+        name: str,
+        spec: ImageSpec = PNG,
+        max_age_ms: int = 0,
+        *,
+        fail_fast: bool = False,
+    ) -> Deferred[Snapshot]:
+        """The newest frame of stream `name` encoded as `spec` asks (see FrameSource.request),
+        within the configured interval. Errbacks: StreamNotFound, BadImageParam,
+        SnapshotTimeout (with its reason). `fail_fast`: a stream whose video cannot be decoded
+        at all (codec, picture size) fails at once rather than after the interval."""
         stream = self.hub.get(name)
         if stream is None:
             return fail(StreamNotFound(name))
-        return _Attempts(self, stream).result
+        if fail_fast:
+            code, detail = video_state(stream)
+            if code == UNSUPPORTED_CODEC:
+                return fail(SnapshotTimeout(code, detail))
+        return _Attempts(self, stream, spec, max_age_ms).result
+
+    def video_json(self, stream: Stream) -> dict[str, object]:
+        """The "video" field of a stream's REST object: whether a snapshot can be taken now,
+        and how long ago its newest keyframe arrived."""
+        source = self._sources.get(stream)
+        code, detail = source.video_state() if source is not None else video_state(stream)
+        gop = stream.gop
+        age = None
+        if gop is not None and gop.arrived_ms:
+            age = max(0, stream.now_ms() - gop.arrived_ms)
+        out: dict[str, object] = {"state": code, "lastKeyframeAgeMs": age}
+        if detail:
+            out["detail"] = detail
+        return out
 
 
 class _Attempts:
     """One request: ask the stream's FrameSource up to `attempts` times within the interval."""
 
-    def __init__(self, service: SnapshotService, stream: Stream) -> None:
+    def __init__(
+        self, service: SnapshotService, stream: Stream, spec: ImageSpec, max_age_ms: int
+    ) -> None:
         self.service = service
         self.stream = stream
+        self.spec = spec
+        self.max_age_ms = max_age_ms
         self.source = service.source(stream)
-        self.result: Deferred[bytes] = Deferred()
+        self.result: Deferred[Snapshot] = Deferred()
         clock = service._clock
         self._clock = clock
         self._delay = service.interval / service.attempts
@@ -548,14 +716,14 @@ class _Attempts:
             # keyframe now instead of at its next scheduled one.
             self._asked_keyframe = True
             self.stream.request_keyframe()
-        self.source.request().addCallbacks(self._got, self._failed)
+        self.source.request(self.spec, self.max_age_ms).addCallbacks(self._got, self._failed)
 
-    def _got(self, png: bytes | None) -> None:
+    def _got(self, snapshot: Snapshot | None) -> None:
         if self.result.called:
             return
-        if png is not None:
+        if snapshot is not None:
             self._timeout.cancel()
-            self.result.callback(png)
+            self.result.callback(snapshot)
             return
         if self._retry is None:
             self._retry = self._clock.callLater(self._delay, self._attempt)
@@ -572,4 +740,7 @@ class _Attempts:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if not self.result.called:
-            self.result.errback(SnapshotTimeout())
+            code, detail = self.source.video_state()
+            if code == "ok":
+                code, detail = TIMEOUT, "no picture within snapshot_taking_interval_ms"
+            self.result.errback(SnapshotTimeout(code, detail))

@@ -1,6 +1,7 @@
 """A JSON text whose one large string is the base64 of shared bytes (a snapshot's PNG), produced
 in chunks: a slow reader holds a reference to the bytes and one chunk, never a private copy of
-the whole text. The chunks joined are exactly what `json.dumps` of the whole object gives."""
+the whole text. The chunks joined are exactly what `json.dumps` of the whole object gives.
+`SplicedBodyProducer` writes such a body (or raw image bytes) as the client reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import json
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.web import http, server
+from zope.interface import implementer
 
 # Raw bytes per chunk (a multiple of 3, so chunks encode without padding): 64 KiB of base64,
 # the size of a transport's write buffer.
@@ -55,3 +61,80 @@ def base64_json(build: Callable[[str], str], data: bytes) -> Base64Json:
     if not found or quoted in after:
         raise ValueError("the JSON text must hold the placeholder string exactly once")
     return Base64Json((before + '"').encode("utf-8"), data, ('"' + after).encode("utf-8"))
+
+
+class ChunkedBody(Protocol):
+    """A response body written a chunk at a time (Base64Json, RawBody)."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+class RawBody:
+    """Bytes written as they are (an image), in chunks."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def chunks(self) -> Iterator[bytes]:
+        view = memoryview(self.data)
+        for start in range(0, len(view), self.CHUNK):
+            yield bytes(view[start : start + self.CHUNK])
+
+
+@implementer(IPushProducer)
+class SplicedBodyProducer:
+    """Writes a response chunk by chunk while the client reads: a slow client holds the shared
+    picture and one chunk, and the channel's drain deadline drops one that stops."""
+
+    def __init__(
+        self,
+        request: server.Request,
+        body: ChunkedBody,
+        content_type: bytes = b"application/json",
+        status: int = http.OK,
+    ) -> None:
+        self.request = request
+        self._chunks = body.chunks()
+        self._length = len(body)
+        self._content_type = content_type
+        self._status = status
+        self._paused = False
+        self._done = False
+
+    def start(self) -> None:
+        request = self.request
+        request.setResponseCode(self._status)
+        request.setHeader(b"Content-Type", self._content_type)
+        request.setHeader(b"Content-Length", b"%d" % self._length)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        request.registerProducer(self, True)  # may pause us at once: the client is not reading
+        self._produce()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def _produce(self) -> None:
+        # A write may pause us at once (the transport's buffer is full): check every time.
+        while not self._paused and not self._done:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+                self.request.unregisterProducer()
+                self.request.finish()
+                return
+            self.request.write(chunk)
+
+    def stopProducing(self) -> None:
+        self._done = True
+        self._chunks = iter(())
