@@ -273,3 +273,19 @@ def test_image_endpoints_need_the_rest_credentials(sample: Sample) -> None:
     assert env.call("GET", "/api/frame.jpeg?src=cam").status == 401
     auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
     assert env.call("GET", "/api/frame.jpeg?src=cam", headers=auth).status == 200
+
+
+def test_max_age_on_a_cold_stream_decodes_the_keyframe_only_and_keeps_it_cold(
+    sample: Sample,
+) -> None:
+    env = Env()
+    stream = env.publish(sample, 20)
+    env.now[0] = T0 + 900  # the keyframe arrived at T0: 0.9 s old
+    got = env.call("GET", f"{GET}?streamName=cam&format=jpeg&width=160&maxAge=1000")
+    assert got.status == 200 and got.header("X-Frame-Timestamp") == str(T0)
+    source = env.snapshots.source(stream)
+    assert source.decoder.frames_decoded == 1 and not source.requested
+    env.now[0] = T0 + 1100  # older than the keyframe's picture: the newest is decoded
+    newer = env.call("GET", f"{GET}?streamName=cam&format=jpeg&width=160&maxAge=1000")
+    assert newer.header("X-Frame-Timestamp") == str(T0 + 19 * 100 // 3)
+    assert not source.requested

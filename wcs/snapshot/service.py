@@ -169,8 +169,12 @@ class FrameSource:
             if served is not None and self._now_ms() - served.captured_ms <= max_age_ms:
                 return succeed(served)
         want = _Want(spec, max_age_ms)
-        self._hot_until = self._clock.seconds() + self._hot_seconds
-        self._on_heat(self)
+        if max_age_ms == 0:
+            # Keep decoding ahead for a while: the next request wants the newest picture fast.
+            # One that accepts an older picture does not: a poller would keep every stream of
+            # a wall decoding every frame.
+            self._hot_until = self._clock.seconds() + self._hot_seconds
+            self._on_heat(self)
         gop = self.stream.gop
         running = self._running
         # Nothing new arrived since the running job started: its picture is the newest, and a
@@ -262,6 +266,11 @@ class FrameSource:
             return
         self._kick()
 
+    def _keyframe_will_do(self, gop: Gop) -> bool:
+        """Whether every waiting request accepts a picture as old as the GOP's keyframe."""
+        age = self._now_ms() - gop.arrived_ms
+        return all(want.max_age_ms > 0 and age <= want.max_age_ms for want in self._waiters)
+
     def _waits_for_gop(self, gop: Gop) -> bool:
         """Nobody is asking: a pinned stream is decoded a whole GOP at a time, once the next
         one starts (the job for that GOP's first unit did so)."""
@@ -347,6 +356,8 @@ class FrameSource:
         end = len(gop.units)
         if not self._waiters and (self._done_at == (gop.seq, end) or self._waits_for_gop(gop)):
             return
+        if self._waiters and not self.hot and self._keyframe_will_do(gop):
+            end = 1  # every request accepts the keyframe's picture: decode nothing more
         waiters, self._waiters = self._waiters, []
         self._busy = True
         running = self._running = _Job((gop.seq, end), waiters, defer=not self.requested)
