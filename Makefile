@@ -64,6 +64,7 @@ fuzz: venv
 bench: venv system-deps node-deps
 	$(PY) bench/png_encode.py
 	$(PY) bench/image_formats.py
+	$(PY) bench/image_wall.py
 	$(PY) bench/cold_decode.py
 	$(PY) bench/auto_decode.py
 	$(PY) bench/hot_snapshot.py --baseline 59a1987
