@@ -14,6 +14,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -28,9 +29,11 @@ from tests.fuzz import target
 from tests.unit.fakes import PNG, FakeConnector, publish_now
 from wcs.config import Settings
 from wcs.directory import StreamError, StreamNotFound
+from wcs.media.encode import BadImageParam, EncodedImage, ImageSpec
+from wcs.rest.images import max_age_of
 from wcs.rest.resources import MAX_BODY, RestError, _required_str, build_site
 from wcs.rtsp.pull import PullManager
-from wcs.snapshot.service import SnapshotService, SnapshotTimeout
+from wcs.snapshot.service import Snapshot, SnapshotService, SnapshotTimeout
 from wcs.streams import StreamHub
 from wcs.web import jsonin
 from wcs.web.origin import OriginPolicy, host_of, parse_origin
@@ -72,24 +75,33 @@ def no_logged_failures() -> Iterator[None]:
 
 # -- fakes ---------------------------------------------------------------------------------------
 class FakeSnapshots:
+    """take() and take_image() answer when the fuzzer says: a picture, gone, or a timeout."""
+
     def __init__(self) -> None:
-        self.pending: list[Deferred[bytes]] = []
+        self.pending: list[tuple[Deferred[Any], bool]] = []
 
     def take(self, name: str) -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred()
-        self.pending.append(d)
+        self.pending.append((d, False))
+        return d
+
+    def take_image(
+        self, name: str, spec: ImageSpec, max_age_ms: int = 0, *, fail_fast: bool = False
+    ) -> Deferred[Snapshot]:
+        d: Deferred[Snapshot] = Deferred()
+        self.pending.append((d, True))
         return d
 
     def fire(self, how: int) -> None:
         if not self.pending:
             return
-        d = self.pending.pop(0)
+        d, image = self.pending.pop(0)
         if how == 0:
-            d.callback(PNG)
+            d.callback(Snapshot(EncodedImage(PNG, "image/png", 1, 1), 1, "t") if image else PNG)
         elif how == 1:
             d.errback(StreamNotFound("x"))
         else:
-            d.errback(SnapshotTimeout())
+            d.errback(SnapshotTimeout(("timeout", "no_video", "unsupported_codec")[how % 3]))
 
 
 class FakeWS:
@@ -336,3 +348,27 @@ def origin(data: bytes) -> None:
         for value in (origin_value, None):
             refusal = policy.refusal(value, host_value)
             assert refusal is None or isinstance(refusal, str)
+
+
+@target("image_query")
+def image_query(data: bytes) -> None:
+    """An image URL's query string and Accept header (`data` split at the first newline), as the
+    GET endpoints parse them: only BadImageParam may come out, and a size that passes is within
+    the picture's."""
+    query_text, _, accept = data.partition(b"\n")
+    pairs = parse_qs(query_text.decode("utf-8", "replace"), keep_blank_values=True)
+    query: dict[str, str | None] = {key: values[0] for key, values in pairs.items()}
+    try:
+        spec = ImageSpec.parse(query, accept.decode("latin-1"))
+        max_age_of(query.get("maxAge"))
+    except BadImageParam as err:
+        assert err.param in ("format", "width", "height", "quality", "maxAge"), err.param
+        return
+    src = (1 + data[0] * 7 if data else 1280, 1 + data[-1] * 5 if data else 720)
+    try:
+        width, height = spec.size_for(*src)
+    except BadImageParam as err:
+        assert err.param in ("width", "height"), err.param
+        return
+    assert 1 <= width <= src[0] and 1 <= height <= src[1], (width, height, src)
+    assert spec.width in (None, width) and spec.height in (None, height), (spec, width, height)

@@ -51,7 +51,8 @@ def _int_param(
     raw = query.get(name)
     if raw is None:
         return None
-    value = int(raw) if _INT.fullmatch(raw.strip()) else None
+    text = raw.strip()
+    value = int(text) if _INT.fullmatch(text) else None
     if value is None or value < low or (high is not None and value > high):
         upper = str(high) if high is not None else f"the source {name}"
         raise BadImageParam(name, f"{name} must be an integer from {low} to {upper}, not {raw!r}")
