@@ -4,5 +4,9 @@ from setuptools import find_packages, setup
 
 setup(
     packages=[*find_packages(exclude=["tests*", "bench*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["wcs_plugin.py"], "wcs.web": ["demo/*"]},
+    package_data={
+        "twisted.plugins": ["wcs_plugin.py"],
+        "wcs.web": ["demo/*"],
+        "wcs.rest": ["openapi.json"],
+    },
 )

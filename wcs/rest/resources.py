@@ -6,6 +6,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -35,6 +36,8 @@ log = Logger(namespace="wcs.rest")
 
 MAX_BODY = 64 * 1024
 REST_PREFIX = b"rest-api"
+# The OpenAPI 3.1 document of this API, package data beside this module.
+OPENAPI_FILE = "openapi.json"
 # A wrong password is answered after this long (the reactor serves others meanwhile), so one
 # connection guesses at most once a second; failures are logged at most once per interval.
 LOGIN_FAILURE_DELAY = 1.0
@@ -113,6 +116,7 @@ class JsonEndpoint(Resource):
 
     `changes_state` endpoints also refuse a browser page of a foreign origin (see OriginPolicy):
     with the default CORS `*`, any page could otherwise POST to them as a simple request.
+    `public` endpoints need no credentials even with REST auth on.
     """
 
     isLeaf = True
@@ -125,6 +129,7 @@ class JsonEndpoint(Resource):
         *,
         doors: Doors,
         changes_state: bool = False,
+        public: bool = False,
     ):
         super().__init__()
         self.settings = settings
@@ -132,6 +137,7 @@ class JsonEndpoint(Resource):
         self.methods = methods
         self.doors = doors
         self.changes_state = changes_state
+        self.public = public
 
     def render(self, request: server.Request) -> bytes | int:
         set_cors(request, self.settings, self.methods)
@@ -180,7 +186,7 @@ class JsonEndpoint(Resource):
                 raise RestError(403, f"{refusal} for this method (see ws_allowed_origins)")
 
     def _check_auth(self, request: server.Request) -> None:
-        if self.settings.disable_rest_auth:
+        if self.settings.disable_rest_auth or self.public:
             return
         expected_user = self.settings.rest_auth_user.encode()
         expected_password = (self.settings.rest_auth_password or "").encode()
@@ -380,6 +386,13 @@ class StreamApi:
         return {}
 
 
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the REST API (`wcs/rest/openapi.json`)."""
+    raw = resources.files(__package__).joinpath(OPENAPI_FILE).read_bytes()
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
 class RtspApi:
     """Handlers of /rest-api/rtsp/*: camera pulls."""
 
@@ -454,6 +467,12 @@ def build_rest_tree(
         rtsp.putChild(b"startup", endpoint(rtsp_api.startup, changes_state=True))
         rtsp.putChild(b"find_all", endpoint(rtsp_api.find_all, ("GET", "POST")))
         rtsp.putChild(b"terminate", endpoint(rtsp_api.terminate, changes_state=True))
+    # The document names no secret and tools read it before they have credentials: no auth.
+    document = openapi_document()
+    rest.putChild(
+        OPENAPI_FILE.encode(),
+        JsonEndpoint(settings, lambda request, body: document, ("GET",), doors=doors, public=True),
+    )
     return rest
 
 
