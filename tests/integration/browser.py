@@ -208,14 +208,16 @@ def as_bt709(clip: Clip) -> Clip:
 
 
 @contextlib.contextmanager
-def launch_chromium(camera: Path) -> Iterator[Browser]:
-    """Debian's Chromium, headless, with `camera` as the fake video device."""
+def launch_chromium(camera: Path | None = None) -> Iterator[Browser]:
+    """Debian's Chromium, headless, with `camera` as the fake video device (None: Chromium's
+    own fake device, for pages that use no camera)."""
+    camera_args = [f"--use-file-for-fake-video-capture={camera}"] if camera is not None else []
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
                 headless=True,
-                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
+                args=[*CHROMIUM_ARGS, *camera_args],
             )
             try:
                 yield browser

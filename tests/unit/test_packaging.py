@@ -115,6 +115,7 @@ def test_layout_of_the_install(installed: Path) -> None:
     assert (installed / "wcs" / "web" / "demo" / "two-way-streaming.html").is_file()
     assert (installed / "wcs" / "web" / "demo" / "stream-snapshot.js").is_file()
     assert (installed / "wcs" / "rest" / "openapi.json").is_file()
+    assert (installed / "wcs" / "web" / "demo" / "wall.js").is_file()
     assert not (installed / "tests").exists()
     assert not (installed / "bench").exists()
 

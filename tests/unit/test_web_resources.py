@@ -98,6 +98,7 @@ def test_index_links_every_page_with_this_servers_ws_port(sdk: Path) -> None:
         assert f'href="{page}?urlServer=ws%3A%2F%2Fcam.example%3A18080"' in body
     assert ">Two Way Streaming</a>" in body
     assert ">Stream Snapshot</a>" in body
+    assert ">Stream Wall</a>" in body
     assert "WebSDK 9.9.9 is installed" in body
 
 
@@ -133,6 +134,9 @@ def test_index_escapes_a_hostile_host_header(sdk: Path) -> None:
         ("stream-snapshot.js", "javascript"),
         ("common.js", "javascript"),
         ("demo.css", "text/css"),
+        ("wall.html", "text/html"),
+        ("wall.js", "javascript"),
+        ("wall.css", "text/css"),
     ],
 )
 def test_demo_files_are_served_as_on_disk(name: str, ctype: str, sdk: Path) -> None:
@@ -220,6 +224,14 @@ def test_pages_still_load_without_the_sdk(no_sdk: Path) -> None:
         assert render(root, f"/demo/{page}").code == 200
     index = get(Api(), "/demo/").body.decode()
     assert "is not installed" in index and "make node-deps" in index
+
+
+def test_the_wall_needs_no_sdk(no_sdk: Path) -> None:
+    """The Stream Wall uses only the REST API's image URLs: no SDK bundle, no WebSocket."""
+    page = (resources.DEMO_DIR / "wall.html").read_text()
+    assert "sdk/" not in page
+    assert '<script src="wall.js"></script>' in page
+    assert render(Api().site.resource, "/demo/wall.html").code == 200
 
 
 def test_pages_explain_a_missing_sdk() -> None:
