@@ -201,6 +201,8 @@ def test_a_listener_gets_exactly_the_wanted_pictures_in_display_order(
         assert lazy.frames_decoded < hot.frames_decoded
         assert lazy.skipped_units == len(sample.units) - lazy.frames_decoded
     assert lazy.frames_seen == hot.frames_seen == len(sample.units)
+    for decoder in (lazy, hot):  # numbering keeps the newest GOP's units only, not older GOPs'
+        assert sum(n.gop is not None for n in decoder._numberings.values()) <= 1
 
 
 @pytest.mark.parametrize("rate", [1, 7, 30])

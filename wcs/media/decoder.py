@@ -83,17 +83,27 @@ class _Numbering:
     where it is decoded (a publisher's clock that jumps breaks that, and the GOP is then decoded
     whole and counted)."""
 
-    __slots__ = ("base", "gop", "outputs", "ranks")
+    __slots__ = ("_length", "base", "gop", "outputs", "ranks")
 
     def __init__(self, gop: Gop, base: int) -> None:
-        self.gop = gop
+        self.gop: Gop | None = gop
         self.base = base
         self.outputs = 0
         self.ranks: list[int] | None = None
+        self._length = 0
+
+    def close(self) -> int:
+        """The next GOP started, so this one is complete: keep its length, not its units."""
+        if self.gop is not None:
+            self._length = len(self.gop.units)
+            self.gop = None
+        return self._length
 
     def rank_by_time(self) -> bool:
         """Number the complete GOP by presentation time; False when that is not plausible."""
-        order = sorted(range(len(self.gop.units)), key=lambda pos: (self.gop.units[pos].pts, pos))
+        assert self.gop is not None
+        units = self.gop.units
+        order = sorted(range(len(units)), key=lambda pos: (units[pos].pts, pos))
         ranks = [0] * len(order)
         for rank, pos in enumerate(order):
             if abs(rank - pos) > MAX_REORDER:
@@ -226,7 +236,7 @@ class StreamDecoder:
         base = 0
         if self._numberings:
             last = self._numberings[max(self._numberings)]
-            base = last.base + len(last.gop.units)
+            base = last.base + last.close()
         numbering = self._numberings[gop.seq] = _Numbering(gop, base)
         while len(self._numberings) > 4:  # pictures of older GOPs are out by now
             del self._numberings[min(self._numberings)]
