@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from wcs import __version__
 from wcs.access import Access
 from wcs.config import Settings
 from wcs.hooks import NoHooks, RestHooks
@@ -120,6 +121,7 @@ class WCSService(MultiService):
         self.factories: dict[str, IProtocolFactory] = {}
         self.listeners: dict[str, StreamServerEndpointService] = {}
         self.ports: dict[str, IListeningPort] = {}
+        self._stopping = False
         self._build_listeners()
 
     def run_in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -149,6 +151,7 @@ class WCSService(MultiService):
             pulls=self.pulls,
             bound_ports=lambda: self.bound_ports,
             views=self.views,
+            readiness=self.not_ready_reason,
         )
         self.signalling = signalling = SignallingFactory(
             self.hub,
@@ -259,6 +262,17 @@ class WCSService(MultiService):
         """The port number each listening listener is bound to, by label."""
         return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
 
+    def not_ready_reason(self) -> str | None:
+        """Why the server cannot serve (GET /ready answers 503 with it), or None."""
+        if self._stopping:
+            return "stopping"
+        unbound = [label for label in self.descriptions if label not in self.ports]
+        if unbound:
+            return "listeners not bound: " + ", ".join(unbound)
+        if not self.pool.started:
+            return "worker pool not running"
+        return None
+
     def fit_connections_to_open_files(self) -> int:
         """Raise the soft open-file limit to the hard one and lower the connection cap to leave
         descriptors for files, pulls and UDP sockets; returns the cap."""
@@ -318,12 +332,20 @@ class WCSService(MultiService):
 
     def _ready(self) -> None:
         ports = ", ".join(f"{label}={port}" for label, port in self.bound_ports.items())
-        log.info("wcs ready: {ports} (pid {pid})", ports=ports or "no listeners", pid=os.getpid())
+        # Tests and scripts read the port list: "wcs ready: label=port, ... (pid N)", the
+        # version after it.
+        log.info(
+            "wcs ready: {ports} (pid {pid}) version {version}",
+            ports=ports or "no listeners",
+            pid=os.getpid(),
+            version=__version__,
+        )
 
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
         # Shutdown waits (each bounded by its own timeouts) for camera pulls to send TEARDOWN
         # and for WebRTC peers to close and release their UDP sockets.
+        self._stopping = True
         self.idle_watchdog.stop()
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.hub.terminate_all()

@@ -31,6 +31,14 @@ class Options(usage.Options):
         ],
     ]
 
+    def opt_version(self) -> None:
+        """Display the wcs and Twisted versions and exit."""
+        from twisted import copyright
+        from wcs import __version__
+
+        print(f"wcs {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
 
 def install_reactor() -> object:
     """Install the asyncio reactor (aiortc shares its loop) unless one is already running.
