@@ -110,11 +110,13 @@ def test_sighup_reloads_live_keys_and_refuses_an_invalid_file(tmp_path: Path) ->
         assert get(find_all)[0] == 404  # no REST auth: straight to "Streams not found"
         config.write_text(
             "ip=127.0.0.1\ndisable_rest_auth=false\nrest_auth_password=pw\n"
-            "max_connections=100\nsnapshot_auto_enable=true\n"
+            "max_connections=100\nsnapshot_auto_enable=true\nlog_level=warn\n"
         )
         mark = server.log_mark()
         server.proc.send_signal(signal.SIGHUP)
-        server.wait_for_log(r"config reloaded: disable_rest_auth, rest_auth_password$", start=mark)
+        server.wait_for_log(
+            r"config reloaded: disable_rest_auth, rest_auth_password, log_level$", start=mark
+        )
         server.wait_for_log(r"config keys ignored until restart: max_connections$", start=mark)
         server.wait_for_log(r"snapshot_auto_enable ignored \(did you mean", start=mark)
         assert server.proc.poll() is None
@@ -134,3 +136,7 @@ def test_sighup_reloads_live_keys_and_refuses_an_invalid_file(tmp_path: Path) ->
         assert get(find_all, auth="admin:pw")[0] == 404
     finally:
         assert server.stop() == 0
+    # log_level=warn from the first reload on: no more access-log (info) lines.
+    after = server.lines[server.lines.index(next(x for x in server.lines if "log_level" in x)) :]
+    assert not [x for x in after if "GET /rest-api/stream/find_all" in x], after
+    assert any("GET /rest-api/stream/find_all" in x for x in server.lines[:mark])
