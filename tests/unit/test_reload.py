@@ -18,6 +18,7 @@ from wcs.hooks import NoHooks, RestHooks
 from wcs.logs import LevelFilter
 from wcs.reload import LIVE_KEYS, changed_keys
 from wcs.service import WCSService
+from wcs.snapshot.auto import AutoSnapshotter
 from wcs.web.origin import OriginPolicy
 
 AUTH = {"disable_rest_auth": False, "rest_auth_password": "pw"}
@@ -159,3 +160,16 @@ def test_an_unchanged_file_says_no_changes(log_events: list[LogEvent]) -> None:
     service = make()
     reload_with(service, service.settings)
     assert messages(log_events) == ["config reloaded: no changes"]
+
+
+def test_auto_snapshot_rate_and_retention(tmp_path: Path) -> None:
+    service = make()
+    service.auto = AutoSnapshotter(
+        service.hub, service.snapshots, root=tmp_path, rate=30, retention=20, encode=lambda f: b""
+    )
+    reload_with(
+        service,
+        dataclasses.replace(service.settings, snapshot_auto_rate=5, snapshot_auto_retention=3),
+    )
+    assert (service.auto.rate, service.auto.retention) == (5, 3)
+    assert service.settings.snapshot_auto_rate == 5
