@@ -21,6 +21,7 @@ __all__ = [
     "load_settings",
     "parse_properties",
     "settings_from_properties",
+    "suggest_key",
 ]
 
 MAX_LINE_LENGTH = 64 * 1024
@@ -209,6 +210,9 @@ class Settings:
     rest_hook_fail_open: bool = False
     # A shared secret every publisher must present (RTMP ?password=, RTSP auth, WebSDK custom).
     publish_password: str | None = field(default=None, repr=False)
+    # Lowest level logged (debug, info, warn, error) and text or one JSON object per line.
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -245,6 +249,8 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "rest_hook_timeout_ms": "rest_hook_timeout_ms",
     "rest_hook_fail_open": "rest_hook_fail_open",
     "publish_password": "publish_password",
+    "log_level": "log_level",
+    "log_format": "log_format",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -416,6 +422,15 @@ def _hook_url(key: str, value: str) -> str | None:
     return value.rstrip("/")
 
 
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(key: str, value: str) -> str:
+        if value.lower() not in choices:
+            raise _bad(key, value, " or ".join(choices))
+        return value.lower()
+
+    return parse
+
+
 _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "http.port": _port,
     "https.port": _port,
@@ -449,7 +464,34 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "rest_hook_timeout_ms": _int_range(100, 60_000),
     "rest_hook_fail_open": _bool,
     "publish_password": _password,
+    "log_level": _choice("debug", "info", "warn", "error"),
+    "log_format": _choice("text", "json"),
 }
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def suggest_key(key: str) -> str | None:
+    """The key of ours an unknown `key` is probably a misspelling of (within 2 edits, fewer for
+    short keys so that a foreign key is not taken for ours), or None."""
+    if len(key) > 200:
+        return None
+    best: tuple[int, str] | None = None
+    for known in _PARSERS:
+        limit = min(2, len(known) // 4)
+        d = _distance(key.lower(), known.lower())
+        if d <= limit and (best is None or d < best[0]):
+            best = (d, known)
+    return best[1] if best else None
 
 
 def settings_from_properties(props: Mapping[str, str]) -> tuple[Settings, list[str]]:

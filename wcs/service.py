@@ -16,15 +16,18 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from wcs import __version__
 from wcs.access import Access
-from wcs.config import Settings
+from wcs.config import ConfigError, Settings
 from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
+from wcs.logs import LevelFilter
 from wcs.rest.resources import build_site
 from wcs.rest.views import StreamViews
 from wcs.rtmp.protocol import RTMPServerFactory
@@ -120,6 +123,15 @@ class WCSService(MultiService):
         self.factories: dict[str, IProtocolFactory] = {}
         self.listeners: dict[str, StreamServerEndpointService] = {}
         self.ports: dict[str, IListeningPort] = {}
+        self._stopping = False
+        # Set by wcs.tap under twistd: how SIGHUP re-reads the file (raises ConfigError), the
+        # log level filter it may change, and the observer handed to twistd's application.
+        self.reload_source: Callable[[], Settings] | None = None
+        self.log_filter: LevelFilter | None = None
+        self.log_observer: ILogObserver | None = None
+        # What a reload retargets: the HTTP(S) and WebSocket sites and the RTSP factory.
+        self.sites: list[Any] = []
+        self.rtsp_factory: RTSPServerFactory | None = None
         self._build_listeners()
 
     def run_in_pool(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -149,7 +161,9 @@ class WCSService(MultiService):
             pulls=self.pulls,
             bound_ports=lambda: self.bound_ports,
             views=self.views,
+            readiness=self.not_ready_reason,
         )
+        self.sites.append(site)
         self.signalling = signalling = SignallingFactory(
             self.hub,
             self.snapshots,
@@ -163,6 +177,7 @@ class WCSService(MultiService):
 
         def ws_site(tls: bool) -> IProtocolFactory:
             factory = websocket_site(signalling, s)
+            self.sites.append(getattr(factory, "wrappedFactory", None))
             return self._tls_wrap(factory, "wss") if tls else factory
 
         wanted: list[tuple[str, int | None, Callable[[], IProtocolFactory]]] = [
@@ -183,8 +198,8 @@ class WCSService(MultiService):
                 self.descriptions[label] = listen_description(s.ip, port)
                 self._wanted[label] = (port, self._limited(label, make))
 
-    def _rtsp_factory(self) -> IProtocolFactory:
-        s = self.settings
+    def rtsp_auths(self, s: Settings) -> tuple[RtspAuthenticator | None, RtspAuthenticator | None]:
+        """RTSP (play, publish) authentication for settings `s`."""
         # Playback is guarded by the REST credentials when REST auth is on.
         play_auth = (
             None
@@ -197,7 +212,12 @@ class WCSService(MultiService):
             if s.publish_password is None
             else RtspAuthenticator(None, s.publish_password, self.reactor, realm="wcs-publish")
         )
-        return RTSPServerFactory(
+        return play_auth, publish_auth
+
+    def _rtsp_factory(self) -> IProtocolFactory:
+        s = self.settings
+        play_auth, publish_auth = self.rtsp_auths(s)
+        self.rtsp_factory = RTSPServerFactory(
             self.hub,
             self.reactor,
             ip=s.ip,
@@ -207,6 +227,7 @@ class WCSService(MultiService):
             publish_auth=publish_auth,
             access=self.access,
         )
+        return self.rtsp_factory
 
     def _limited(
         self, label: str, make: Callable[[], IProtocolFactory]
@@ -259,6 +280,17 @@ class WCSService(MultiService):
         """The port number each listening listener is bound to, by label."""
         return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
 
+    def not_ready_reason(self) -> str | None:
+        """Why the server cannot serve (GET /ready answers 503 with it), or None."""
+        if self._stopping:
+            return "stopping"
+        unbound = [label for label in self.descriptions if label not in self.ports]
+        if unbound:
+            return "listeners not bound: " + ", ".join(unbound)
+        if not self.pool.started:
+            return "worker pool not running"
+        return None
+
     def fit_connections_to_open_files(self) -> int:
         """Raise the soft open-file limit to the hard one and lower the connection cap to leave
         descriptors for files, pulls and UDP sockets; returns the cap."""
@@ -305,6 +337,7 @@ class WCSService(MultiService):
         self.idle_watchdog.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         self.reactor.callWhenRunning(self._handle_sigterm)
+        self.reactor.callWhenRunning(self._handle_sighup)
         self.reactor.callWhenRunning(self._ready)
 
     def _handle_sigterm(self) -> None:
@@ -316,14 +349,64 @@ class WCSService(MultiService):
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            # twistd's application: its logger starts with this observer (level, format).
+            parent.setComponent(ILogObserver, self.log_observer)
+
+    def _handle_sighup(self) -> None:
+        # After twistd's own handlers (the reactor is running): SIGHUP reloads, never kills.
+        def on_sighup(signum: int, frame: object) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        signal.signal(signal.SIGHUP, on_sighup)
+
+    def reload(self) -> None:
+        """Re-read the configuration file: apply what can change live, log the rest."""
+        from wcs import reload
+
+        if self.reload_source is None:
+            log.warn("SIGHUP: no configuration file (--config) to reload")
+            return
+        try:
+            loaded = self.reload_source()
+        except ConfigError as err:
+            log.error(
+                "config not reloaded, the running settings stay: wcs: configuration error: {error}",
+                error=str(err),
+            )
+            return
+        try:
+            applied, ignored = reload.apply(self, loaded)
+        except Exception:
+            # A bug, not the file: say so, and keep serving with what was applied.
+            log.failure("config reload failed")
+            return
+        if applied:
+            log.info("config reloaded: {keys}", keys=", ".join(applied), log_always=True)
+        if ignored:
+            log.warn("config keys ignored until restart: {keys}", keys=", ".join(ignored))
+        if not applied and not ignored:
+            log.info("config reloaded: no changes", log_always=True)
+
     def _ready(self) -> None:
         ports = ", ".join(f"{label}={port}" for label, port in self.bound_ports.items())
-        log.info("wcs ready: {ports} (pid {pid})", ports=ports or "no listeners", pid=os.getpid())
+        # Tests and scripts read the port list: "wcs ready: label=port, ... (pid N)", the
+        # version after it.
+        log.info(
+            "wcs ready: {ports} (pid {pid}) version {version}",
+            ports=ports or "no listeners",
+            pid=os.getpid(),
+            version=__version__,
+            log_always=True,
+        )
 
     def stopService(self) -> Deferred[None] | None:
         # Publishers first, so encoders see a clean disconnect and no stream outlives the server.
         # Shutdown waits (each bounded by its own timeouts) for camera pulls to send TEARDOWN
         # and for WebRTC peers to close and release their UDP sockets.
+        self._stopping = True
         self.idle_watchdog.stop()
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.hub.terminate_all()

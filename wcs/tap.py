@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
+
+if TYPE_CHECKING:
+    from wcs.config import Settings
 
 log = Logger(namespace="wcs")
 
@@ -30,6 +33,14 @@ class Options(usage.Options):
             "the 'wcs ready:' line lists them.",
         ],
     ]
+
+    def opt_version(self) -> None:
+        """Display the wcs and Twisted versions and exit."""
+        from twisted import copyright
+        from wcs import __version__
+
+        print(f"wcs {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
 
 def install_reactor() -> object:
@@ -55,23 +66,56 @@ def install_reactor() -> object:
     return reactor
 
 
-def makeService(options: Options) -> IService:
-    reactor = install_reactor()
-
-    from wcs.config import ConfigError, Settings, load_settings
-    from wcs.service import WCSService
-
-    try:
-        if options["config"]:
-            settings, unknown = load_settings(options["config"])
-        else:
-            settings, unknown = Settings(), []
-    except ConfigError as err:
-        raise SystemExit(f"wcs: configuration error: {err}") from None
+def warn_unknown_keys(unknown: list[str], suggest: Any) -> None:
+    """One warning per unknown key; a likely misspelling of ours says which key was meant."""
     for key in unknown:
-        log.warn("unknown configuration key {key} ignored", key=key)
-    if options["ephemeral-ports"]:
+        meant = suggest(key)
+        if meant is None:
+            log.warn("unknown configuration key {key} ignored", key=key)
+        else:
+            log.warn(
+                "unknown configuration key {key} ignored (did you mean {suggestion}?)",
+                key=key,
+                suggestion=meant,
+            )
+
+
+def read_settings(path: str | None, ephemeral_ports: bool) -> Settings:
+    """The settings of the file at `path` (built-in defaults without one), unknown keys warned
+    about; at start-up and on SIGHUP. Raises ConfigError."""
+    from wcs.config import Settings, load_settings, suggest_key
+
+    if path:
+        settings, unknown = load_settings(path)
+    else:
+        settings, unknown = Settings(), []
+    warn_unknown_keys(unknown, suggest_key)
+    if ephemeral_ports:
         # Port 0 in Settings is a port the OS picks (a 0 in the file disables the listener).
         enabled: dict[str, Any] = {f: 0 for f in PORT_FIELDS if getattr(settings, f) is not None}
         settings = dataclasses.replace(settings, **enabled)
-    return WCSService(settings, reactor)
+    return settings
+
+
+def makeService(options: Options) -> IService:
+    reactor = install_reactor()
+
+    from wcs.config import ConfigError
+    from wcs.logs import LEVELS, LevelFilter, build_observer
+    from wcs.service import WCSService
+
+    path, ephemeral = options["config"], bool(options["ephemeral-ports"])
+    try:
+        settings = read_settings(path, ephemeral)
+    except ConfigError as err:
+        raise SystemExit(f"wcs: configuration error: {err}") from None
+    service = WCSService(settings, reactor)
+    if path:
+        service.reload_source = lambda: read_settings(path, ephemeral)
+    twistd = options.parent
+    # Under twistd (not when a test calls makeService): the level filter and the format in
+    # front of twistd's log destination, unless --logger chose an observer of its own.
+    if twistd is not None and not twistd.get("logger"):
+        service.log_filter = LevelFilter(LEVELS[settings.log_level])
+        service.log_observer = build_observer(twistd, settings.log_format, service.log_filter)
+    return service

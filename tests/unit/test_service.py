@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+import wcs
 from wcs import service as service_module
 from wcs.config import Settings
 from wcs.limits import LimitedFactory
@@ -82,9 +83,11 @@ def test_each_port_is_a_strports_service_whose_factory_and_port_are_kept(
         label: f"tcp:{port}:interface=127.0.0.1" for label, port in LISTENING.items()
     }
     assert (service.factories, service.listeners, service.ports) == ({}, {}, {})
+    assert service.not_ready_reason() == "listeners not bound: " + ", ".join(LISTENING)
     service.startService()
     try:
         assert service.running
+        assert service.not_ready_reason() is None  # GET /ready: 200
         assert list(service.listeners) == list(LISTENING)
         for label, listener in service.listeners.items():
             assert isinstance(listener, StreamServerEndpointService)
@@ -98,8 +101,9 @@ def test_each_port_is_a_strports_service_whose_factory_and_port_are_kept(
         service._ready()  # what the reactor calls once running (not run here: it sets SIGTERM)
         ready = [formatEvent(e) for e in log_events if "wcs ready" in formatEvent(e)]
         ports = "http=1, https=2, rtmp=3, rtsp=4, ws=5, wss=6"
-        assert ready == [f"wcs ready: {ports} (pid {os.getpid()})"]
+        assert ready == [f"wcs ready: {ports} (pid {os.getpid()}) version {wcs.__version__}"]
         service.stopService()
+        assert service.not_ready_reason() == "stopping"
         assert service.ports == {}
         assert not any(listener.running for listener in service.listeners.values())
     finally:

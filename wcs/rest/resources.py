@@ -16,11 +16,13 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
+from wcs import __version__
 from wcs.config import Settings
 from wcs.directory import InvalidName, NameInUse
 from wcs.guard import describe
 from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
+from wcs.rest.health import Health, Readiness, Ready
 from wcs.rest.images import ImageAnswer, ImageApi, json_error
 from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
@@ -467,6 +469,7 @@ def build_rest_tree(
         rtsp.putChild(b"startup", endpoint(rtsp_api.startup, changes_state=True))
         rtsp.putChild(b"find_all", endpoint(rtsp_api.find_all, ("GET", "POST")))
         rtsp.putChild(b"terminate", endpoint(rtsp_api.terminate, changes_state=True))
+    rest.putChild(b"version", endpoint(lambda request, body: {"version": __version__}, ("GET",)))
     # The document names no secret and tools read it before they have credentials: no auth.
     document = openapi_document()
     rest.putChild(
@@ -494,11 +497,13 @@ def build_site(
     pulls: PullManager | None = None,
     bound_ports: Callable[[], dict[str, int]] | None = None,
     views: StreamViews | None = None,
+    readiness: Readiness | None = None,
 ) -> server.Site:
     """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel).
 
     `bound_ports()` gives the listening ports by label (the demo links name the WebSocket
-    port actually bound); without it, the configured ones."""
+    port actually bound); without it, the configured ones. `readiness()` answers `/ready`
+    (None: ready); without it, the site is always ready."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -509,6 +514,8 @@ def build_site(
     root.putChild(REST_PREFIX, rest)
     root.putChild(b"api", build_api_tree(settings, snapshots, doors, pulls))
     root.putChild(b"demo", build_demo(settings, bound_ports))
+    root.putChild(b"health", Health())
+    root.putChild(b"ready", Ready(readiness or (lambda: None)))
     cors = settings.rest_access_control_allow_origin
     return GuardedSite(
         root,

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from wcs import __version__
 from wcs.guard import guarded
 from wcs.rest.errors import error_json
 
@@ -273,12 +274,23 @@ class GuardedChannel(http.HTTPChannel):
         self.connectionLost = lost  # type: ignore[method-assign]
 
 
+# The `Server:` header of every answer: ours first, then twisted.web's own.
+SERVER_VERSION = b"wcs/" + __version__.encode("ascii", "replace") + b" " + server.version
+
+
 class LimitedRequest(server.Request):
     """A Request whose body stays in memory within the site's limit, and whose unexpected
     failures answer with the WCS error JSON, never Twisted's HTML page."""
 
     channel: GuardedChannel
     _body_bytes = 0
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        # process() names the server (twisted.web's module-wide `version`) before any resource
+        # runs: ours replaces it for this site alone.
+        if isinstance(name, bytes) and name.lower() == b"server":
+            value = SERVER_VERSION
+        super().setHeader(name, value)
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(0)  # always an in-memory buffer: never more than max_body in it
