@@ -209,6 +209,10 @@ class Settings:
     rest_hook_fail_open: bool = False
     # A shared secret every publisher must present (RTMP ?password=, RTSP auth, WebSDK custom).
     publish_password: str | None = field(default=None, repr=False)
+    # GET /metrics (Prometheus) needs the REST credentials when REST auth is on; false: never.
+    metrics_auth: bool = True
+    # Series per stream name too (one set per live stream: mind the cardinality).
+    metrics_per_stream: bool = False
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -245,6 +249,8 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "rest_hook_timeout_ms": "rest_hook_timeout_ms",
     "rest_hook_fail_open": "rest_hook_fail_open",
     "publish_password": "publish_password",
+    "metrics_auth": "metrics_auth",
+    "metrics_per_stream": "metrics_per_stream",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -449,6 +455,8 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "rest_hook_timeout_ms": _int_range(100, 60_000),
     "rest_hook_fail_open": _bool,
     "publish_password": _password,
+    "metrics_auth": _bool,
+    "metrics_per_stream": _bool,
 }
 
 
