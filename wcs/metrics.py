@@ -14,6 +14,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -338,6 +339,9 @@ def _copy(totals: _ProviderTotals) -> _ProviderTotals:
 def new_registry(collector: ServerCollector | None = None) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one: a process may hold several
     services, tests do), with the process's CPU, memory and descriptors and the Python version."""
+    # No `_created` series beside each counter and histogram: noise in the text format (the
+    # setting is prometheus_client's, process-wide).
+    disable_created_metrics()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -212,6 +213,24 @@ def test_decoder_and_auto_snapshot_totals_never_go_backwards(tmp_path: Path) -> 
         list((tmp_path / "snaps" / "auto").glob("*.png"))
     )
     assert not env.snapshots._ending and not env.auto.ending  # nothing held after the end
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def test_every_metric_is_in_the_operations_table() -> None:
+    hub = StreamHub()
+    registry = new_registry()
+    snapshots = SnapshotService(hub, sync_pool, Clock(), stats=SnapshotMetrics(registry))
+    registry.register(ServerCollector(hub, snapshots, per_stream=True))
+    publish_now(hub, "x", PROVIDER_RTMP)
+    snapshots.take("nobody").addErrback(lambda f: None)
+    text = generate_latest(registry).decode("utf-8")
+    exposed = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("wcs_")}
+    row = re.compile(r"^\| `(wcs_[a-z_]+)` \| (?:counter|gauge|histogram) \|", re.M)
+    rows = row.findall(DOCS.read_text())
+    documented = {name.removesuffix("_total") for name in rows}
+    assert exposed == documented
 
 
 def site_with_metrics(settings: Settings) -> tuple[server.Site, Clock]:
