@@ -365,6 +365,10 @@ class MetricsResource(Resource):
         self.logins = logins
 
     def render_GET(self, request: server.Request) -> bytes | int:
+        if request.postpath and any(request.postpath):
+            request.setResponseCode(404)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"Not found\n"
         if self.settings.metrics_auth:
             try:
                 check_rest_auth(self.settings, request)

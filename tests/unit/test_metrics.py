@@ -13,8 +13,13 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -23,6 +28,7 @@ from tests.unit.media_fixtures import h264_sample
 from tests.unit.rest_client import Connection, raw_request
 from tests.unit.snapshot_env import Env
 from wcs.config import ConfigError, Settings, settings_from_properties
+from wcs.limits import ConnectionLimiter
 from wcs.media.units import MediaUnit
 from wcs.metrics import MetricsResource, ServerCollector, SnapshotMetrics, new_registry
 from wcs.rest.resources import LoginThrottle
@@ -157,6 +163,37 @@ def test_pulls_by_status_and_reconnects_of_ended_pulls() -> None:
     assert value(samples, "wcs_pull_reconnects_total") == 11
 
 
+def test_connections_by_listener_from_the_factories() -> None:
+    limiter = ConnectionLimiter(Clock(), max_connections=16, max_per_ip=1)
+    rtmp = limiter.wrap(Factory.forProtocol(Protocol), "rtmp", per_ip=False)
+    http = limiter.wrap(Factory.forProtocol(Protocol), "http", per_ip=True)
+    hub = StreamHub()
+    registry = new_registry(
+        ServerCollector(
+            hub,
+            SnapshotService(hub, sync_pool, Clock()),
+            factories=lambda: {"rtmp": rtmp, "http": http},
+            refused=lambda: limiter.refused,
+        )
+    )
+    peer = IPv4Address("TCP", "10.0.0.1", 4000)
+    first = rtmp.buildProtocol(peer)
+    assert first is not None
+    first.makeConnection(StringTransport())
+    kept = http.buildProtocol(peer)
+    assert kept is not None
+    kept.makeConnection(StringTransport())
+    assert http.buildProtocol(peer) is None  # over max_connections_per_ip
+    samples, _ = scrape(registry)
+    assert value(samples, "wcs_connections", listener="rtmp") == 1
+    assert value(samples, "wcs_connections", listener="http") == 1
+    assert value(samples, "wcs_connections_refused_total") == 1
+    first.connectionLost(Failure(ConnectionDone()))
+    samples, _ = scrape(registry)
+    assert value(samples, "wcs_connections", listener="rtmp") == 0
+    assert value(samples, "wcs_connections_accepted_total", listener="rtmp") == 1
+
+
 def test_snapshot_requests_by_endpoint_and_result_and_latency_hot_and_cold() -> None:
     hub = StreamHub()
     clock = Clock()
@@ -284,6 +321,10 @@ def test_metrics_open_without_credentials(settings: Settings) -> None:
     response = conn.response()
     assert response is not None and response.status == 200
     assert (response.header("Content-Type") or "").startswith("text/plain; version=")
+    conn = Connection(site)
+    conn.send(raw_request("GET", "/metrics/more"))
+    response = conn.response()
+    assert response is not None and response.status == 404
 
 
 def test_metrics_config_keys() -> None:
