@@ -213,6 +213,10 @@ class Settings:
     # Lowest level logged (debug, info, warn, error) and text or one JSON object per line.
     log_level: str = "info"
     log_format: str = "text"
+    # GET /metrics (Prometheus) needs the REST credentials when REST auth is on; false: never.
+    metrics_auth: bool = True
+    # Series per stream name too (one set per live stream: mind the cardinality).
+    metrics_per_stream: bool = False
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -251,6 +255,8 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "publish_password": "publish_password",
     "log_level": "log_level",
     "log_format": "log_format",
+    "metrics_auth": "metrics_auth",
+    "metrics_per_stream": "metrics_per_stream",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -466,6 +472,8 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "publish_password": _password,
     "log_level": _choice("debug", "info", "warn", "error"),
     "log_format": _choice("text", "json"),
+    "metrics_auth": _bool,
+    "metrics_per_stream": _bool,
 }
 
 

@@ -189,6 +189,8 @@ class LimitedFactory(WrappingFactory[LimitedConnection]):
         self.limiter = limiter
         self.label = label
         self.per_ip = per_ip
+        self.open = 0  # connections of this listener open now
+        self.accepted = 0  # and since start
 
     def logPrefix(self) -> str:
         return transparent_prefix(self.wrappedFactory, self)
@@ -206,9 +208,12 @@ class LimitedFactory(WrappingFactory[LimitedConnection]):
         # Called from makeConnection, right after buildProtocol on the same reactor turn.
         if not p.counted:
             p.counted = True
+            self.open += 1
+            self.accepted += 1
             self.limiter.acquire(p.host, self.per_ip)
 
     def unregisterProtocol(self, p: LimitedConnection) -> None:
         if p.counted:
             p.counted = False
+            self.open -= 1
             self.limiter.release(p.host, self.per_ip)

@@ -26,6 +26,7 @@ __all__ = ["LIVE_KEYS", "apply", "changed_keys"]
 LIVE_KEYS = frozenset(
     {
         "log_level",
+        "metrics_auth",
         "rest_access_control_allow_origin",
         "disable_rest_auth",
         "rest_auth_user",

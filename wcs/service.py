@@ -28,7 +28,8 @@ from wcs.config import ConfigError, Settings
 from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.logs import LevelFilter
-from wcs.rest.resources import build_site
+from wcs.metrics import MetricsResource, ServerCollector, SnapshotMetrics, new_registry
+from wcs.rest.resources import LoginThrottle, build_site
 from wcs.rest.views import StreamViews
 from wcs.rtmp.protocol import RTMPServerFactory
 from wcs.rtsp.auth import RtspAuthenticator
@@ -82,6 +83,8 @@ class WCSService(MultiService):
             self.hub, reactor, settings.publish_idle_timeout_ms
         )
         self.pool = ThreadPool(minthreads=1, maxthreads=POOL_THREADS, name="wcs-pool")
+        # Prometheus metrics (GET /metrics): this service's own registry.
+        self.metrics = new_registry()
         self.snapshots = SnapshotService(
             self.hub,
             self.run_in_pool,
@@ -90,6 +93,7 @@ class WCSService(MultiService):
             attempts=settings.snapshot_taking_attempts,
             # ~8 % of a core per hot 720p30 stream: about a third of the machine at most.
             max_hot=4 * (os.cpu_count() or 2),
+            stats=SnapshotMetrics(self.metrics),
         )
         # Who may connect, publish and play: the publish password and the REST hooks.
         hooks = (
@@ -115,6 +119,17 @@ class WCSService(MultiService):
         # One count over every listener; its cap is fitted to the open-file limit at start.
         self.connections = ConnectionLimiter(
             reactor, settings.max_connections, settings.max_connections_per_ip
+        )
+        self.metrics.register(
+            ServerCollector(
+                self.hub,
+                self.snapshots,
+                pulls=self.pulls,
+                auto=lambda: self.auto,
+                factories=lambda: self.factories,
+                refused=lambda: self.connections.refused,
+                per_stream=settings.metrics_per_stream,
+            )
         )
         self._tls_options: ssl.CertificateOptions | None = None
         # The listeners, by label: planned here, made and bound at start (see _listen).
@@ -164,6 +179,9 @@ class WCSService(MultiService):
             readiness=self.not_ready_reason,
         )
         self.sites.append(site)
+        site.resource.putChild(
+            b"metrics", MetricsResource(self.metrics, s, LoginThrottle(self.reactor))
+        )
         self.signalling = signalling = SignallingFactory(
             self.hub,
             self.snapshots,

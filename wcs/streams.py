@@ -255,6 +255,8 @@ class Stream:
         self._gop_overflow_logged = False
         self._video_refusal_logged = False
         self._readers: list[Reader] = []
+        # What readers detached so far delivered, discarded and failed (the metrics' totals).
+        self.past_readers = [0, 0, 0]
         # Why the current video parameters are refused (too large a picture), else None.
         self.video_refused: str | None = None
         self._on_terminate = on_terminate
@@ -446,6 +448,20 @@ class Stream:
     def _detach(self, reader: Reader) -> None:
         if reader in self._readers:
             self._readers.remove(reader)
+        past = self.past_readers
+        past[0] += reader.delivered
+        past[1] += reader.discarded
+        past[2] += reader.errors
+
+    def reader_counts(self) -> tuple[int, int, int]:
+        """Units delivered to and discarded by this stream's readers, and reader failures,
+        over its whole life (readers detached since included)."""
+        delivered, discarded, errors = self.past_readers
+        for reader in self._readers:
+            delivered += reader.delivered
+            discarded += reader.discarded
+            errors += reader.errors
+        return delivered, discarded, errors
 
     @property
     def readers(self) -> list[Reader]:

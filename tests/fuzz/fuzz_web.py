@@ -80,13 +80,19 @@ class FakeSnapshots:
     def __init__(self) -> None:
         self.pending: list[tuple[Deferred[Any], bool]] = []
 
-    def take(self, name: str) -> Deferred[bytes]:
+    def take(self, name: str, *, endpoint: str = "other") -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred()
         self.pending.append((d, False))
         return d
 
     def take_image(
-        self, name: str, spec: ImageSpec, max_age_ms: int = 0, *, fail_fast: bool = False
+        self,
+        name: str,
+        spec: ImageSpec,
+        max_age_ms: int = 0,
+        *,
+        fail_fast: bool = False,
+        endpoint: str = "other",
     ) -> Deferred[Snapshot]:
         d: Deferred[Snapshot] = Deferred()
         self.pending.append((d, True))

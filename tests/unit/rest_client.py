@@ -34,7 +34,7 @@ class FakeSnapshots:
         self.calls: list[tuple[str, Deferred[bytes]]] = []
         self.raise_now: Exception | None = None
 
-    def take(self, name: str) -> Deferred[bytes]:
+    def take(self, name: str, *, endpoint: str = "other") -> Deferred[bytes]:
         if self.raise_now is not None:
             raise self.raise_now
         d: Deferred[bytes] = Deferred()

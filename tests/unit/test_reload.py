@@ -83,6 +83,19 @@ def test_rest_auth_turned_on_and_off(log_events: list[LogEvent]) -> None:
     assert service.rtsp_factory.play_auth is None
 
 
+def test_metrics_auth_follows_the_reloaded_rest_auth_and_its_own_key(
+    log_events: list[LogEvent],
+) -> None:
+    service = make()
+    reload_with(service, dataclasses.replace(service.settings, **AUTH))  # type: ignore[arg-type]
+    assert status(service, "/metrics") == 401
+    assert status(service, "/metrics", "admin:pw") == 200
+    reload_with(service, dataclasses.replace(service.settings, metrics_auth=False))
+    assert "config reloaded: metrics_auth" in messages(log_events)
+    assert status(service, "/metrics") == 200
+    assert status(service, "/rest-api/stream/find_all") == 401
+
+
 def test_cors_origin_reaches_answers_origin_checks_and_the_websocket() -> None:
     service = make()
     reload_with(

@@ -138,7 +138,7 @@ class FakeSnapshots:
     def __init__(self) -> None:
         self.requests: list[tuple[str, Deferred[bytes]]] = []
 
-    def take(self, name: str) -> Deferred[bytes]:
+    def take(self, name: str, *, endpoint: str = "other") -> Deferred[bytes]:
         d: Deferred[bytes] = Deferred()
         self.requests.append((name, d))
         return d

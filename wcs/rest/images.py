@@ -133,7 +133,7 @@ class ImageApi:
         accept = request.getHeader(b"accept")
         spec = ImageSpec.parse(query, accept.decode("latin-1") if accept is not None else None)
         name = self._name(query.get("streamName"), "streamName")
-        return self._image(name, spec, max_age_of(query.get("maxAge")))
+        return self._image(name, spec, max_age_of(query.get("maxAge")), "image")
 
     def frame_jpeg(self, request: server.Request, body: dict[str, Any]) -> Deferred[ImageAnswer]:
         """GET /api/frame.jpeg?src=NAME[&width=W][&height=H] (go2rtc's frame URL): a JPEG."""
@@ -141,10 +141,12 @@ class ImageApi:
         query["format"] = "jpeg"
         spec = ImageSpec.parse(query)
         name = self._name(query.get("src"), "src")
-        return self._image(name, spec, max_age_of(query.get("maxAge")))
+        return self._image(name, spec, max_age_of(query.get("maxAge")), "frame")
 
-    def _image(self, name: str, spec: ImageSpec, max_age_ms: int) -> Deferred[ImageAnswer]:
-        d = self.snapshots.take_image(name, spec, max_age_ms, fail_fast=True)
+    def _image(
+        self, name: str, spec: ImageSpec, max_age_ms: int, endpoint: str
+    ) -> Deferred[ImageAnswer]:
+        d = self.snapshots.take_image(name, spec, max_age_ms, fail_fast=True, endpoint=endpoint)
         return d.addCallbacks(lambda snap: ImageAnswer(snap, self.now_ms()), _image_error)
 
     def post_snapshot(
@@ -158,7 +160,7 @@ class ImageApi:
         max_age = max_age_of(body.get("maxAge"))
         raw_name = body.get("streamName")
         name = self._name(raw_name if isinstance(raw_name, str) else None, "streamName")
-        d = self.snapshots.take_image(name, spec, max_age)
+        d = self.snapshots.take_image(name, spec, max_age, endpoint="rest")
 
         def encoded(snap: Snapshot) -> Base64Json:
             image = snap.image

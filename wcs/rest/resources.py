@@ -188,20 +188,8 @@ class JsonEndpoint(Resource):
                 raise RestError(403, f"{refusal} for this method (see ws_allowed_origins)")
 
     def _check_auth(self, request: server.Request) -> None:
-        if self.settings.disable_rest_auth or self.public:
-            return
-        expected_user = self.settings.rest_auth_user.encode()
-        expected_password = (self.settings.rest_auth_password or "").encode()
-        user = request.getUser()
-        password = request.getPassword()
-        if not (
-            hmac.compare_digest(user, expected_user)
-            and hmac.compare_digest(password, expected_password)
-        ):
-            request.setHeader(b"WWW-Authenticate", b'Basic realm="wcs"')
-            if request.getHeader(b"authorization") is not None:
-                raise BadLogin()  # a guess: answered late
-            raise RestError(401, "Unauthorized")  # no credentials yet: the usual challenge
+        if not self.public:
+            check_rest_auth(self.settings, request)
 
     def _body(self, request: server.Request) -> dict[str, Any]:
         # The channel has refused any body over MAX_BODY before reading it.
@@ -266,6 +254,25 @@ class JsonEndpoint(Resource):
         for name, value in err.headers.items():
             request.setHeader(name, value)
         return cls._error(request, err.status, err.message, err.code)
+
+
+def check_rest_auth(settings: Settings, request: server.Request) -> None:
+    """The REST API's Basic auth (when on): raises BadLogin for wrong credentials, a 401
+    RestError (with the challenge header set) for none."""
+    if settings.disable_rest_auth:
+        return
+    expected_user = settings.rest_auth_user.encode()
+    expected_password = (settings.rest_auth_password or "").encode()
+    user = request.getUser()
+    password = request.getPassword()
+    if not (
+        hmac.compare_digest(user, expected_user)
+        and hmac.compare_digest(password, expected_password)
+    ):
+        request.setHeader(b"WWW-Authenticate", b'Basic realm="wcs"')
+        if request.getHeader(b"authorization") is not None:
+            raise BadLogin()  # a guess: answered late
+        raise RestError(401, "Unauthorized")  # no credentials yet: the usual challenge
 
 
 def set_cors(request: server.Request, settings: Settings, methods: tuple[str, ...]) -> None:
@@ -339,7 +346,7 @@ class StreamApi:
         if self.pulls is not None:
             # As in WCS, a pulled camera's stream may be named by its rtsp:// URI.
             name = self.pulls.resolve(name)
-        d = self.snapshots.take(name)
+        d = self.snapshots.take(name, endpoint="rest")
 
         def encoded(png: bytes) -> Base64Json:
             # {"data": "<base64>"}, streamed from the shared PNG rather than joined here.

@@ -561,6 +561,7 @@ class PullManager:
         self._resolver = resolver
         self._pulls: dict[str, Pull] = {}
         self._starting = 0  # pulls whose name the directory has not answered for yet
+        self.ended_reconnects = 0  # reconnects of pulls that have ended (the metrics' total)
 
     def connect(self, host: str, port: int, client: RTSPClientProtocol) -> Deferred[Any]:
         """Connect `client` to the camera at host:port. With allowed networks, the name is
@@ -702,6 +703,7 @@ class PullManager:
     def _ended(self, pull: Pull, holder: list[Pull]) -> None:
         if self._pulls.get(pull.name) is pull:
             del self._pulls[pull.name]
+            self.ended_reconnects += pull.reconnects
         # The stream's on_terminate must not keep the ended pull (and its stream) alive.
         holder.clear()
         pull.stop()

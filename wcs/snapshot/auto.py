@@ -184,6 +184,7 @@ class AutoStream:
         self.decoder: StreamDecoder | None = None
         self.written = 0
         self.errors = 0
+        self.finished = False  # its stream ended and its last frames are written
         self.last_file: str | None = None
         self.last_error: str | None = None
         self._failing = False
@@ -305,6 +306,11 @@ class AutoSnapshotter:
         self.retention = retention
         self.encode = encode if encode is not None else shared_encoders().frame_to_png
         self.streams: dict[Stream, AutoStream] = {}
+        # Ended streams whose last frames are still being written, and what the finished ones
+        # wrote and failed to write: with the live ones, totals that never go backwards.
+        self.ending: set[AutoStream] = set()
+        self.finished_written = 0
+        self.finished_errors = 0
 
     def start(self) -> None:
         """Make the root and remove temp files a killed server left (before the reactor runs)."""
@@ -356,6 +362,26 @@ class AutoSnapshotter:
         source = self.snapshots.pin(stream, auto.on_frame, auto.wants)
         auto.decoder = source.decoder
         source.after_job(auto.report)
+        source.after_job(lambda final: self._finished(auto) if final else None)
 
     def _ended(self, stream: Stream) -> None:
-        self.streams.pop(stream, None)
+        auto = self.streams.pop(stream, None)
+        if auto is not None and not auto.finished:
+            self.ending.add(auto)
+
+    def _finished(self, auto: AutoStream) -> None:
+        """The last job of an ended stream ran: its counts move to the finished totals."""
+        if auto.finished:
+            return
+        auto.finished = True
+        self.ending.discard(auto)
+        self.finished_written += auto.written
+        self.finished_errors += auto.errors
+
+    def totals(self) -> tuple[int, int]:
+        """Auto snapshots written and failed since start, ended streams' included."""
+        written, errors = self.finished_written, self.finished_errors
+        for auto in (*self.streams.values(), *self.ending):
+            written += auto.written
+            errors += auto.errors
+        return written, errors

@@ -7,10 +7,12 @@ request only pays for the last frame or two and the PNG.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -66,6 +68,63 @@ class SnapshotTimeout(Exception):
         super().__init__(f"{self.message} ({code}{': ' + detail if detail else ''})")
         self.code = code
         self.detail = detail
+
+
+# The `endpoint` of a request that names none (the WCS REST snapshot, the WebSDK's).
+ENDPOINT_OTHER = "other"
+NOT_FOUND = "not_found"
+BAD_PARAM = "bad_param"
+ERROR = "error"
+
+
+class SnapshotStats(Protocol):
+    """What the snapshot service tells a metrics collector (wcs.metrics): each request's
+    outcome and each decode job's time. `decoded` is called in a pool thread."""
+
+    def answered(self, endpoint: str, result: str, seconds: float, hot: bool) -> None: ...
+
+    def decoded(self, seconds: float) -> None: ...
+
+
+class NoStats:
+    def answered(self, endpoint: str, result: str, seconds: float, hot: bool) -> None:
+        pass
+
+    def decoded(self, seconds: float) -> None:
+        pass
+
+
+def result_of(outcome: object) -> str:
+    """A request's outcome as a result label: ok, not_found, bad_param, error or a reason code
+    of SnapshotTimeout (timeout, no_video, awaiting_keyframe, unsupported_codec, ...)."""
+    if not isinstance(outcome, Failure):
+        return "ok"
+    err = outcome.value
+    if isinstance(err, StreamNotFound):
+        return NOT_FOUND
+    if isinstance(err, SnapshotTimeout):
+        return err.code
+    if isinstance(err, BadImageParam):
+        return BAD_PARAM
+    return ERROR
+
+
+@dataclass(slots=True)
+class DecoderTotals:
+    """Counters of StreamDecoders, summed."""
+
+    frames_decoded: int = 0
+    skipped_units: int = 0
+    dropped_units: int = 0
+    dropped_gops: int = 0
+    errors: int = 0
+
+    def add(self, decoder: StreamDecoder) -> None:
+        self.frames_decoded += decoder.frames_decoded
+        self.skipped_units += decoder.skipped_units
+        self.dropped_units += decoder.dropped_units
+        self.dropped_gops += decoder.dropped_gops
+        self.errors += decoder.errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +187,11 @@ class FrameSource:
         on_release: Callable[[FrameSource], None] = _no_heat,
         may_finish: Callable[[FrameSource], bool] = lambda source: True,
         on_cool: Callable[[FrameSource], None] = _no_heat,
+        stats: SnapshotStats | None = None,
     ) -> None:
         self.stream = stream
+        self._stats: SnapshotStats = stats if stats is not None else NoStats()
+        self.released = False
         self._on_heat = on_heat
         self._on_release = on_release
         self._on_cool = on_cool
@@ -325,6 +387,7 @@ class FrameSource:
         """The stream is over and its last job done: let go of the decoder (codec context,
         pictures), the listeners and the cached PNG now. Nothing of an ended stream may wait
         for a garbage collection: the decoder's native memory is invisible to it."""
+        self.released = True
         self.decoder.release()
         self._frame_listener = None
         self._after_job = []
@@ -445,20 +508,25 @@ class FrameSource:
 
     # -- pool side ----------------------------------------------------------------------------
     def _drain_job(self, gop: Gop, end: int) -> None:
+        started = time.perf_counter()
         self.decoder.finish(gop, end)
+        self._stats.decoded(time.perf_counter() - started)
 
     def _job(self, job: _Job, gop: Gop, end: int) -> list[Snapshot | BadImageParam] | None:
         if self._abandoned:
             job.close()
             return None  # queued before its stream ended and was given up: nothing to do
+        started = time.perf_counter()
         if not job.png_wanted:
             self.decoder.catch_up(gop, end, defer=job.defer)
             if not job.close():
+                self._stats.decoded(time.perf_counter() - started)
                 return None
             # A request joined while this job decoded ahead of requests: answer it now.
         else:
             job.close()
         frame = self.decoder.newest(gop, end)
+        self._stats.decoded(time.perf_counter() - started)
         if frame is None:
             return None
         cached = self._images
@@ -545,8 +613,14 @@ class SnapshotService:
         trim_after_s: float = TRIM_AFTER_S,
         release_memory: Callable[[], object] = release_free_memory,
         max_ended_backlog: int = MAX_ENDED_BACKLOG,
+        stats: SnapshotStats | None = None,
     ) -> None:
         self.hub = hub
+        self.stats: SnapshotStats = stats if stats is not None else NoStats()
+        # Decoder counters of released sources, and the sources of ended streams not released
+        # yet (a last job still runs): with the live ones, totals that never go backwards.
+        self.released_totals = DecoderTotals()
+        self._ending: set[FrameSource] = set()
         self._max_ended_backlog = max_ended_backlog
         # Ended streams whose decoders still hold memory until their last job has run.
         self._ended_backlog: set[FrameSource] = set()
@@ -576,6 +650,7 @@ class SnapshotService:
                 self._released,
                 self._may_finish,
                 self._cooled,
+                self.stats,
             )
             stream.on_end(self._forget)
         return src
@@ -584,6 +659,8 @@ class SnapshotService:
         src = self._sources.pop(stream, None)
         if src is not None:
             self._hot.pop(src, None)
+            if not src.released:
+                self._ending.add(src)
             src.stream_gone()
 
     def _may_finish(self, source: FrameSource) -> bool:
@@ -603,6 +680,8 @@ class SnapshotService:
 
     def _released(self, source: FrameSource) -> None:
         self._ended_backlog.discard(source)
+        self._ending.discard(source)
+        self.released_totals.add(source.decoder)
         # A decoder of an ended stream let go of its memory (after its last job, which may run
         # well after the stream ended when the pool is busy).
         self._schedule_trim()
@@ -640,6 +719,19 @@ class SnapshotService:
         else:
             source.cool()
 
+    def decoder_totals(self) -> DecoderTotals:
+        """Every decoder's counters since start, ended streams' included (read at a scrape;
+        pool threads may be counting meanwhile, so a total is as of about now)."""
+        totals = dataclasses.replace(self.released_totals)
+        for source in (*self._sources.values(), *self._ending):
+            if not source.released:
+                totals.add(source.decoder)
+        return totals
+
+    def decoders(self) -> dict[Stream, StreamDecoder]:
+        """The decoder of each live stream that has one."""
+        return {stream: source.decoder for stream, source in self._sources.items()}
+
     @property
     def hot_streams(self) -> int:
         return sum(1 for src in self._hot if src.hot)
@@ -655,9 +747,9 @@ class SnapshotService:
         source.pin(listener, want)
         return source
 
-    def take(self, name: str) -> Deferred[bytes]:
+    def take(self, name: str, *, endpoint: str = ENDPOINT_OTHER) -> Deferred[bytes]:
         """The WCS snapshot: a full-size PNG of the newest frame."""
-        return self.take_image(name).addCallback(lambda snapshot: snapshot.data)
+        return self.take_image(name, endpoint=endpoint).addCallback(lambda snap: snap.data)
 
     def take_image(
         self,
@@ -666,19 +758,34 @@ class SnapshotService:
         max_age_ms: int = 0,
         *,
         fail_fast: bool = False,
+        endpoint: str = ENDPOINT_OTHER,
     ) -> Deferred[Snapshot]:
         """The newest frame of stream `name` encoded as `spec` asks (see FrameSource.request),
         within the configured interval. Errbacks: StreamNotFound, BadImageParam,
         SnapshotTimeout (with its reason). `fail_fast`: a stream whose video cannot be decoded
-        at all (codec, picture size) fails at once rather than after the interval."""
+        at all (codec, picture size) fails at once rather than after the interval.
+        `endpoint` names the caller in the request counts (SnapshotStats.answered)."""
+        started = self._clock.seconds()
         stream = self.hub.get(name)
+        source = self._sources.get(stream) if stream is not None else None
+        # Hot: the stream was being decoded ahead when asked (a request answers fast).
+        hot = source is not None and source.hot
+
+        def answered(outcome: object) -> object:
+            seconds = max(0.0, self._clock.seconds() - started)
+            self.stats.answered(endpoint, result_of(outcome), seconds, hot)
+            return outcome
+
+        d: Deferred[Snapshot]
         if stream is None:
-            return fail(StreamNotFound(name))
-        if fail_fast:
-            code, detail = video_state(stream)
+            d = fail(StreamNotFound(name))
+        else:
+            code, detail = video_state(stream) if fail_fast else ("ok", "")
             if code == UNSUPPORTED_CODEC:
-                return fail(SnapshotTimeout(code, detail))
-        return _Attempts(self, stream, spec, max_age_ms).result
+                d = fail(SnapshotTimeout(code, detail))
+            else:
+                d = _Attempts(self, stream, spec, max_age_ms).result
+        return d.addBoth(answered)
 
     def video_json(self, stream: Stream) -> dict[str, object]:
         """The "video" field of a stream's REST object: whether a snapshot can be taken now,

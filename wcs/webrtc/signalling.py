@@ -193,7 +193,7 @@ def rtsp_pull_unavailable(uri: str) -> Deferred[Stream]:
 
 
 class SnapshotTaker(Protocol):
-    def take(self, name: str) -> Deferred[bytes]: ...
+    def take(self, name: str, *, endpoint: str = ...) -> Deferred[bytes]: ...
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -823,7 +823,7 @@ class WebSDKSession:
         # The snapshot service asks the publisher for a keyframe when none is cached.
         # In flight until its result is written out (or dropped), not merely computed.
         self._snapshots += 1
-        d = self.factory.snapshots.take(local)
+        d = self.factory.snapshots.take(local, endpoint="websdk")
         d.addCallbacks(
             lambda png: self._snapshot_done(msid, name, png),
             lambda f: self._snapshot_error(msid, name, f),
