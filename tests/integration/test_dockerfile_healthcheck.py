@@ -14,6 +14,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
+from tests.integration.conftest import start_server
 from wcs.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,13 @@ def test_unhealthy_when_nothing_listens(health: tuple[ThreadingHTTPServer, type[
     server.shutdown()
     server.server_close()
     assert healthcheck(port) != 0
+
+
+def test_the_image_healthcheck_passes_against_a_real_server_with_rest_auth(tmp_path: Path) -> None:
+    """The command sends no credentials: /health must answer without them."""
+    server = start_server(tmp_path, "disable_rest_auth=false\nrest_auth_password=secret\n")
+    try:
+        assert healthcheck(server.ports["http"]) == 0
+    finally:
+        server.stop()
+    assert healthcheck(server.ports["http"]) != 0  # stopped: unhealthy
