@@ -11,11 +11,18 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
@@ -125,7 +132,22 @@ class RestHooks:
         payload = json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
         headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [USER_AGENT]})
         url = f"{self.base_url}/{method}".encode()
-        d = self.agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(payload)))
+        agent = self.agent
+
+        def send() -> Deferred[IResponse]:
+            return agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(payload)))
+
+        def again(failure: Failure) -> Deferred[IResponse]:
+            # A pooled connection the app had closed (an HTTP/1.0 app such as Python's
+            # http.server closes after each answer, and Twisted keeps the connection): the
+            # request never reached the app, so it is sent once more, on a new connection.
+            failure.trap(ResponseNeverReceived, RequestTransmissionFailed)
+            reasons = getattr(failure.value, "reasons", [])
+            if not reasons or not all(r.check(ConnectionDone, ConnectionLost) for r in reasons):
+                failure.raiseException()  # cancelled by the timeout, or another fault
+            return send()
+
+        d = send().addErrback(again)
 
         def read(response: IResponse) -> Deferred[tuple[int, dict[str, Any]]]:
             code = response.code

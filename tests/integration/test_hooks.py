@@ -141,3 +141,41 @@ def test_the_publish_password_guards_rtmp_and_rtsp(make_server) -> None:
     finally:
         stop(ok)
     assert not any("guess" in line or "w@rd" in line for line in server.lines)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "hook_app.py"
+
+
+def test_the_documented_example_hook_app_checks_stream_keys(make_server, tmp_path: Path) -> None:
+    """docs/examples/hook_app.py as an operator runs it: RTMP `?key=` and RTSP URL query."""
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"cam1": "s3cret", "door": "k2"}')
+    app = subprocess.Popen(
+        ["python3", str(EXAMPLE), "--port", "0", "--keys", str(keys)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stderr is not None
+        line = app.stderr.readline()  # "... hook app on http://127.0.0.1:PORT/ (2 stream keys)"
+        url = line.split("hook app on ", 1)[1].split()[0].rstrip("/")
+        server: Server = make_server(f"rest_hook_url={url}/hook\n")
+        assert "Wrong or missing stream key" in refused(
+            ffmpeg_publish(server.rtmp("cam1") + "?key=guess")
+        )
+        refused(ffmpeg_publish(server.rtmp("nobody") + "?key=s3cret"))
+        refused(ffmpeg_publish(server.rtsp("door") + "?key=s3cret", rtsp=True))
+        for name, url_, rtsp in (
+            ("cam1", server.rtmp("cam1") + "?key=s3cret", False),
+            ("door", server.rtsp("door") + "?key=k2", True),
+        ):
+            mark = server.log_mark()
+            proc = ffmpeg_publish(url_, rtsp=rtsp)
+            try:
+                published(server, proc, name, mark)
+            finally:
+                stop(proc)
+    finally:
+        app.terminate()
+        app.wait(timeout=10)

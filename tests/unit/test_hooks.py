@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
@@ -161,3 +161,33 @@ def test_an_app_that_is_down_is_logged_rate_limited(log_events: list[Any]) -> No
     clock.advance(11)
     lines = [e for e in log_events if "unavailable" in e.get("log_format", "")]
     assert len(lines) == 2 and lines[1]["throttled"] == 19
+
+
+def test_a_pooled_connection_the_app_closed_is_retried_once_on_a_new_one() -> None:
+    """An HTTP/1.0 app (Python's http.server) closes after each answer; Twisted's pool keeps
+    the connection, and the next POST on it fails before reaching the app."""
+    closed = ResponseNeverReceived([Failure(ConnectionDone())])
+    outcomes: list[Any] = [closed, FakeResponse(200, b"{}")]
+    h, agent, _ = hooks(None)
+    agent.request = lambda *a, **k: (  # type: ignore[method-assign]
+        fail(o) if isinstance(o := outcomes.pop(0), Exception) else succeed(o)
+    )
+    result: list[Any] = []
+    h.ask("publishStream", {"name": "cam"}).addCallback(result.append)
+    assert result == [{}] and outcomes == []
+    # Twice in a row: the app is gone, and the ask is refused (no endless retrying).
+    outcomes[:] = [closed, closed, FakeResponse(200, b"{}")]
+    assert refusal(h.ask("publishStream", {"name": "cam"})) == "REST hook unavailable"
+    assert len(outcomes) == 1
+
+
+def test_an_app_too_slow_is_not_asked_twice() -> None:
+    def cancel(d: Deferred[Any]) -> None:
+        # As Twisted's HTTP client fails a request cancelled before its answer.
+        d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+    h, agent, clock = hooks(Deferred(cancel))  # never answers
+    d = h.ask("publishStream", {"name": "cam"})
+    clock.advance(2.0)
+    assert refusal(d) == "REST hook unavailable"
+    assert len(agent.requests) == 1
