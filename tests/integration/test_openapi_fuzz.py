@@ -104,7 +104,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(live: Server
     session = requests.Session()
     sent = 0
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) == 12
+    documented = sum(
+        method in ("get", "post", "put", "delete", "patch")
+        for item in doc["paths"].values()
+        for method in item
+    )
+    assert len(operations) == documented >= 13  # every documented operation is exercised
     for operation in operations:
         op = doc["paths"][operation.path][operation.method.lower()]
         has_inputs = bool(op.get("parameters")) or "requestBody" in op

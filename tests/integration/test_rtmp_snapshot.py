@@ -96,6 +96,7 @@ def test_audio_only_times_out_with_500(tmp_path: Path) -> None:
             "message": "Snapshot response timeout",
             "timestamp": body["timestamp"],  # type: ignore[index]
             "status": 500,
+            "code": "no_video",  # why, machine-readable: the one field WCS does not send
         }
         assert 1.1 <= elapsed < 3.0
     finally:
@@ -178,8 +179,10 @@ def test_rest_errors_are_json(server: Server) -> None:
     assert status == 400 and isinstance(body, dict) and body["status"] == 400
     status, body = server.rest("/rest-api/stream/snapshot", {"name": "x"})
     assert status == 400 and isinstance(body, dict) and "streamName" in body["message"]
-    status, body = server.rest("/rest-api/stream/snapshot", method="GET")
+    status, body = server.rest("/rest-api/stream/snapshot", method="PUT")
     assert status == 405 and isinstance(body, dict) and body["error"] == "Method Not Allowed"
+    status, body = server.rest("/rest-api/stream/snapshot", method="GET")  # the image URL
+    assert status == 400 and isinstance(body, dict) and "streamName" in body["message"]
     status, body = server.rest("/rest-api/stream/snapshot", raw=b" " * (65 * 1024))
     assert status == 413 and isinstance(body, dict) and body["status"] == 413
     status, body = server.rest("/rest-api/no/such/thing", {})
