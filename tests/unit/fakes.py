@@ -17,6 +17,7 @@ from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from tests.unit.camera import Cam
+from wcs import tap
 from wcs.directory import LocalDirectory, NameInUse
 from wcs.hooks import Refused
 from wcs.media.units import MediaUnit
@@ -257,3 +258,14 @@ class FakeReactor(Clock):
             raise CannotListenError(interface, port, OSError("in use"))
         bound = self.udp[port] = FakeUdpPort(self, port, protocol, interface)
         return bound
+
+
+# A config enabling no listener: makeService builds a service that binds nothing.
+NO_LISTENERS = "http.port=0\nhttps.port=0\nws.port=0\nwss.port=0\nrtmp.port=\nrtsp.port=0\n"
+
+
+def tap_options(*argv: str) -> tap.Options:
+    """`twistd wcs` options as parsed from `argv`."""
+    opts = tap.Options()
+    opts.parseOptions(list(argv))
+    return opts

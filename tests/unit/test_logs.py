@@ -9,35 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import twisted.internet
 from twisted.application.service import Application
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, PredicateResult, formatEvent
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import NO_LISTENERS, tap_options
 from wcs import tap
 from wcs.config import ConfigError, Settings, settings_from_properties, suggest_key
 from wcs.logs import LEVELS, LevelFilter, build_observer, event_as_json
 from wcs.service import WCSService
-
-NO_LISTENERS = "http.port=0\nhttps.port=0\nws.port=0\nwss.port=0\nrtmp.port=\nrtsp.port=0\n"
-
-
-@pytest.fixture
-def fake_reactor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clock:
-    """makeService without touching the process's global reactor (as in test_tap)."""
-    clock = Clock()
-    monkeypatch.setattr(tap, "install_reactor", lambda: clock)
-    monkeypatch.setattr(twisted.internet, "reactor", clock, raising=False)
-    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", clock)
-    monkeypatch.chdir(tmp_path)
-    return clock
-
-
-def options(*argv: str) -> tap.Options:
-    opts = tap.Options()
-    opts.parseOptions(list(argv))
-    return opts
 
 
 def event(level: LogLevel, **fields: object) -> LogEvent:
@@ -95,7 +76,7 @@ def test_a_misspelt_key_warns_with_the_key_meant(
 ) -> None:
     config = tmp_path / "flashphoner.properties"
     config.write_text(NO_LISTENERS + "snapshot_auto_enable=true\nfoo.bar=1\n")
-    tap.makeService(options("--config", str(config)))
+    tap.makeService(tap_options("--config", str(config)))
     warnings = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.warn]
     assert warnings == [
         "unknown configuration key foo.bar ignored",
@@ -198,7 +179,7 @@ def test_json_line_of_a_legacy_event() -> None:
 # -- the observer twistd's application uses -----------------------------------------------------
 
 
-def twistd_options(**values: object) -> dict[str, object]:
+def twistd_tap_options(**values: object) -> dict[str, object]:
     return {"logfile": None, "nodaemon": True, "syslog": False, "prefix": "twisted", **values}
 
 
@@ -209,7 +190,7 @@ def test_observer_writes_to_stdout_behind_the_filter(
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     keep = LevelFilter(LEVELS["warn"])
-    observer = build_observer(twistd_options(logfile="-"), log_format, keep)
+    observer = build_observer(twistd_tap_options(logfile="-"), log_format, keep)
     log = Logger(namespace="wcs.test", observer=observer)
     log.info("hidden {n}", n=1)
     log.warn("shown {n}", n=2)
@@ -226,16 +207,16 @@ def test_observer_writes_to_stdout_behind_the_filter(
 
 def test_json_observer_writes_to_the_logfile(tmp_path: Path) -> None:
     path = tmp_path / "wcs.log"
-    observer = build_observer(twistd_options(logfile=str(path)), "json", LevelFilter())
+    observer = build_observer(twistd_tap_options(logfile=str(path)), "json", LevelFilter())
     Logger(namespace="wcs.test", observer=observer).info("to a file {n}", n=1)
     assert json.loads(path.read_text())["text"] == "to a file 1"
 
 
 def test_json_refuses_syslog_and_a_daemon_on_stdout() -> None:
     with pytest.raises(SystemExit):
-        build_observer(twistd_options(syslog=True), "json", LevelFilter())
+        build_observer(twistd_tap_options(syslog=True), "json", LevelFilter())
     with pytest.raises(SystemExit):
-        build_observer(twistd_options(logfile="-", nodaemon=False), "json", LevelFilter())
+        build_observer(twistd_tap_options(logfile="-", nodaemon=False), "json", LevelFilter())
 
 
 def test_under_twistd_the_service_hands_its_observer_to_the_application(
@@ -244,8 +225,8 @@ def test_under_twistd_the_service_hands_its_observer_to_the_application(
 ) -> None:
     config = tmp_path / "flashphoner.properties"
     config.write_text(NO_LISTENERS + "log_level=error\nlog_format=json\n")
-    opts = options("--config", str(config))
-    opts.parent = twistd_options(logfile="-", logger=None)  # type: ignore[assignment]
+    opts = tap_options("--config", str(config))
+    opts.parent = twistd_tap_options(logfile="-", logger=None)  # type: ignore[assignment]
     service = tap.makeService(opts)
     assert isinstance(service, WCSService)
     assert service.log_filter is not None and service.log_filter.level == LogLevel.error
@@ -254,5 +235,5 @@ def test_under_twistd_the_service_hands_its_observer_to_the_application(
     service.setServiceParent(application)
     assert application.getComponent(ILogObserver) is service.log_observer
     # Without twistd (makeService called directly) nothing is installed.
-    plain = tap.makeService(options("--config", str(config)))
+    plain = tap.makeService(tap_options("--config", str(config)))
     assert isinstance(plain, WCSService) and plain.log_observer is None

@@ -12,17 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import twisted.internet
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python import usage
 
+from tests.unit.fakes import NO_LISTENERS, tap_options
 from wcs import tap
 from wcs.service import WCSService
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-NO_LISTENERS = "http.port=0\nhttps.port=0\nws.port=0\nwss.port=0\nrtmp.port=\nrtsp.port=0\n"
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -37,43 +36,25 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def fake_reactor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clock:
-    """makeService without touching the process's global reactor."""
-    clock = Clock()
-    monkeypatch.setattr(tap, "install_reactor", lambda: clock)
-    # Anything that still reached for the global reactor would get the Clock, not a real one.
-    monkeypatch.setattr(twisted.internet, "reactor", clock, raising=False)
-    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", clock)
-    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory stays here
-    return clock
-
-
-def options(*argv: str) -> tap.Options:
-    opts = tap.Options()
-    opts.parseOptions(list(argv))
-    return opts
-
-
 # -- options ------------------------------------------------------------------------------------
 
 
 def test_options_config() -> None:
-    assert options()["config"] is None
-    assert options("--config", "/etc/wcs/flashphoner.properties")["config"] == (
+    assert tap_options()["config"] is None
+    assert tap_options("--config", "/etc/wcs/flashphoner.properties")["config"] == (
         "/etc/wcs/flashphoner.properties"
     )
-    assert options("--config=a.properties")["config"] == "a.properties"
-    assert options("-c", "b.properties")["config"] == "b.properties"
+    assert tap_options("--config=a.properties")["config"] == "a.properties"
+    assert tap_options("-c", "b.properties")["config"] == "b.properties"
 
 
 def test_options_refuse_unknown_flags_and_arguments() -> None:
     with pytest.raises(usage.UsageError):
-        options("--nope")
+        tap_options("--nope")
     with pytest.raises(usage.UsageError):
-        options("--config")
+        tap_options("--config")
     with pytest.raises(usage.UsageError):
-        options("stray-argument")
+        tap_options("stray-argument")
 
 
 # -- makeService --------------------------------------------------------------------------------
@@ -96,7 +77,7 @@ def test_bad_config_value_stops_with_the_key_named(
     config = tmp_path / "flashphoner.properties"
     config.write_text(f"# comment\nhttp.port=8081\n{line}\n")
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options("--config", str(config)))
+        tap.makeService(tap_options("--config", str(config)))
     message = str(info.value.code)
     assert key in message
     assert str(config) in message
@@ -105,7 +86,7 @@ def test_bad_config_value_stops_with_the_key_named(
 def test_missing_config_file_stops(fake_reactor: Clock, tmp_path: Path) -> None:
     missing = tmp_path / "nope.properties"
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options("--config", str(missing)))
+        tap.makeService(tap_options("--config", str(missing)))
     assert str(missing) in str(info.value.code)
 
 
@@ -114,7 +95,7 @@ def test_unknown_keys_are_logged_and_ignored(
 ) -> None:
     config = tmp_path / "flashphoner.properties"
     config.write_text(NO_LISTENERS + "snapshot_auto_rate=7\nfoo.bar=1\nsnapshot_auto_rate_typo=3\n")
-    service = tap.makeService(options("--config", str(config)))
+    service = tap.makeService(tap_options("--config", str(config)))
     assert isinstance(service, WCSService)
     assert service.reactor is fake_reactor
     assert service.settings.snapshot_auto_rate == 7
@@ -129,7 +110,7 @@ def test_unknown_keys_are_logged_and_ignored(
 
 
 def test_no_config_gives_the_defaults(fake_reactor: Clock, log_events: list[LogEvent]) -> None:
-    service = tap.makeService(options())
+    service = tap.makeService(tap_options())
     assert isinstance(service, WCSService)
     assert service.settings.http_port == 8081
     assert set(service.descriptions) >= {"http", "rtmp"}
@@ -139,10 +120,10 @@ def test_no_config_gives_the_defaults(fake_reactor: Clock, log_events: list[LogE
 def test_ephemeral_ports_bind_every_enabled_listener_to_a_port_the_os_picks(
     fake_reactor: Clock, tmp_path: Path
 ) -> None:
-    assert not options()["ephemeral-ports"]
+    assert not tap_options()["ephemeral-ports"]
     config = tmp_path / "flashphoner.properties"
     config.write_text("ip=127.0.0.1\nhttp.port=8081\nws.port=0\nwss.port=\n")
-    service = tap.makeService(options("--config", str(config), "--ephemeral-ports"))
+    service = tap.makeService(tap_options("--config", str(config), "--ephemeral-ports"))
     assert isinstance(service, WCSService)
     s = service.settings
     assert (s.http_port, s.https_port, s.rtmp_port, s.rtsp_port) == (0, 0, 0, 0)
