@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -19,7 +18,7 @@ import numpy as np
 # Imported with the server, not by the first request's pool thread (~0.2 s, under the import lock).
 from PIL import Image
 
-from wcs.media.image import rgb_to_png
+from wcs.media.image import frame_to_rgb, rgb_to_png
 
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
@@ -157,30 +156,6 @@ class EncodedImage:
 
 
 # -- encoders ------------------------------------------------------------------------------------
-# One reformatter per thread: a frame's own (frame.reformat) is shared by every thread using that
-# frame, and two pool threads converting one frame at once through it crash libswscale.
-_local = threading.local()
-
-
-def frame_to_rgb_sized(frame: VideoFrame, width: int, height: int) -> np.ndarray:
-    """The frame scaled by libswscale and converted to HxWx3 RGB in one pass, honouring its colour
-    matrix and range as `wcs.media.image.frame_to_rgb` does (same pixels at the same size)."""
-    reformatter = getattr(_local, "reformatter", None)
-    if reformatter is None:
-        from av.video.reformatter import VideoReformatter
-
-        reformatter = _local.reformatter = VideoReformatter()
-    rgb = reformatter.reformat(
-        frame,
-        width=width,
-        height=height,
-        format="rgb24",
-        src_color_range=frame.color_range or None,
-        threads=1,
-    )
-    return np.ascontiguousarray(rgb.to_ndarray())
-
-
 def rgb_to_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     """JPEG (4:2:0, baseline) with Pillow's libjpeg-turbo. Holds the GIL while it compresses."""
     out = io.BytesIO()
@@ -207,7 +182,7 @@ def encode(
     size above the frame's. `png` may be `shared_encoders().rgb_to_png` (fpng in helper
     processes, same bytes); a full-size PNG is byte for byte `frame_to_png(frame)`."""
     width, height = spec.size_for(frame.width, frame.height)
-    rgb = frame_to_rgb_sized(frame, width, height)
+    rgb = frame_to_rgb(frame, width, height)
     if spec.format == "png":
         data = png(rgb)
     elif spec.format == "jpeg":
@@ -226,7 +201,6 @@ __all__ = [
     "ImageSpec",
     "accepted_format",
     "encode",
-    "frame_to_rgb_sized",
     "rgb_to_jpeg",
     "rgb_to_webp",
 ]

@@ -40,9 +40,25 @@ _LENGTH = struct.Struct("<Q")
 _HELPER = "from wcs.media.image import serve; serve()"
 
 
-def frame_to_rgb(frame: VideoFrame) -> np.ndarray:
-    """The frame as a contiguous HxWx3 uint8 array, honouring its colour matrix and range."""
-    rgb = frame.reformat(
+# One reformatter per thread: a frame's own (frame.reformat) is shared by every thread using that
+# frame, and two pool threads converting one frame at once through it crash libswscale.
+_local = threading.local()
+
+
+def frame_to_rgb(
+    frame: VideoFrame, width: int | None = None, height: int | None = None
+) -> np.ndarray:
+    """The frame as a contiguous HxWx3 uint8 array, honouring its colour matrix and range;
+    scaled by libswscale in the same pass when a size is given (default: the frame's)."""
+    reformatter = getattr(_local, "reformatter", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter  # the helper processes lack PyAV
+
+        reformatter = _local.reformatter = VideoReformatter()
+    rgb = reformatter.reformat(
+        frame,
+        width=width or frame.width,
+        height=height or frame.height,
         format="rgb24",
         src_color_range=frame.color_range or None,
         threads=1,
