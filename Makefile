@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 CONFIG ?= etc/flashphoner.properties
 APT_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
                 gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
-                gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi chromium systemd
+                gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi chromium systemd \
+                redis-server
 # The official WebSDK (package.json pins it) for the demo pages and the browser tests.
 NODE_STAMP := node_modules/.installed
 
@@ -22,7 +23,8 @@ venv: $(VENV)/.installed
 
 # Real peers the integration tests drive: ffmpeg, GStreamer (rtmpsink is librtmp, as in OBS; the RTSP
 # server through python3-gi) and Debian's Chromium (the browser tests never download a browser of their own);
-# systemd for `systemd-analyze`, which checks etc/wcs.service (it needs no running systemd).
+# systemd for `systemd-analyze`, which checks etc/wcs.service (it needs no running systemd); redis-server
+# for the cluster tests (each starts its own on a Unix socket; the Debian service is not used).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

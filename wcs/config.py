@@ -217,6 +217,20 @@ class Settings:
     metrics_auth: bool = True
     # Series per stream name too (one set per live stream: mind the cardinality).
     metrics_per_stream: bool = False
+    # -- cluster (docs/cluster.md) -----------------------------------------------------------
+    # The shared stream directory (redis://, rediss://, unix://); None: one process, in-process
+    # directory.
+    cluster_redis_url: str | None = field(default=None, repr=False)
+    # This node's REST base URL as other nodes reach it; None: derived from ip and the HTTP port.
+    cluster_advertise_url: str | None = None
+    # This node's name in the directory; None: generated at start (host name, pid, random).
+    cluster_node_id: str | None = None
+    # Redis unreachable: true accepts new publishes (claimed once Redis returns), false refuses.
+    cluster_fail_open: bool = False
+    # A node's claims and record live this long unless refreshed (a dead node's names free).
+    cluster_ttl_ms: int = 10_000
+    # How long a request forwarded to the owner's node may take.
+    cluster_forward_timeout_ms: int = 5_000
 
 
 # Property key (as written in flashphoner.properties) -> Settings field.
@@ -257,6 +271,12 @@ PROPERTY_FIELDS: Mapping[str, str] = {
     "log_format": "log_format",
     "metrics_auth": "metrics_auth",
     "metrics_per_stream": "metrics_per_stream",
+    "cluster_redis_url": "cluster_redis_url",
+    "cluster_advertise_url": "cluster_advertise_url",
+    "cluster_node_id": "cluster_node_id",
+    "cluster_fail_open": "cluster_fail_open",
+    "cluster_ttl_ms": "cluster_ttl_ms",
+    "cluster_forward_timeout_ms": "cluster_forward_timeout_ms",
 }
 
 # Generous ceiling for counts without a natural one, so nothing downstream sees absurd values.
@@ -428,6 +448,42 @@ def _hook_url(key: str, value: str) -> str | None:
     return value.rstrip("/")
 
 
+_REDIS_URL = re.compile(
+    r"(redis|rediss)://[^\s/?#]*(/[0-9]{0,2})?|unix://(/[^\s?#]+)(\?db=[0-9]{1,2})?"
+)
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _redis_url(key: str, value: str) -> str | None:
+    if value == "":
+        return None
+    if not _REDIS_URL.fullmatch(value) or _CONTROL.search(value):
+        # The value may carry a password: never echoed.
+        raise ConfigError(
+            f"{key}: expected redis://[:password@]host[:port][/db], rediss://... or "
+            "unix:///path/to/redis.sock[?db=N], or empty"
+        )
+    return value
+
+
+def _advertise_url(key: str, value: str) -> str | None:
+    if value == "":
+        return None
+    if not _URL.fullmatch(value) or _CONTROL.search(value):
+        raise _bad(
+            key, value, "this node's http:// or https:// base URL such as http://10.0.0.5:8081"
+        )
+    return value.rstrip("/")
+
+
+def _node_id(key: str, value: str) -> str | None:
+    if value == "":
+        return None
+    if not _NODE_ID.fullmatch(value):
+        raise _bad(key, value, "1 to 64 characters of A-Z a-z 0-9 . _ -, or empty")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(key: str, value: str) -> str:
         if value.lower() not in choices:
@@ -474,6 +530,12 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "log_format": _choice("text", "json"),
     "metrics_auth": _bool,
     "metrics_per_stream": _bool,
+    "cluster_redis_url": _redis_url,
+    "cluster_advertise_url": _advertise_url,
+    "cluster_node_id": _node_id,
+    "cluster_fail_open": _bool,
+    "cluster_ttl_ms": _int_range(1_000, 600_000),
+    "cluster_forward_timeout_ms": _int_range(100, 120_000),
 }
 
 

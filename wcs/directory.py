@@ -3,7 +3,8 @@ that a shared (multi-process, multi-machine) implementation can also provide."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypedDict
 
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -26,6 +27,34 @@ class InvalidName(StreamError):
 
 class StreamNotFound(StreamError):
     info = "Stream not found"
+
+
+class DirectoryUnavailable(StreamError):
+    """The shared directory cannot be reached and `cluster_fail_open` is false: a new publish
+    is refused (streams already live keep working)."""
+
+    info = "Stream directory unavailable"
+
+
+# What a directory calls when another owner took one of this node's names (after an outage,
+# the older publish keeps the name): (name, owner that lost it).
+LostCallback = Callable[[str, str], object]
+
+
+class NodeRecord(TypedDict):
+    """One node of a cluster as the directory knows it (`wcs:node:<id>` in Redis)."""
+
+    url: str  # REST base URL other nodes forward to
+    version: str
+    started_ms: int
+    streams: int
+    load: float  # this process's CPU share over the last refresh interval (1.0 = one core)
+
+
+def split_owner(owner: str) -> tuple[str, str]:
+    """An owner string "node/mediaSessionId" -> (node, mediaSessionId)."""
+    node, _, msid = owner.partition("/")
+    return node, msid
 
 
 def check_stream_name(name: str) -> str:
@@ -62,6 +91,18 @@ class StreamDirectory(Protocol):
         """Every held name and its owner."""
         ...
 
+    def on_lost(self, callback: LostCallback) -> None:
+        """Call `callback(name, owner)` when a name this process held went to another owner."""
+        ...
+
+    def nodes(self) -> Deferred[dict[str, NodeRecord]]:
+        """Every live node of the cluster by id (this one included); {} without a cluster."""
+        ...
+
+    def degraded(self) -> str | None:
+        """Why the directory cannot do its whole job now (GET /ready), or None."""
+        ...
+
 
 class LocalDirectory:
     """The in-process directory (the default): one dict, answers at once."""
@@ -86,3 +127,12 @@ class LocalDirectory:
 
     def list(self) -> Deferred[dict[str, str]]:
         return succeed(dict(self._owners))
+
+    def on_lost(self, callback: LostCallback) -> None:
+        pass  # nobody else can take a name from this process
+
+    def nodes(self) -> Deferred[dict[str, NodeRecord]]:
+        return succeed({})
+
+    def degraded(self) -> str | None:
+        return None

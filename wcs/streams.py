@@ -499,6 +499,21 @@ class StreamHub:
         self._claiming: set[str] = set()
         self._observers: list[Callable[[Stream], None]] = []
         self._clock_ms = clock_ms
+        self.directory.on_lost(self._lost)
+
+    def _lost(self, name: str, owner: str) -> None:
+        """The directory gave `name` to another publish (after an outage the older one keeps
+        it): end ours, as a second publisher of a taken name would have been refused."""
+        stream = self._streams.get(name)
+        if stream is None or self.owner(stream.media_session_id) != owner:
+            return
+        log.warn(
+            "stream {stream_name}: the name went to another node's older publish while the "
+            "directory was unreachable; ending this one: {info}",
+            stream_name=name,
+            info=NameInUse.info,
+        )
+        stream.terminate(NameInUse.info)
 
     def owner(self, media_session_id: str) -> str:
         """The directory's owner string of one publish on this hub."""
