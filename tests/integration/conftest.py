@@ -27,6 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The real redis-server fixture of the cluster tests.
+from tests.integration.redis_server import redis_server  # noqa: F401
+
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 30.0
 # twistd options for `wcs`: every enabled listener on a port the OS picks, read back from the
