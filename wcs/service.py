@@ -29,6 +29,7 @@ from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.logs import LevelFilter
 from wcs.metrics import MetricsResource, ServerCollector, SnapshotMetrics, new_registry
+from wcs.rest.forward import ClusterSnapshots, Forwarder, Remote
 from wcs.rest.resources import LoginThrottle, build_site
 from wcs.rest.views import StreamViews
 from wcs.rtmp.protocol import RTMPServerFactory
@@ -166,8 +167,30 @@ class WCSService(MultiService):
                 raise SystemExit(f"wcs: cannot use https.cert/https.key: {err}") from None
         return tls_server_factory(self._tls_options, factory, self.reactor, label)
 
+    def _build_forwarding(self) -> None:
+        """With a cluster: requests for a stream another node owns go to that node."""
+        s = self.settings
+        self.forwarder: Forwarder | None = None
+        if s.cluster_redis_url is None:
+            self.remote = Remote(lambda name: True, None)
+            return
+        auth = None if s.disable_rest_auth else (s.rest_auth_user, s.rest_auth_password or "")
+        self.forwarder = Forwarder(
+            self.hub.node,
+            self.hub.directory,
+            self.reactor,
+            s.cluster_forward_timeout_ms / 1000.0,
+            auth=auth,
+        )
+        self.remote = Remote(self.serves_here, self.forwarder)
+
+    def serves_here(self, name: str) -> bool:
+        """Whether stream `name` is live in this process (not forwarded to another node)."""
+        return self.hub.get(name) is not None
+
     def _build_listeners(self) -> None:
         s = self.settings
+        self._build_forwarding()
         site = build_site(
             s,
             self.hub,
@@ -177,6 +200,7 @@ class WCSService(MultiService):
             bound_ports=lambda: self.bound_ports,
             views=self.views,
             readiness=self.not_ready_reason,
+            remote=self.remote,
         )
         self.sites.append(site)
         site.resource.putChild(
@@ -184,7 +208,11 @@ class WCSService(MultiService):
         )
         self.signalling = signalling = SignallingFactory(
             self.hub,
-            self.snapshots,
+            (
+                self.snapshots
+                if self.forwarder is None
+                else ClusterSnapshots(self.snapshots, self.serves_here, self.forwarder)
+            ),
             self.reactor,
             rtsp_pull=self.pulls.stream_for_player,
             resolve_name=self.pulls.resolve,

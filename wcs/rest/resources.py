@@ -22,8 +22,9 @@ from wcs.directory import InvalidName, NameInUse
 from wcs.guard import describe
 from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
+from wcs.rest.forward import Forwarded, Remote
 from wcs.rest.health import Health, Readiness, Ready
-from wcs.rest.images import ImageAnswer, ImageApi, json_error
+from wcs.rest.images import ImageAnswer, ImageApi, json_error, query_of
 from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService
@@ -211,7 +212,7 @@ class JsonEndpoint(Resource):
         if isinstance(result, Base64Json):
             SplicedBodyProducer(request, result).start()
             return
-        if isinstance(result, ImageAnswer):
+        if isinstance(result, ImageAnswer | Forwarded):
             result.write(request)
             return
         _send(request, http.OK, _json_bytes(result))
@@ -325,18 +326,35 @@ class StreamApi:
         pulls: PullManager | None = None,
         views: StreamViews | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        remote: Remote | None = None,
     ) -> None:
         self.hub = hub
         self.snapshots = snapshots
         self.pulls = pulls
         self.views = views if views is not None else StreamViews()
         self.images = ImageApi(snapshots, pulls, now_ms)
+        # A stream another node of the cluster owns: its requests go there.
+        self.remote = remote if remote is not None else Remote(lambda name: True, None)
 
-    def snapshot(
+    def _resolved(self, name: object) -> object:
+        if isinstance(name, str) and name and self.pulls is not None:
+            return self.pulls.resolve(name)
+        return name
+
+    def snapshot(self, request: server.Request, body: dict[str, Any]) -> Any:
+        """POST: the WCS snapshot (with image fields: see ImageApi.post_snapshot); GET: the
+        picture itself (ImageApi.get_snapshot). Of another node's stream: that node's answer."""
+        if request.method == b"GET":
+            name = query_of(request).get("streamName")
+        else:
+            name = body.get("streamName")
+        return self.remote.serve(
+            request, self._resolved(name), lambda: self._snapshot(request, body)
+        )
+
+    def _snapshot(
         self, request: server.Request, body: dict[str, Any]
     ) -> Deferred[Base64Json] | Deferred[ImageAnswer]:
-        """POST: the WCS snapshot (with image fields: see ImageApi.post_snapshot); GET: the
-        picture itself (ImageApi.get_snapshot)."""
         if request.method == b"GET":
             return self.images.get_snapshot(request, body)
         posted = self.images.post_snapshot(request, body)
@@ -371,21 +389,53 @@ class StreamApi:
             streams = [s for s in streams if s.status == status]
         return streams
 
-    def find(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
+    def _here_or_owner(
+        self, request: server.Request, body: dict[str, Any], local: Callable[[], Any]
+    ) -> Any:
+        """`local()` when a stream here matches; else the owner's answer (by name, or by
+        mediaSessionId), else `local()` again (its 404)."""
+        if self._matching(body):
+            return local()
+        if "name" in body:
+            return self.remote.serve(request, body["name"], local)
+        return self.remote.serve_session(request, body.get("mediaSessionId"), local)
+
+    def find(self, request: server.Request, body: dict[str, Any]) -> Any:
+        return self._here_or_owner(request, body, lambda: self._find(body))
+
+    def _find(self, body: dict[str, Any]) -> list[dict[str, object]]:
         found = self._matching(body)
         if not found:
             raise RestError(404, "Stream not found")
         return [self.views.stream_json(s) for s in found]
 
-    def find_all(self, request: server.Request, body: dict[str, Any]) -> list[dict[str, object]]:
-        found = self.hub.all()
-        if not found:
-            raise RestError(404, "Streams not found")
-        return [self.views.stream_json(s) for s in found]
+    def find_all(self, request: server.Request, body: dict[str, Any]) -> Any:
+        here = [self.views.stream_json(s) for s in self.hub.all()]
+        forwarder = self.remote.applies(request)
+        if forwarder is None:
+            return self._all_found(here, [])
+        d = forwarder.gather("/rest-api/stream/find_all", {})
+        return d.addCallback(lambda others: self._all_found(here, others))
 
-    def terminate(self, request: server.Request, body: dict[str, Any]) -> dict[str, object]:
+    @staticmethod
+    def _all_found(here: list[dict[str, object]], others: list[object]) -> list[dict[str, object]]:
+        """This node's streams, then the other nodes' (each once, by mediaSessionId)."""
+        seen = {s.get("mediaSessionId") for s in here}
+        merged = list(here)
+        for item in others:
+            if isinstance(item, dict) and item.get("mediaSessionId") not in seen:
+                seen.add(item.get("mediaSessionId"))
+                merged.append(item)
+        if not merged:
+            raise RestError(404, "Streams not found")
+        return merged
+
+    def terminate(self, request: server.Request, body: dict[str, Any]) -> Any:
         if "mediaSessionId" not in body and "name" not in body:
             raise RestError(400, "'mediaSessionId' or 'name' is required")
+        return self._here_or_owner(request, body, lambda: self._terminate(body))
+
+    def _terminate(self, body: dict[str, Any]) -> dict[str, object]:
         found = self._matching(body)
         if not found:
             raise RestError(404, "Stream not found")
@@ -452,10 +502,12 @@ def build_rest_tree(
     pulls: PullManager | None = None,
     views: StreamViews | None = None,
     doors: Doors | None = None,
+    remote: Remote | None = None,
 ) -> Resource:
-    """The `/rest-api` resource; `/rtsp/*` only with a PullManager."""
+    """The `/rest-api` resource; `/rtsp/*` only with a PullManager; with `remote`, requests
+    for another node's stream are forwarded there."""
     doors = doors if doors is not None else Doors(settings, clock)
-    api = StreamApi(hub, snapshots, pulls, views)
+    api = StreamApi(hub, snapshots, pulls, views, remote=remote)
 
     def endpoint(
         handler: Handler, methods: tuple[str, ...] = ("POST",), changes_state: bool = False
@@ -487,12 +539,24 @@ def build_rest_tree(
 
 
 def build_api_tree(
-    settings: Settings, snapshots: SnapshotService, doors: Doors, pulls: PullManager | None = None
+    settings: Settings,
+    snapshots: SnapshotService,
+    doors: Doors,
+    pulls: PullManager | None = None,
+    remote: Remote | None = None,
 ) -> Resource:
     """`/api`: go2rtc's frame URL (`/api/frame.jpeg?src=NAME`), under the REST API's auth."""
     images = ImageApi(snapshots, pulls, lambda: int(time.time() * 1000))
+    routes = remote if remote is not None else Remote(lambda name: True, None)
+
+    def frame_jpeg(request: server.Request, body: dict[str, Any]) -> Any:
+        name = query_of(request).get("src")
+        if isinstance(name, str) and name and pulls is not None:
+            name = pulls.resolve(name)
+        return routes.serve(request, name, lambda: images.frame_jpeg(request, body))
+
     api = Branch(settings)
-    api.putChild(b"frame.jpeg", JsonEndpoint(settings, images.frame_jpeg, ("GET",), doors=doors))
+    api.putChild(b"frame.jpeg", JsonEndpoint(settings, frame_jpeg, ("GET",), doors=doors))
     return api
 
 
@@ -505,6 +569,7 @@ def build_site(
     bound_ports: Callable[[], dict[str, int]] | None = None,
     views: StreamViews | None = None,
     readiness: Readiness | None = None,
+    remote: Remote | None = None,
 ) -> server.Site:
     """The HTTP(S) site, its limits and deadlines on `reactor`'s clock (see wcs.web.channel).
 
@@ -517,9 +582,9 @@ def build_site(
         reactor = default_reactor
     root = Resource()
     doors = Doors(settings, reactor)
-    rest = build_rest_tree(settings, hub, snapshots, reactor, pulls, views, doors)
+    rest = build_rest_tree(settings, hub, snapshots, reactor, pulls, views, doors, remote)
     root.putChild(REST_PREFIX, rest)
-    root.putChild(b"api", build_api_tree(settings, snapshots, doors, pulls))
+    root.putChild(b"api", build_api_tree(settings, snapshots, doors, pulls, remote))
     root.putChild(b"demo", build_demo(settings, bound_ports))
     root.putChild(b"health", Health())
     root.putChild(b"ready", Ready(readiness or (lambda: None)))
