@@ -20,7 +20,7 @@ from zope.interface import implementer
 from tests.unit.fakes import publish_now
 from tests.unit.rest_client import CREATED_MS, Api, FakeSnapshots, assert_wcs_error
 from wcs.config import Settings
-from wcs.directory import LocalDirectory, NodeRecord, StreamNotFound
+from wcs.directory import LocalDirectory, NodeRecord, StreamError, StreamNotFound
 from wcs.rest.forward import (
     HOP_HEADER,
     MAX_ANSWER_BYTES,
@@ -369,6 +369,7 @@ def test_a_websdk_snapshot_the_owner_does_not_give(answer: Any, error: type, inf
     api.agent.outcomes[b"http://a.test"] = answer
     failure = outcome(websdk(api).take("cam"))
     assert isinstance(failure, Failure) and failure.check(error)
+    assert isinstance(failure.value, StreamError)
     assert failure.value.info.startswith(info)
 
 
