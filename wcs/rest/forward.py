@@ -43,6 +43,9 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_IN_FLIGHT_PER_NODE = 32
 # How long the node table (node id -> URL) read from the directory is trusted.
 NODE_TABLE_SECONDS = 2.0
+# The `code` (and X-Snapshot-Error) of a 503 for an owner that did not answer, as a snapshot's
+# own 503s carry theirs: one retry rule for a dashboard.
+OWNER_UNAVAILABLE = "owner_unavailable"
 # Request headers passed on. Not Origin: the forwarding node checked it against its own host.
 PASSED_REQUEST_HEADERS = (b"authorization", b"content-type", b"accept", b"if-none-match")
 # Answer headers not passed through: hop-by-hop, set by our own server, or our own CORS.
@@ -277,7 +280,16 @@ class Forwarder:
                 path=path.decode("utf-8", "replace"),
                 why=why,
             )
-            raise RestError(503, f"Node {node} that owns the stream did not answer: {why}")
+            raise RestError(
+                503,
+                f"Node {node} that owns the stream did not answer: {why}",
+                code=OWNER_UNAVAILABLE,
+                headers={
+                    b"X-Snapshot-Error": OWNER_UNAVAILABLE.encode(),
+                    b"Retry-After": b"1",
+                    b"Cache-Control": b"no-store",
+                },
+            )
 
         return d.addErrback(unreachable)
 
