@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -29,101 +28,17 @@ from aiortc import (
 )
 from av.video.frame import VideoFrame
 from PIL import Image
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from wsproto.events import TextMessage
 
 from tests.integration.camera import assert_same_picture, reference_rgb, start_camera
 from tests.integration.conftest import HookApp, Server, decode_png, start_server
+from tests.integration.websdk_client import TIMEOUT, WSClient, session, ws_snapshot
 
 pytestmark = pytest.mark.integration
 
 WIDTH, HEIGHT = 640, 360
-TIMEOUT = 20.0
 LEFT = (220, 40, 40)  # the synthetic picture: red left half, blue right half
 RIGHT = (30, 60, 220)
-
-
-class WSClient:
-    """A minimal WebSDK-speaking WebSocket client (the SDK's frames, no browser)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.inbox: asyncio.Queue[tuple[str, list[Any]] | None] = asyncio.Queue()
-        self.pings = 0
-        self._text = ""
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def connect(cls, url: str) -> WSClient:
-        parts = urlsplit(url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        client = cls(reader, writer)
-        writer.write(client.ws.send(Request(host=parts.netloc, target=parts.path or "/")))
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
-            assert data, "server closed during the WebSocket handshake"
-            client.ws.receive_data(data)
-            events = list(client.ws.events())
-            if any(isinstance(e, RejectConnection) for e in events):
-                raise AssertionError("WebSocket upgrade rejected")
-            if any(isinstance(e, AcceptConnection) for e in events):
-                break
-        client._task = asyncio.ensure_future(client._pump())
-        return client
-
-    async def _pump(self) -> None:
-        while True:
-            data = await self.reader.read(65536)
-            if not data:
-                self.inbox.put_nowait(None)
-                return
-            self.ws.receive_data(data)
-            for event in self.ws.events():
-                if isinstance(event, TextMessage):
-                    self._text += event.data
-                    if event.message_finished:
-                        frame = json.loads(self._text)
-                        self._text = ""
-                        self.inbox.put_nowait((frame["message"], frame["data"]))
-                elif isinstance(event, Ping):
-                    self.writer.write(self.ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self.inbox.put_nowait(None)
-                    return
-
-    def send(self, message: str, obj: object) -> None:
-        text = json.dumps({"message": message, "data": [obj]})
-        self.writer.write(self.ws.send(TextMessage(data=text)))
-
-    async def expect(self, message: str, **match: object) -> list[Any]:
-        """The next frame named `message` whose data[0] has the `match` fields; answers pings."""
-        while True:
-            item = await asyncio.wait_for(self.inbox.get(), TIMEOUT)
-            assert item is not None, f"server closed the socket while waiting for {message}"
-            name, data = item
-            assert isinstance(data, list), f"{name}: data is not an array"
-            if name == "ping":
-                self.pings += 1
-                self.send("pong", None)
-                continue
-            if name == message:
-                obj = data[0] if data else None
-                if all(isinstance(obj, dict) and obj.get(k) == v for k, v in match.items()):
-                    return data
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.writer.close()
 
 
 class PatternTrack(MediaStreamTrack):
@@ -163,20 +78,6 @@ def assert_pattern(rgb: np.ndarray) -> None:
 
 
 @asynccontextmanager
-async def session(server: Server) -> AsyncIterator[WSClient]:
-    client = await WSClient.connect(server.ws + "/" + uuid.uuid4().hex[:8])
-    try:
-        client.send("connection", {"appKey": "defaultApp", "mediaProviders": ["WebRTC"]})
-        (user,) = await client.expect("getUserData")
-        assert user["status"] == "ESTABLISHED" and user["authToken"]
-        assert user["appKey"] == "defaultApp"
-        await client.expect("getVersion")
-        yield client
-    finally:
-        await client.close()
-
-
-@asynccontextmanager
 async def publishing(
     client: WSClient, name: str, codec: str, custom: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[str, Any]]:
@@ -210,14 +111,6 @@ def rest_snapshot(server: Server, name: str) -> np.ndarray:
     assert status == 200, body
     assert isinstance(body, dict)
     return decode_png(body["data"])
-
-
-async def ws_snapshot(client: WSClient, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    msid = str(uuid.uuid4())
-    client.send("snapshot", {"name": name, "mediaSessionId": msid})
-    (event,) = await client.expect("notifyStreamEvent", mediaSessionId=msid)
-    (status,) = await client.expect("notifyStreamStatusEvent", mediaSessionId=msid)
-    return event, status
 
 
 @pytest.mark.parametrize("codec", ["H264", "VP8"])
