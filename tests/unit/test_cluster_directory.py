@@ -335,3 +335,39 @@ def test_urls_lose_their_password_in_logs() -> None:
     assert redacted_url("redis://:s3cret@10.0.0.1:6379/2") == "redis://:***@10.0.0.1:6379/2"
     assert redacted_url("redis://u:p@h/0") == "redis://u:***@h/0"
     assert redacted_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
+
+
+def test_a_release_during_a_refresh_is_not_undone_by_it(server: fakeredis.FakeServer) -> None:
+    a, b = Node(server, "a"), Node(server, "b")
+
+    async def body() -> None:
+        await wait(a.d.claim("cam", a.owner()))
+        await a.client.delete("wcs:stream:cam")  # Redis lost it: the refresh will re-make it
+        gate = asyncio.Event()
+        real_pipeline = a.client.pipeline
+
+        def pipeline(*args: Any, **kw: Any) -> Any:
+            pipe = real_pipeline(*args, **kw)
+            real_execute = pipe.execute
+
+            async def execute(*eargs: Any, **ekw: Any) -> Any:
+                await gate.wait()  # held on the wire while the stream ends
+                return await real_execute(*eargs, **ekw)
+
+            pipe.execute = execute
+            return pipe
+
+        a.client.pipeline = pipeline  # type: ignore[method-assign]
+        refreshing = a.d.refresh()
+        await wait(a.d.release("cam", a.owner()))
+        gate.set()
+        await wait(refreshing)
+        # The refresh wrote the released claim back; the directory takes it out again.
+        for _ in range(100):  # loop turns for the follow-up delete, not time
+            if not await a.client.exists("wcs:stream:cam"):
+                break
+            await asyncio.sleep(0)
+        await wait(b.d.claim("cam", b.owner()))
+        assert a.lost == [] and a.d.claims == {}
+
+    run(body)

@@ -226,7 +226,7 @@ class RedisStreamDirectory:
 
     def _went_down(self, err: BaseException | None) -> None:
         """Redis did not answer: warn once per outage."""
-        reason = str(err) or type(err).__name__
+        reason = (str(err) or type(err).__name__).rstrip(".")
         if self._outage is None:
             log.warn(
                 "cluster directory unreachable at {redis_url}: {reason}; live streams keep "
