@@ -354,7 +354,7 @@ def test_a_release_during_a_refresh_is_not_undone_by_it(server: fakeredis.FakeSe
                 await gate.wait()  # held on the wire while the stream ends
                 return await real_execute(*eargs, **ekw)
 
-            pipe.execute = execute
+            pipe.execute = execute  # type: ignore[method-assign]
             return pipe
 
         a.client.pipeline = pipeline  # type: ignore[method-assign]
