@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
+import secrets
 import signal
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,15 @@ from zope.interface import implementer
 
 from wcs import __version__
 from wcs.access import Access
+from wcs.cluster.directory import RedisStreamDirectory
 from wcs.config import ConfigError, Settings
+from wcs.directory import NodeRecord
 from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
 from wcs.logs import LevelFilter
 from wcs.metrics import MetricsResource, ServerCollector, SnapshotMetrics, new_registry
 from wcs.rest.forward import ClusterSnapshots, Forwarder, Remote
+from wcs.rest.health import Degraded
 from wcs.rest.resources import LoginThrottle, build_site
 from wcs.rest.views import StreamViews
 from wcs.rtmp.protocol import RTMPServerFactory
@@ -48,6 +56,12 @@ POOL_THREADS = 4
 # Listeners whose connections count against max_connections_per_ip. The ingest ports (RTMP,
 # RTSP) are exempt: many encoders may publish from behind one NAT address.
 PER_IP_LISTENERS = frozenset({"http", "https", "ws", "wss"})
+
+
+def generated_node_id() -> str:
+    """A node id for a node not given one: the host name (made safe) and 6 random hex digits."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:50] or "wcs"
+    return f"{host}-{secrets.token_hex(3)}"
 
 
 def listen_description(ip: str, port: int) -> str:
@@ -79,7 +93,27 @@ class WCSService(MultiService):
         super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.hub = StreamHub(max_picture_pixels=settings.max_picture_pixels)
+        self.node_id = settings.cluster_node_id or generated_node_id()
+        # The shared stream directory when this node is part of a cluster (docs/cluster.md).
+        self.cluster: RedisStreamDirectory | None = None
+        if settings.cluster_redis_url:
+            self.cluster = RedisStreamDirectory(
+                settings.cluster_redis_url,
+                self.node_id,
+                reactor,
+                record=self.node_record,
+                ttl_ms=settings.cluster_ttl_ms,
+                fail_open=settings.cluster_fail_open,
+            )
+            self.hub = StreamHub(
+                max_picture_pixels=settings.max_picture_pixels,
+                directory=self.cluster,
+                node=self.node_id,
+            )
+        else:
+            self.hub = StreamHub(max_picture_pixels=settings.max_picture_pixels)
+        self._started_ms = int(time.time() * 1000)
+        self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self.idle_watchdog = PublishIdleWatchdog(
             self.hub, reactor, settings.publish_idle_timeout_ms
         )
@@ -326,6 +360,40 @@ class WCSService(MultiService):
         """The port number each listening listener is bound to, by label."""
         return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
 
+    def advertise_url(self) -> str:
+        """This process's REST base URL for other nodes: cluster_advertise_url, else its own
+        (a private cluster listener if it has one, else the HTTP one) on `ip`, 127.0.0.1 for a
+        wildcard ip."""
+        s = self.settings
+        if s.cluster_advertise_url:
+            return s.cluster_advertise_url
+        ports = self.bound_ports
+        port = ports.get("cluster") or ports.get("http")
+        host = "127.0.0.1" if s.ip in ("", "0.0.0.0", "::") else s.ip
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}" if port else ""
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def node_record(self) -> NodeRecord:
+        """This node as the cluster directory shows it; load is the CPU share (1.0 = one core)
+        since the previous record."""
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        load = (cpu - cpu_then) / (now - then) if now > then else 0.0
+        return NodeRecord(
+            url=self.advertise_url(),
+            version=__version__,
+            started_ms=self._started_ms,
+            streams=len(self.hub),
+            load=round(load, 3),
+        )
+
     def not_ready_reason(self) -> str | None:
         """Why the server cannot serve (GET /ready answers 503 with it), or None."""
         if self._stopping:
@@ -335,6 +403,9 @@ class WCSService(MultiService):
             return "listeners not bound: " + ", ".join(unbound)
         if not self.pool.started:
             return "worker pool not running"
+        degraded = self.cluster.degraded() if self.cluster is not None else None
+        if degraded is not None:
+            return Degraded(degraded)
         return None
 
     def fit_connections_to_open_files(self) -> int:
@@ -379,6 +450,9 @@ class WCSService(MultiService):
         self._make_factories()  # raises SystemExit if the TLS pair is unusable
         self._listen()  # raises SystemExit if a port cannot be bound
         super().startService()  # the listeners are bound already: this marks them running
+        if self.cluster is not None:
+            # After the listeners bind: the node record carries the bound HTTP port.
+            self.cluster.start()
         self.pool.start()
         self.idle_watchdog.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
@@ -456,6 +530,9 @@ class WCSService(MultiService):
         self.idle_watchdog.stop()
         waiting = [self.pulls.stop_all(), self.signalling.close_all()]
         self.hub.terminate_all()
+        if self.cluster is not None:
+            # After terminate_all: the names go back before the node record does (bounded).
+            waiting.append(self.cluster.stop())
         stopped = super().stopService()
         self.ports.clear()
         if stopped is not None:

@@ -81,6 +81,18 @@ def test_ready_answers_503_with_the_reason_until_ready() -> None:
     assert response.json() == {"status": "ready"}
 
 
+def test_ready_answers_503_degraded_while_the_cluster_directory_is_unreachable() -> None:
+    from wcs.rest.health import Degraded
+
+    api = site_api(lambda: Degraded("cluster directory unreachable: Connection refused"))
+    response = api.call("GET", "/ready")
+    assert response.status == 503
+    assert response.json() == {
+        "status": "degraded",
+        "reason": "cluster directory unreachable: Connection refused",
+    }
+
+
 @pytest.mark.parametrize("path", ["/health", "/ready"])
 def test_probes_answer_get_only_and_no_subpaths(path: str) -> None:
     api = Api()

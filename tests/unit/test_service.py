@@ -183,3 +183,65 @@ def test_a_high_open_file_limit_keeps_max_connections(
     service = make(max_connections=4000)
     assert service.fit_connections_to_open_files() == 4000
     assert not [e for e in log_events if e.get("log_level") == LogLevel.warn]
+
+
+# -- the cluster directory (docs/cluster.md) ------------------------------------------------------
+class _BoundPort:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def getHost(self) -> Any:
+        return self
+
+
+def test_without_a_redis_url_the_hub_keeps_its_local_directory() -> None:
+    from wcs.directory import LocalDirectory
+
+    service = make()
+    assert service.cluster is None
+    assert isinstance(service.hub.directory, LocalDirectory) and service.hub.node == "local"
+    assert service_module.re.fullmatch(r"[A-Za-z0-9._-]+-[0-9a-f]{6}", service.node_id)
+    assert make().node_id != service.node_id
+
+
+def test_a_redis_url_gives_the_hub_the_shared_directory_and_the_node_id() -> None:
+    from wcs.cluster.directory import RedisStreamDirectory
+
+    service = make(
+        cluster_redis_url="redis://:s3cret@127.0.0.1:1/0", cluster_node_id="n1", ip="0.0.0.0"
+    )
+    assert isinstance(service.cluster, RedisStreamDirectory)
+    assert service.hub.directory is service.cluster and service.hub.node == "n1"
+    assert service.hub.owner("m") == "n1/m"
+    assert "s3cret" not in service.cluster.url
+    service.ports = {"http": _BoundPort(8081)}  # type: ignore[dict-item]
+    assert service.advertise_url() == "http://127.0.0.1:8081"  # a wildcard ip: loopback
+    record = service.node_record()
+    assert record["url"] == "http://127.0.0.1:8081" and record["version"] == wcs.__version__
+    assert record["streams"] == 0 and record["load"] >= 0.0 and record["started_ms"] > 0
+
+
+def test_the_advertised_url_is_the_configured_one_or_the_bound_port_on_ip() -> None:
+    service = make(ip="::1")
+    service.ports = {"http": _BoundPort(9000)}  # type: ignore[dict-item]
+    assert service.advertise_url() == "http://[::1]:9000"
+    service.ports["cluster"] = _BoundPort(9100)  # type: ignore[assignment]
+    assert service.advertise_url() == "http://[::1]:9100"  # a worker's private listener
+    assert make(cluster_advertise_url="http://10.0.0.5:8081").advertise_url() == (
+        "http://10.0.0.5:8081"
+    )
+
+
+def test_ready_says_degraded_while_the_directory_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wcs.rest.health import Degraded
+
+    service = make(cluster_redis_url="redis://127.0.0.1:1")
+    service.ports = {label: _BoundPort(1) for label in service.descriptions}  # type: ignore[misc]
+    monkeypatch.setattr(service.pool, "started", True)
+    assert service.not_ready_reason() is None
+    assert service.cluster is not None
+    monkeypatch.setattr(service.cluster, "degraded", lambda: "cluster directory unreachable: x")
+    reason = service.not_ready_reason()
+    assert isinstance(reason, Degraded) and reason == "cluster directory unreachable: x"

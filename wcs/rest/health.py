@@ -13,6 +13,11 @@ from twisted.web.resource import Resource
 Readiness = Callable[[], str | None]
 
 
+class Degraded(str):
+    """A readiness reason that means "serving, but not all of it" (the cluster directory is
+    unreachable): /ready answers 503 with status "degraded"."""
+
+
 def _answer(request: server.Request, status: int, obj: object) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
@@ -44,7 +49,8 @@ class Health(_Probe):
 
 
 class Ready(_Probe):
-    """Ready: every listener bound and the worker pool running; 503 with the reason otherwise."""
+    """Ready: every listener bound, the worker pool running and the cluster directory reachable;
+    503 with the reason otherwise."""
 
     def __init__(self, readiness: Readiness) -> None:
         super().__init__()
@@ -54,4 +60,5 @@ class Ready(_Probe):
         reason = self.readiness()
         if reason is None:
             return _answer(request, http.OK, {"status": "ready"})
-        return _answer(request, http.SERVICE_UNAVAILABLE, {"status": "not ready", "reason": reason})
+        status = "degraded" if isinstance(reason, Degraded) else "not ready"
+        return _answer(request, http.SERVICE_UNAVAILABLE, {"status": status, "reason": str(reason)})
