@@ -20,7 +20,13 @@ from zope.interface import implementer
 from tests.unit.fakes import publish_now
 from tests.unit.rest_client import CREATED_MS, Api, FakeSnapshots, assert_wcs_error
 from wcs.config import Settings
-from wcs.directory import LocalDirectory, NodeRecord, StreamError, StreamNotFound
+from wcs.directory import (
+    DirectoryUnavailable,
+    LocalDirectory,
+    NodeRecord,
+    StreamError,
+    StreamNotFound,
+)
 from wcs.rest.forward import (
     HOP_HEADER,
     MAX_ANSWER_BYTES,
@@ -384,3 +390,51 @@ def test_the_websdk_snapshot_of_a_local_or_unknown_stream_is_taken_here() -> Non
     websdk(api).take("nobody")
     assert api.snapshots.names == ["mine", "nobody"]
     assert api.agent.requests == []
+
+
+class Unreachable(ClusterDirectory):
+    """A cluster directory whose Redis is down: lookups fail, as RedisStreamDirectory's do."""
+
+    def lookup(self, name: str) -> Deferred[str | None]:
+        return fail(DirectoryUnavailable("cluster directory unreachable: refused"))
+
+    def list(self) -> Deferred[dict[str, str]]:
+        return fail(DirectoryUnavailable("cluster directory unreachable: refused"))
+
+    def nodes(self) -> Deferred[dict[str, NodeRecord]]:
+        return fail(DirectoryUnavailable("cluster directory unreachable: refused"))
+
+
+def outage() -> Cluster:
+    api = Cluster()
+    api.directory.__class__ = Unreachable
+    return api
+
+
+def test_during_an_outage_local_streams_answer_and_others_are_a_clear_503() -> None:
+    api = outage()
+    publish_now(api.hub, "mine", "RTMP", media_session_id="m-b")
+    api.start("POST", "/rest-api/stream/snapshot", {"streamName": "mine"})
+    assert api.snapshots.names == ["mine"]
+    response = api.call("POST", "/rest-api/stream/snapshot", {"streamName": "elsewhere"})
+    assert_wcs_error(
+        response,
+        503,
+        "The cluster directory is unreachable: the node that owns the stream cannot be found",
+        "/rest-api/stream/snapshot",
+        code="owner_unavailable",
+    )
+    response = api.call("POST", "/rest-api/stream/terminate", {"mediaSessionId": "m-x"})
+    assert response.status == 503
+    # find_all answers with this node's streams.
+    response = api.call("POST", "/rest-api/stream/find_all", {})
+    assert response.status == 200
+    assert [s["name"] for s in response.json()] == ["mine"]
+    assert api.agent.requests == []
+
+
+def test_during_an_outage_a_websdk_snapshot_of_another_stream_fails_with_the_reason() -> None:
+    api = outage()
+    failure = outcome(websdk(api).take("elsewhere"))
+    assert isinstance(failure, Failure) and failure.check(DirectoryUnavailable)
+    assert failure.value.info == "Stream directory unavailable"

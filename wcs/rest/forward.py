@@ -28,7 +28,14 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
-from wcs.directory import NodeRecord, StreamDirectory, StreamError, StreamNotFound, split_owner
+from wcs.directory import (
+    DirectoryUnavailable,
+    NodeRecord,
+    StreamDirectory,
+    StreamError,
+    StreamNotFound,
+    split_owner,
+)
 from wcs.rest.errors import RestError
 
 log = Logger(namespace="wcs.cluster")
@@ -66,6 +73,19 @@ DROPPED_ANSWER_HEADERS = frozenset(
 
 class AnswerTooLarge(Exception):
     pass
+
+
+def _unavailable(message: str) -> RestError:
+    return RestError(
+        503,
+        message,
+        code=OWNER_UNAVAILABLE,
+        headers={
+            b"X-Snapshot-Error": OWNER_UNAVAILABLE.encode(),
+            b"Retry-After": b"1",
+            b"Cache-Control": b"no-store",
+        },
+    )
 
 
 class Forwarded:
@@ -209,7 +229,8 @@ class Forwarder:
         return self.node_table().addCallback(url, True)
 
     def owner_of(self, name: str) -> Deferred[str | None]:
-        """The node (other than this one) that owns stream `name`, or None."""
+        """The node (other than this one) that owns stream `name`, or None. Fails with
+        DirectoryUnavailable while the directory cannot be asked."""
 
         def node_of(owner: str | None) -> str | None:
             if owner is None:
@@ -230,6 +251,19 @@ class Forwarder:
             return None
 
         return self.directory.list().addCallback(node_of)
+
+    def routed(self, found: Deferred[str | None]) -> Deferred[str | None]:
+        """`found` (an owner lookup) for a REST answer: a directory that cannot be asked is a
+        503 in the WCS shape (this node cannot tell where the stream lives)."""
+
+        def unknown(failure: Failure) -> str | None:
+            failure.trap(DirectoryUnavailable)
+            raise _unavailable(
+                "The cluster directory is unreachable: "
+                "the node that owns the stream cannot be found"
+            )
+
+        return found.addErrback(unknown)
 
     # -- sending --------------------------------------------------------------------------------
     def _send(
@@ -280,16 +314,7 @@ class Forwarder:
                 path=path.decode("utf-8", "replace"),
                 why=why,
             )
-            raise RestError(
-                503,
-                f"Node {node} that owns the stream did not answer: {why}",
-                code=OWNER_UNAVAILABLE,
-                headers={
-                    b"X-Snapshot-Error": OWNER_UNAVAILABLE.encode(),
-                    b"Retry-After": b"1",
-                    b"Cache-Control": b"no-store",
-                },
-            )
+            raise _unavailable(f"Node {node} that owns the stream did not answer: {why}")
 
         return d.addErrback(unreachable)
 
@@ -380,7 +405,16 @@ class Forwarder:
                 ]
             )
 
-        return self.node_table(fresh=True).addCallback(ask_all)
+        def alone(failure: Failure) -> list[Any]:
+            failure.trap(DirectoryUnavailable)
+            log.warn(
+                "cluster: {path} answered with this node's streams only: {why}",
+                path=path,
+                why=failure.getErrorMessage(),
+            )
+            return []
+
+        return self.node_table(fresh=True).addCallbacks(ask_all, alone)
 
 
 class _Unreachable(Exception):
@@ -418,7 +452,7 @@ class Remote:
         def route(node: str | None) -> Any:
             return local() if node is None else forwarder.forward(request, node)
 
-        return forwarder.owner_of(name).addCallback(route)
+        return forwarder.routed(forwarder.owner_of(name)).addCallback(route)
 
     def serve_session(
         self, request: server.Request, media_session_id: object, local: Callable[[], Any]
@@ -431,7 +465,7 @@ class Remote:
         def route(node: str | None) -> Any:
             return local() if node is None else forwarder.forward(request, node)
 
-        return forwarder.owner_of_session(media_session_id).addCallback(route)
+        return forwarder.routed(forwarder.owner_of_session(media_session_id)).addCallback(route)
 
 
 class ClusterSnapshots:
