@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from wcs import __version__
 from wcs.access import Access
+from wcs.cluster.placement import Placement, ReusePortEndpoint
 from wcs.config import ConfigError, Settings
 from wcs.hooks import NoHooks, RestHooks
 from wcs.limits import ConnectionLimiter, connection_cap, raise_open_file_limit
@@ -74,10 +75,12 @@ class _KeepsPort:
 class WCSService(MultiService):
     """The whole server: one hub in the middle, front-ends in, consumers out."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, worker: Placement | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        # Under `--workers N`: this process's place (its shared ports are bound with SO_REUSEPORT).
+        self.worker = worker
         self.hub = StreamHub(max_picture_pixels=settings.max_picture_pixels)
         self.idle_watchdog = PublishIdleWatchdog(
             self.hub, reactor, settings.publish_idle_timeout_ms
@@ -210,6 +213,9 @@ class WCSService(MultiService):
             ("ws", s.ws_port, lambda: ws_site(False)),
             ("wss", s.wss_port, lambda: ws_site(True)),
         ]
+        if self.worker is not None:
+            # The shared HTTP port reaches any worker: other nodes forward to this private one.
+            wanted.append(("cluster", 0, lambda: site))
         for label, port, make in wanted:
             # None is a disabled listener; 0 (tests) binds a port the OS picks.
             if port is not None:
@@ -268,7 +274,14 @@ class WCSService(MultiService):
         for label, description in self.descriptions.items():
             port_number = self._wanted[label][0]
             factory = self.factories[label]
-            listener = strports.service(description, factory, reactor=self.reactor)
+            if self.worker is not None and label != "cluster":
+                # Every worker listens on the supervisor's port number (SO_REUSEPORT).
+                listener = StreamServerEndpointService(
+                    ReusePortEndpoint(self.reactor, s.ip, port_number), factory
+                )
+                listener._raiseSynchronously = True
+            else:
+                listener = strports.service(description, factory, reactor=self.reactor)
             kept = _KeepsPort(listener.endpoint)
             listener.endpoint = kept
             listener.setName(label)
@@ -297,6 +310,25 @@ class WCSService(MultiService):
     def bound_ports(self) -> dict[str, int]:
         """The port number each listening listener is bound to, by label."""
         return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
+
+    def advertise_url(self) -> str:
+        """This process's REST base URL for other nodes. A worker advertises its private
+        `cluster` listener (the shared HTTP port reaches a random worker)."""
+        s = self.settings
+        ports = self.bound_ports
+        host = "127.0.0.1" if s.ip in ("0.0.0.0", "::") else s.ip
+        if ":" in host:
+            host = f"[{host}]"
+        if self.worker is not None and "cluster" in ports:
+            if s.cluster_advertise_url:
+                # The configured host (as other machines reach it), this worker's own port (plain
+                # HTTP: the cluster listener has no TLS).
+                authority = s.cluster_advertise_url.partition("://")[2].split("/", 1)[0]
+                host = authority if authority.endswith("]") else authority.rsplit(":", 1)[0]
+            return f"http://{host}:{ports['cluster']}"
+        if s.cluster_advertise_url:
+            return s.cluster_advertise_url
+        return f"http://{host}:{ports.get('http', 0)}"
 
     def not_ready_reason(self) -> str | None:
         """Why the server cannot serve (GET /ready answers 503 with it), or None."""
