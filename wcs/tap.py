@@ -61,18 +61,23 @@ class Options(usage.Options):
         sys.exit(0)
 
 
-def install_reactor() -> object:
-    """Install the asyncio reactor (aiortc shares its loop) unless one is already running.
+def install_reactor(fast_loop: bool = True) -> object:
+    """Install the asyncio reactor (aiortc shares its loop) unless one is already running;
+    on uvloop unless `fast_loop` is false (asyncio's own loop).
 
     A different reactor chosen beforehand (e.g. `twistd --reactor=epoll`) is refused.
     """
     if "twisted.internet.reactor" not in sys.modules:
-        import uvloop
         from twisted.internet import asyncioreactor
 
-        # libuv's loop under Twisted's asyncio reactor: the loop's own turn costs less than
-        # asyncio's, which is a share of every read at hundreds of streams.
-        asyncioreactor.install(uvloop.new_event_loop())
+        if fast_loop:
+            import uvloop
+
+            # libuv's loop under Twisted's asyncio reactor: the loop's own turn costs less than
+            # asyncio's, which is a share of every read at hundreds of streams.
+            asyncioreactor.install(uvloop.new_event_loop())
+        else:
+            asyncioreactor.install()
     from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
@@ -116,14 +121,17 @@ def read_settings(path: str | None, ephemeral_ports: bool) -> Settings:
 
 
 def makeService(options: Options) -> IService:
-    reactor = install_reactor()
+    placement = worker_placement()
+    supervising = placement is None and int(options["workers"]) > 1
+    # The supervisor runs processes: uvloop, running, takes over the signal wakeup fd through
+    # which Twisted learns of SIGCHLD, and dead workers would go unnoticed. It moves no media.
+    reactor = install_reactor(fast_loop=not supervising)
 
     from wcs.config import ConfigError
     from wcs.logs import LEVELS, LevelFilter, build_observer
     from wcs.service import WCSService
 
     path, ephemeral = options["config"], bool(options["ephemeral-ports"])
-    placement = worker_placement()
     if placement is not None:
         # A worker of `--workers N`: the supervisor's ports, Redis, node id and UDP slice.
         def worker_settings() -> Settings:
@@ -141,9 +149,8 @@ def makeService(options: Options) -> IService:
     except ConfigError as err:
         raise SystemExit(f"wcs: configuration error: {err}") from None
     service: Any
-    workers = int(options["workers"])
-    if placement is None and workers > 1:
-        service = make_supervisor(settings, reactor, workers, path)
+    if supervising:
+        service = make_supervisor(settings, reactor, int(options["workers"]), path)
     else:
         service = WCSService(settings, reactor, worker=placement)
         if path:

@@ -243,6 +243,24 @@ def test_makeservice_with_workers_gives_the_supervisor(fake_reactor: Clock, tmp_
     assert service.config == str(config)
 
 
+def test_the_supervisor_runs_on_asyncios_own_loop(
+    fake_reactor: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: on uvloop the supervisor never heard of SIGCHLD (uvloop takes the signal
+    # wakeup fd), so a killed worker stayed a zombie and was never restarted.
+    asked: list[bool] = []
+
+    def install(fast_loop: bool = True) -> Clock:
+        asked.append(fast_loop)
+        return fake_reactor
+
+    monkeypatch.setattr(tap, "install_reactor", install)
+    monkeypatch.setenv("WCS_WORKER", "")
+    tap.makeService(tap_options("--workers", "2"))
+    tap.makeService(tap_options())
+    assert asked == [False, True]
+
+
 def test_no_redis_server_binary_is_a_clear_start_up_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         PrivateRedis(Clock(), tmp_path, binary="").check()
