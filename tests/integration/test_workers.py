@@ -59,10 +59,10 @@ def start_workers(workdir: Path, extra: str = "") -> Server:
     threading.Thread(target=server._reader, daemon=True).start()
     try:
         ready = server.wait_for_log(r"^[^|]*" + READY.pattern, timeout=READY_TIMEOUT)
+        assert ready.string.endswith(f"workers {WORKERS}"), ready.string
     except BaseException:
         server.stop()
         raise
-    assert ready.string.endswith(f"workers {WORKERS}"), ready.string
     server.ports.update(ready_ports(ready.string))
     return server
 
