@@ -30,6 +30,7 @@ from zope.interface import implementer
 from wcs import __version__
 from wcs.access import Access
 from wcs.cluster.directory import RedisStreamDirectory
+from wcs.cluster.placement import Placement, ReusePortEndpoint
 from wcs.config import ConfigError, Settings
 from wcs.directory import NodeRecord
 from wcs.hooks import NoHooks, RestHooks
@@ -89,10 +90,12 @@ class _KeepsPort:
 class WCSService(MultiService):
     """The whole server: one hub in the middle, front-ends in, consumers out."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, worker: Placement | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        # Under `--workers N`: this process's place (its shared ports are bound with SO_REUSEPORT).
+        self.worker = worker
         self.node_id = settings.cluster_node_id or generated_node_id()
         # The shared stream directory when this node is part of a cluster (docs/cluster.md).
         self.cluster: RedisStreamDirectory | None = None
@@ -272,6 +275,9 @@ class WCSService(MultiService):
             ("ws", s.ws_port, lambda: ws_site(False)),
             ("wss", s.wss_port, lambda: ws_site(True)),
         ]
+        if self.worker is not None:
+            # The shared HTTP port reaches any worker: other nodes forward to this private one.
+            wanted.append(("cluster", 0, lambda: site))
         for label, port, make in wanted:
             # None is a disabled listener; 0 (tests) binds a port the OS picks.
             if port is not None:
@@ -330,7 +336,14 @@ class WCSService(MultiService):
         for label, description in self.descriptions.items():
             port_number = self._wanted[label][0]
             factory = self.factories[label]
-            listener = strports.service(description, factory, reactor=self.reactor)
+            if self.worker is not None and label != "cluster":
+                # Every worker listens on the supervisor's port number (SO_REUSEPORT).
+                listener = StreamServerEndpointService(
+                    ReusePortEndpoint(self.reactor, s.ip, port_number), factory
+                )
+                listener._raiseSynchronously = True
+            else:
+                listener = strports.service(description, factory, reactor=self.reactor)
             kept = _KeepsPort(listener.endpoint)
             listener.endpoint = kept
             listener.setName(label)
@@ -361,18 +374,23 @@ class WCSService(MultiService):
         return {label: port.getHost().port for label, port in self.ports.items()}  # type: ignore[attr-defined]
 
     def advertise_url(self) -> str:
-        """This process's REST base URL for other nodes: cluster_advertise_url, else its own
-        (a private cluster listener if it has one, else the HTTP one) on `ip`, 127.0.0.1 for a
-        wildcard ip."""
+        """This process's REST base URL for other nodes. A worker advertises its private
+        `cluster` listener (the shared HTTP port reaches a random worker)."""
         s = self.settings
-        if s.cluster_advertise_url:
-            return s.cluster_advertise_url
         ports = self.bound_ports
-        port = ports.get("cluster") or ports.get("http")
-        host = "127.0.0.1" if s.ip in ("", "0.0.0.0", "::") else s.ip
+        host = "127.0.0.1" if s.ip in ("0.0.0.0", "::") else s.ip
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}" if port else ""
+        if "cluster" in ports:  # a worker's
+            if s.cluster_advertise_url:
+                # The configured host (as other machines reach it), this worker's own port (plain
+                # HTTP: the cluster listener has no TLS).
+                authority = s.cluster_advertise_url.partition("://")[2].split("/", 1)[0]
+                host = authority if authority.endswith("]") else authority.rsplit(":", 1)[0]
+            return f"http://{host}:{ports['cluster']}"
+        if s.cluster_advertise_url:
+            return s.cluster_advertise_url
+        return f"http://{host}:{ports.get('http', 0)}"
 
     @staticmethod
     def _cpu_seconds() -> float:

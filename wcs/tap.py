@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
 if TYPE_CHECKING:
+    from wcs.cluster.placement import Placement
     from wcs.config import Settings
 
 log = Logger(namespace="wcs")
@@ -20,10 +23,17 @@ PORT_FIELDS = ("http_port", "https_port", "rtmp_port", "rtsp_port", "ws_port", "
 
 
 class Options(usage.Options):
-    synopsis = "[--config PATH] [--ephemeral-ports]"
+    synopsis = "[--config PATH] [--ephemeral-ports] [--workers N|auto]"
     longdesc = "WCS-compatible streaming server: RTMP ingest, PNG snapshots over REST."
     optParameters = [
         ["config", "c", None, "Path to flashphoner.properties (default: built-in defaults)."],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes sharing the listening ports (1-64, or auto: one per core); "
+            "more than 1 needs a Redis (cluster_redis_url, else a private redis-server).",
+        ],
     ]
     optFlags = [
         [
@@ -34,6 +44,14 @@ class Options(usage.Options):
         ],
     ]
 
+    def postOptions(self) -> None:
+        from wcs.cluster.placement import parse_workers
+
+        try:
+            self["workers"] = parse_workers(str(self["workers"]), os.cpu_count())
+        except ValueError as err:
+            raise usage.UsageError(str(err)) from None
+
     def opt_version(self) -> None:
         """Display the wcs and Twisted versions and exit."""
         from twisted import copyright
@@ -43,18 +61,23 @@ class Options(usage.Options):
         sys.exit(0)
 
 
-def install_reactor() -> object:
-    """Install the asyncio reactor (aiortc shares its loop) unless one is already running.
+def install_reactor(fast_loop: bool = True) -> object:
+    """Install the asyncio reactor (aiortc shares its loop) unless one is already running;
+    on uvloop unless `fast_loop` is false (asyncio's own loop).
 
     A different reactor chosen beforehand (e.g. `twistd --reactor=epoll`) is refused.
     """
     if "twisted.internet.reactor" not in sys.modules:
-        import uvloop
         from twisted.internet import asyncioreactor
 
-        # libuv's loop under Twisted's asyncio reactor: the loop's own turn costs less than
-        # asyncio's, which is a share of every read at hundreds of streams.
-        asyncioreactor.install(uvloop.new_event_loop())
+        if fast_loop:
+            import uvloop
+
+            # libuv's loop under Twisted's asyncio reactor: the loop's own turn costs less than
+            # asyncio's, which is a share of every read at hundreds of streams.
+            asyncioreactor.install(uvloop.new_event_loop())
+        else:
+            asyncioreactor.install()
     from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
@@ -98,24 +121,71 @@ def read_settings(path: str | None, ephemeral_ports: bool) -> Settings:
 
 
 def makeService(options: Options) -> IService:
-    reactor = install_reactor()
+    placement = worker_placement()
+    supervising = placement is None and int(options["workers"]) > 1
+    # The supervisor runs processes: uvloop, running, takes over the signal wakeup fd through
+    # which Twisted learns of SIGCHLD, and dead workers would go unnoticed. It moves no media.
+    reactor = install_reactor(fast_loop=not supervising)
 
     from wcs.config import ConfigError
     from wcs.logs import LEVELS, LevelFilter, build_observer
     from wcs.service import WCSService
 
     path, ephemeral = options["config"], bool(options["ephemeral-ports"])
+    if placement is not None:
+        # A worker of `--workers N`: the supervisor's ports, Redis, node id and UDP slice.
+        def worker_settings() -> Settings:
+            return placement.apply(read_settings(path, False))
+
+        source: Callable[[], Settings] = worker_settings
+    else:
+
+        def own_settings() -> Settings:
+            return read_settings(path, ephemeral)
+
+        source = own_settings
     try:
-        settings = read_settings(path, ephemeral)
+        settings = source()
     except ConfigError as err:
         raise SystemExit(f"wcs: configuration error: {err}") from None
-    service = WCSService(settings, reactor)
-    if path:
-        service.reload_source = lambda: read_settings(path, ephemeral)
+    service: Any
+    if supervising:
+        service = make_supervisor(settings, reactor, int(options["workers"]), path)
+    else:
+        service = WCSService(settings, reactor, worker=placement)
+        if path:
+            service.reload_source = source
     twistd = options.parent
     # Under twistd (not when a test calls makeService): the level filter and the format in
     # front of twistd's log destination, unless --logger chose an observer of its own.
     if twistd is not None and not twistd.get("logger"):
         service.log_filter = LevelFilter(LEVELS[settings.log_level])
         service.log_observer = build_observer(twistd, settings.log_format, service.log_filter)
-    return service
+    return cast(IService, service)
+
+
+def worker_placement() -> Placement | None:
+    """This process's placement when a `--workers` supervisor started it (WCS_WORKER), else None.
+    A worker dies with its supervisor."""
+    from wcs.cluster.placement import ENV, Placement, PlacementError, die_with_parent
+
+    raw = os.environ.get(ENV)
+    if not raw:
+        return None
+    try:
+        placement = Placement.from_json(raw)
+    except PlacementError as err:
+        raise SystemExit(f"wcs: {err}") from None
+    die_with_parent(placement.supervisor_pid)
+    return placement
+
+
+def make_supervisor(settings: Settings, reactor: Any, workers: int, path: str | None) -> IService:
+    """The `--workers N` supervisor; start-up errors (UDP range, no redis-server) exit here."""
+    from wcs.cluster.workers import Supervisor
+
+    try:
+        # Workers start in twistd's --rundir: the file's path must not depend on it.
+        return Supervisor(settings, reactor, workers, os.path.abspath(path) if path else None)
+    except ValueError as err:
+        raise SystemExit(f"wcs: {err}") from None

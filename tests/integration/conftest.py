@@ -165,10 +165,12 @@ def start_server(
     *,
     nofile: tuple[int, int] | None = None,
     launcher: list[str] | None = None,
+    wcs_args: list[str] | None = None,
 ) -> Server:
     """A real `twistd -n wcs` on loopback ports the OS picks (every listener, unless `extra`
     disables one); `nofile` = (soft, hard) RLIMIT_NOFILE; `launcher` = the command run instead
-    of twistd, with twistd's arguments (e.g. one that injects a fault first)."""
+    of twistd, with twistd's arguments (e.g. one that injects a fault first); `wcs_args` = more
+    options of `wcs` (e.g. `--workers 2`)."""
     config = workdir / "flashphoner.properties"
     config.write_text("ip=127.0.0.1\n" + extra)
 
@@ -177,7 +179,14 @@ def start_server(
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     proc = subprocess.Popen(
-        [*(launcher or [str(BIN / "twistd")]), *TWISTD, *WCS_EPHEMERAL, "--config", str(config)],
+        [
+            *(launcher or [str(BIN / "twistd")]),
+            *TWISTD,
+            *WCS_EPHEMERAL,
+            *(wcs_args or []),
+            "--config",
+            str(config),
+        ],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

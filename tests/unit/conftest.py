@@ -35,7 +35,7 @@ def log_events() -> Iterator[list[LogEvent]]:
 def fake_reactor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clock:
     """makeService without touching the process's global reactor."""
     clock = Clock()
-    monkeypatch.setattr(tap, "install_reactor", lambda: clock)
+    monkeypatch.setattr(tap, "install_reactor", lambda fast_loop=True: clock)
     # Anything that still reached for the global reactor would get the Clock, not a real one.
     monkeypatch.setattr(twisted.internet, "reactor", clock, raising=False)
     monkeypatch.setitem(sys.modules, "twisted.internet.reactor", clock)

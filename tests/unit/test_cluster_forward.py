@@ -437,4 +437,5 @@ def test_during_an_outage_a_websdk_snapshot_of_another_stream_fails_with_the_rea
     api = outage()
     failure = outcome(websdk(api).take("elsewhere"))
     assert isinstance(failure, Failure) and failure.check(DirectoryUnavailable)
+    assert isinstance(failure.value, DirectoryUnavailable)
     assert failure.value.info == "Stream directory unavailable"
