@@ -101,6 +101,8 @@ class ServerCollector(Collector):
         factories: Callable[[], Mapping[str, Any]] = dict,
         refused: Callable[[], int] = lambda: 0,
         per_stream: bool = False,
+        cluster: Callable[[], Any] = lambda: None,
+        forwarder: Callable[[], Any] = lambda: None,
     ) -> None:
         self.hub = hub
         self.snapshots = snapshots
@@ -109,6 +111,9 @@ class ServerCollector(Collector):
         self.factories = factories
         self.refused = refused
         self.per_stream = per_stream
+        # The Redis directory and the forwarder, when this node is part of a cluster.
+        self.cluster = cluster
+        self.forwarder = forwarder
         self._ended: dict[str, _ProviderTotals] = {p: _ProviderTotals() for p in PROVIDERS}
         self._ended_readers = [0, 0, 0]  # delivered, discarded, errors
         hub.add_observer(self._published)
@@ -139,6 +144,7 @@ class ServerCollector(Collector):
         yield from self._auto()
         yield from self._pulls()
         yield from self._connections()
+        yield from self._cluster()
         if self.per_stream:
             yield from self._per_stream()
 
@@ -289,6 +295,36 @@ class ServerCollector(Collector):
             "Connections refused by max_connections or max_connections_per_ip.",
             self.refused(),
         )
+
+    def _cluster(self) -> Iterable[Metric]:
+        directory, forwarder = self.cluster(), self.forwarder()
+        if directory is None:
+            return  # one process: no cluster series at all
+        yield GaugeMetricFamily(
+            "wcs_cluster_directory_up",
+            "1 while the Redis stream directory answers, 0 during an outage.",
+            0 if directory.degraded() else 1,
+        )
+        yield GaugeMetricFamily(
+            "wcs_cluster_claims", "Stream names this node holds in the directory.",
+            len(directory.claims),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "wcs_cluster_refresh_round_trips",
+            "Round trips to Redis that renewed this node's claims and record.",
+            directory.refresh_calls,
+        )
+        if forwarder is not None:
+            yield CounterMetricFamily(
+                "wcs_cluster_forwarded_requests",
+                "Requests this node sent to the node that owns a stream.",
+                forwarder.forwarded,
+            )
+            yield CounterMetricFamily(
+                "wcs_cluster_forward_failures",
+                "Forwarded requests the owner node did not answer (answered 503).",
+                forwarder.failed,
+            )
 
     def _per_stream(self) -> Iterable[Metric]:
         ingest = CounterMetricFamily(

@@ -167,6 +167,8 @@ class WCSService(MultiService):
                 factories=lambda: self.factories,
                 refused=lambda: self.connections.refused,
                 per_stream=settings.metrics_per_stream,
+                cluster=lambda: self.cluster,
+                forwarder=lambda: self.forwarder,
             )
         )
         self._tls_options: ssl.CertificateOptions | None = None

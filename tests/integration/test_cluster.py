@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import (
     Clip,
@@ -135,6 +136,19 @@ def test_any_node_answers_for_a_stream_published_to_one(
         status, error = node.snapshot("cam")
         assert status == 404, error
     assert redis_server.client().get("wcs:stream:cam") is None
+
+    # B's metrics (Prometheus's own parser) count what it forwarded; the directory is up.
+    status, _, text = get(b, "/metrics")
+    assert status == 200
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    assert samples["wcs_cluster_directory_up"] == 1
+    assert samples["wcs_cluster_forwarded_requests_total"] >= 4
+    assert samples["wcs_cluster_forward_failures_total"] == 0
+    assert samples["wcs_cluster_refresh_round_trips_total"] >= 1
 
 
 def test_a_websdk_page_on_one_node_snapshots_a_stream_on_another(

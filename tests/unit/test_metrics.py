@@ -255,11 +255,54 @@ def test_decoder_and_auto_snapshot_totals_never_go_backwards(tmp_path: Path) -> 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
+class FakeCluster:
+    """What the collector reads of a RedisStreamDirectory and a Forwarder."""
+
+    def __init__(self, outage: str | None = None) -> None:
+        self.outage = outage
+        self.claims = {"a": "n1/m1", "b": "n1/m2"}
+        self.refresh_calls = 7
+        self.forwarded = 5
+        self.failed = 1
+
+    def degraded(self) -> str | None:
+        return self.outage
+
+
+def test_cluster_series_only_in_a_cluster() -> None:
+    hub = StreamHub()
+    snapshots = SnapshotService(hub, sync_pool, Clock())
+    samples, _ = scrape(new_registry(ServerCollector(hub, snapshots)))
+    assert not [name for name, _ in samples if name.startswith("wcs_cluster")]
+    for outage, up in ((None, 1.0), ("cluster directory unreachable: refused", 0.0)):
+        fake = FakeCluster(outage)
+
+        def read(fake: FakeCluster = fake) -> FakeCluster:
+            return fake
+
+        collector = ServerCollector(hub, snapshots, cluster=read, forwarder=read)
+        samples, _ = scrape(new_registry(collector))
+        assert value(samples, "wcs_cluster_directory_up") == up
+        assert value(samples, "wcs_cluster_claims") == 2
+        assert value(samples, "wcs_cluster_refresh_round_trips_total") == 7
+        assert value(samples, "wcs_cluster_forwarded_requests_total") == 5
+        assert value(samples, "wcs_cluster_forward_failures_total") == 1
+
+
 def test_every_metric_is_in_the_operations_table() -> None:
     hub = StreamHub()
     registry = new_registry()
     snapshots = SnapshotService(hub, sync_pool, Clock(), stats=SnapshotMetrics(registry))
-    registry.register(ServerCollector(hub, snapshots, per_stream=True))
+    cluster = FakeCluster()
+    registry.register(
+        ServerCollector(
+            hub,
+            snapshots,
+            per_stream=True,
+            cluster=lambda: cluster,
+            forwarder=lambda: cluster,
+        )
+    )
     publish_now(hub, "x", PROVIDER_RTMP)
     snapshots.take("nobody").addErrback(lambda f: None)
     text = generate_latest(registry).decode("utf-8")
