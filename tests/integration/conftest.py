@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import io
 import json
 import re
@@ -203,6 +204,20 @@ def start_server(
         raise
     server.ports.update(ready_ports(ready[0]))
     return server
+
+
+def http_get(
+    server: Server, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` of the server's HTTP port as a dashboard does: (status, headers lower-cased,
+    body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.ports["http"], timeout=20)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
 
 
 # -- a REST hook app ------------------------------------------------------------------------------

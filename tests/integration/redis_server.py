@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from wcs.cluster.redisproc import redis_argv
+
 START_TIMEOUT = 15.0
 
 
@@ -38,23 +40,8 @@ class RedisServer:
         assert binary, "redis-server is missing: `make test` installs it (Debian redis-server)"
         self.socket.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--loglevel",
-                "warning",
-            ],
+            # The command line the server's own private Redis runs (--workers).
+            redis_argv(binary, self.socket, self.workdir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import io
 import json
 import re
@@ -29,6 +28,9 @@ from tests.integration.conftest import (
     publishing,
     start_server,
     wait_until,
+)
+from tests.integration.conftest import (
+    http_get as get,
 )
 from tests.integration.redis_server import RedisServer
 from tests.integration.websdk_client import session, ws_snapshot
@@ -64,18 +66,6 @@ def three_nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Serv
     finally:
         codes = [node.stop() for node in nodes]
         assert codes == [0, 0, 0], "a node did not exit cleanly on SIGTERM"
-
-
-def get(
-    server: Server, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.ports["http"], timeout=20)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 def test_any_node_answers_for_a_stream_published_to_one(

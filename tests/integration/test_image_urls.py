@@ -3,7 +3,6 @@ pulled over RTSP, plain HTTP clients (http.client, urllib) as a dashboard or go2
 
 from __future__ import annotations
 
-import http.client
 import io
 import re
 import time
@@ -25,20 +24,11 @@ from tests.integration.conftest import (
     publishing,
     wait_until,
 )
+from tests.integration.conftest import (
+    http_get as get,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def get(
-    server: Server, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.ports["http"], timeout=20)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 def rgb_of(body: bytes) -> np.ndarray:
