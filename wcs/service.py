@@ -470,15 +470,22 @@ class WCSService(MultiService):
         self._make_factories()  # raises SystemExit if the TLS pair is unusable
         self._listen()  # raises SystemExit if a port cannot be bound
         super().startService()  # the listeners are bound already: this marks them running
+        joined: Deferred[None] | None = None
         if self.cluster is not None:
             # After the listeners bind: the node record carries the bound HTTP port.
-            self.cluster.start()
+            joined = self.cluster.start()
         self.pool.start()
         self.idle_watchdog.start()
         self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
         self.reactor.callWhenRunning(self._handle_sigterm)
         self.reactor.callWhenRunning(self._handle_sighup)
-        self.reactor.callWhenRunning(self._ready)
+        if joined is None:
+            self.reactor.callWhenRunning(self._ready)
+        else:
+            # A cluster node is ready once its first refresh has put its record in the
+            # directory (or found Redis unreachable: degraded, see /ready), so that other nodes
+            # can forward to it as soon as the line is out.
+            joined.addCallback(lambda _: self._ready())
 
     def _handle_sigterm(self) -> None:
         # twistd re-raises SIGTERM at exit (status -15); an operator's SIGTERM is a normal stop,
