@@ -24,6 +24,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 
 FROM python:3.11-slim
+# redis-server: `--workers N` runs a private one when no cluster_redis_url is set (docs/cluster.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-server \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 wcs \
     && useradd --system --uid 10001 --gid wcs --home-dir /var/lib/wcs --create-home \
         --shell /usr/sbin/nologin wcs
