@@ -5,8 +5,8 @@ snapshot, and what keeping the directory fresh costs Redis.
    ~3 Mbit/s clip of bench/scale.py, fed by ffmpeg tee processes) into a fresh
    `twistd wcs --workers W`; each step is bench/scale.py's (idle half, then cold and hot snapshots
    of random streams through the one HTTP port). A step passes when every stream was kept in real
-   time and the snapshots' p90 (cold and hot together) is at most 150 ms. The figure is the
-   largest N that passed, per worker count, and their ratio (target: >= 1.7).
+   time and the hot snapshots' p90 is at most 150 ms (cold ones are reported beside them). The
+   figure is the largest N that passed, per worker count, and their ratio (target: >= 1.7).
 2. *forward*: two single-process nodes on one redis-server, one looped stream published to A;
    hot snapshots asked alternately of A (local) and of B (forwarded to A), over keep-alive
    connections: the WCS PNG (POST) and a 320-wide JPEG (GET). The added latency is B's median
@@ -41,6 +41,8 @@ from tests.integration.conftest import Server, start_server  # noqa: E402
 from tests.integration.redis_server import RedisServer, running_redis  # noqa: E402
 
 P90_LIMIT_MS = 150.0
+# Hot requests after each cold one (0.1-0.3 s apart): enough of them in a step for a p90.
+HOT_REPEATS = 4
 
 
 def summary(values: list[float]) -> dict[str, float | int | None]:
@@ -63,7 +65,10 @@ def capacity(
     bytes_per_s = clip.stat().st_size / CLIP_SECONDS
     rng = random.Random(seed)
     results: dict[str, Any] = {}
-    print(f"{'workers':>8}{'N':>6}{'kept':>6}{'snap p50/p90 ms':>18}{'asked':>7}{'pass':>6}")
+    print(
+        f"{'workers':>8}{'N':>6}{'kept':>6}{'hot p50/p90 ms':>16}{'cold p50/p90 ms':>17}"
+        f"{'asked':>7}{'pass':>6}"
+    )
     for workers in workers_list:
         rows = []
         best = 0
@@ -76,14 +81,15 @@ def capacity(
                 step = run_step(
                     server, clip, "drift", n, seconds, 8, 0, rng, stepdir,
                     bytes_per_s=bytes_per_s, probe_cpu=probe_cpu, cooled_phase=False,
+                    hot_repeats=HOT_REPEATS,
                 )  # fmt: skip
             finally:
                 server.stop()
             cold, hot = step["cold"], step["hot"]
             assert isinstance(cold, dict) and isinstance(hot, dict)
-            # The worse of the cold and hot p90s: a dashboard asks both kinds.
-            p90s = [v for v in (cold["p90_ms"], hot["p90_ms"]) if v is not None]
-            p90 = max(p90s) if p90s else float("inf")
+            # Hot requests (a stream asked again within the hot window), as a dashboard polling
+            # its streams asks: the issue's figure. Cold ones are reported beside them.
+            p90 = hot["p90_ms"] if hot["p90_ms"] is not None else float("inf")
             median = hot["median_ms"]
             passed = (
                 step["kept_real_time"] == n
@@ -96,14 +102,15 @@ def capacity(
                     "kept_real_time": step["kept_real_time"],
                     "cold": cold,
                     "hot": hot,
-                    "snapshot_p90_ms": p90,
+                    "hot_p90_ms": p90,
                     "snapshot_failures": step["snapshot_failures"],
                     "passed": passed,
                 }
             )
             cells = [workers, n, step["kept_real_time"], f"{median}/{p90}"]
-            cells += [step["streams_asked"], "yes" if passed else "no"]
-            widths = (8, 6, 6, 18, 7, 6)
+            cells += [f"{cold['median_ms']}/{cold['p90_ms']}", step["streams_asked"]]
+            cells += ["yes" if passed else "no"]
+            widths = (8, 6, 6, 16, 17, 7, 6)
             print("".join(f"{c!s:>{w}}" for c, w in zip(cells, widths, strict=True)), flush=True)
             if not passed:
                 break
@@ -312,8 +319,8 @@ def main() -> None:
     )
     parser.add_argument("--parts", default="forward,refresh,capacity")
     parser.add_argument("--workers-list", default="1,2")
-    parser.add_argument("--steps", default="20,40,60,80,100,120,140")
-    parser.add_argument("--seconds", type=float, default=30.0, help="per capacity step")
+    parser.add_argument("--steps", default="20,30,40,50,60,70,80,90,100,110,120")
+    parser.add_argument("--seconds", type=float, default=60.0, help="per capacity step")
     parser.add_argument("--samples", type=int, default=200, help="forward: requests per kind")
     parser.add_argument("--claims", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)

@@ -312,9 +312,10 @@ def timed_snapshot(server: Server, name: str) -> float | None:
 
 
 def snapshot_phase(
-    server: Server, names: list[str], until: float, rng: random.Random
+    server: Server, names: list[str], until: float, rng: random.Random, hot_repeats: int = 1
 ) -> tuple[list[float], list[float], int, int]:
-    """Cold then hot requests of random streams, one at a time, until `until`."""
+    """Cold then hot requests (`hot_repeats` of them, 0.1-0.3 s apart) of random streams, one
+    at a time, until `until`."""
     asked: dict[str, float] = {}
     cold: list[float] = []
     hot: list[float] = []
@@ -326,7 +327,7 @@ def snapshot_phase(
             threading.Event().wait(0.5)
             continue
         name = rng.choice(candidates)
-        for bucket, gap in ((cold, HOT_GAP_S), (hot, (0.1, 0.3))):
+        for bucket, gap in ((cold, HOT_GAP_S), *[(hot, (0.1, 0.3))] * hot_repeats):
             ms = timed_snapshot(server, name)
             asked[name] = time.monotonic()
             if ms is None:
@@ -410,6 +411,7 @@ def run_step(
     bytes_per_s: float,
     probe_cpu: float,
     cooled_phase: bool,
+    hot_repeats: int = 1,
 ) -> dict[str, object]:
     names = [f"s{n}_{i}" for i in range(n)]
     probe = Probe(server.ports["http"])
@@ -434,7 +436,7 @@ def run_step(
             snap_start = time.monotonic()
             meter = Meter(server.proc.pid, pids)
             cold, hot, failed, asked = snapshot_phase(
-                server, published, snap_start + seconds / 2, rng
+                server, published, snap_start + seconds / 2, rng, hot_repeats
             )
             snaps = phase_figures(meter, rss, probe, snap_start, idle_kb, n, probe_cpu)
             step_end = time.monotonic()

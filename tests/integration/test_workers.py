@@ -3,6 +3,7 @@ private redis-server; RTMP publishers spread over both, restarts, a clean stop."
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from tests.integration.conftest import (
     READY,
     Clip,
     Server,
+    best_match,
     decode_png,
     make_clip,
     publish,
@@ -111,6 +113,48 @@ def test_twenty_publishers_spread_over_both_workers_and_all_answer_snapshots(
                 encoder.terminate()
         for encoder in encoders:
             encoder.wait(timeout=10)
+
+
+AUTO_RATE = 10
+
+
+@pytest.fixture(scope="module")
+def one_second_clip(tmp_path_factory: pytest.TempPathFactory) -> Clip:
+    d = tmp_path_factory.mktemp("workers-short")
+    return make_clip(d / "short.flv", bframes=False, audio=False, size="320x180", seconds=1)
+
+
+def test_auto_snapshot_numbering_continues_whichever_worker_takes_the_stream(
+    tmp_path: Path, one_second_clip: Clip
+) -> None:
+    """The same name published again and again lands on either worker (the kernel picks); the
+    folder is written by the worker that owns the stream at the time, and its numbering goes on
+    from the files present, without a gap or a file written twice."""
+    srv = start_workers(
+        tmp_path,
+        "snapshot_auto_enabled=true\nsnapshot_auto_dir=auto\nsnapshot_auto_naming=streamName\n"
+        f"snapshot_auto_rate={AUTO_RATE}\nsnapshot_auto_retention=0\n",
+    )
+    per_publish = len(one_second_clip.thumbs) // AUTO_RATE
+    try:
+        takers: list[int] = []
+        # Until both workers have taken it (12 tries: all on one worker has odds 2 in 4096).
+        while len(takers) < 12 and (len(set(takers)) < 2 or len(takers) < 3):
+            mark = srv.log_mark()
+            encoder = publish(srv.rtmp("cam"), one_second_clip.path)
+            assert encoder.wait(timeout=30) == 0
+            done = srv.wait_for_log(r"w(\d+)\| .*stream cam: auto snapshots done", start=mark)
+            takers.append(int(done[1]))
+        assert set(takers) == {0, 1}, takers
+        folder = tmp_path / "auto" / "cam"
+        names = sorted(os.listdir(folder))
+        assert names == [f"{n:06d}.png" for n in range(1, per_publish * len(takers) + 1)]
+        for i, name in enumerate(names):
+            rgb = decode_png(base64.b64encode((folder / name).read_bytes()).decode())
+            index, psnr = best_match(one_second_clip, rgb)
+            assert index == (i % per_publish + 1) * AUTO_RATE - 1, (name, index, psnr)
+    finally:
+        assert srv.stop() == 0
 
 
 def test_a_worker_killed_with_sigkill_is_restarted(cluster: Server) -> None:
