@@ -9,7 +9,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -386,8 +386,6 @@ class Forwarder:
     def gather(self, path: str, body: dict[str, Any]) -> Deferred[list[Any]]:
         """POST `path` to every other node; the JSON lists they answer, concatenated. A node that
         does not answer is left out (and logged)."""
-        from twisted.internet.defer import gatherResults
-
         def ask_all(nodes: dict[str, NodeRecord]) -> Deferred[list[Any]]:
             asks = []
             for node in sorted(nodes):
