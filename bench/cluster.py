@@ -7,6 +7,8 @@ snapshot, and what keeping the directory fresh costs Redis.
    of random streams through the one HTTP port). A step passes when every stream was kept in real
    time and the hot snapshots' p90 is at most 150 ms (cold ones are reported beside them). The
    figure is the largest N that passed, per worker count, and their ratio (target: >= 1.7).
+   `busy%`: the whole machine's CPU in use over the step (100 = both cores), the feeders and this
+   script included; `ffmpeg%`: the feeders' share (% of one core).
 2. *forward*: two single-process nodes on one redis-server, one looped stream published to A;
    hot snapshots asked alternately of A (local) and of B (forwarded to A), over keep-alive
    connections: the WCS PNG (POST) and a 320-wide JPEG (GET). The added latency is B's median
@@ -41,6 +43,15 @@ from tests.integration.conftest import Server, start_server  # noqa: E402
 from tests.integration.redis_server import RedisServer, running_redis  # noqa: E402
 
 P90_LIMIT_MS = 150.0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU so far (/proc/stat): the whole machine, feeders too."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 # Hot requests after each cold one (0.1-0.3 s apart): enough of them in a step for a p90.
 HOT_REPEATS = 4
 
@@ -67,7 +78,7 @@ def capacity(
     results: dict[str, Any] = {}
     print(
         f"{'workers':>8}{'N':>6}{'kept':>6}{'hot p50/p90 ms':>16}{'cold p50/p90 ms':>17}"
-        f"{'asked':>7}{'pass':>6}"
+        f"{'asked':>7}{'busy%':>7}{'ffmpeg%':>8}{'pass':>6}"
     )
     for workers in workers_list:
         rows = []
@@ -78,13 +89,19 @@ def capacity(
             server = start_server(stepdir, wcs_args=["--workers", str(workers)])
             try:
                 probe_cpu = probe_cost(server, seconds=2.0)
+                busy0, total0 = machine_cpu()
                 step = run_step(
                     server, clip, "drift", n, seconds, 8, 0, rng, stepdir,
                     bytes_per_s=bytes_per_s, probe_cpu=probe_cpu, cooled_phase=False,
                     hot_repeats=HOT_REPEATS,
                 )  # fmt: skip
+                busy1, total1 = machine_cpu()
             finally:
                 server.stop()
+            # The machine's CPU in use over the step (both cores: server, feeders, this script).
+            busy_pct = round((busy1 - busy0) / max(1.0, total1 - total0) * 100, 1)
+            idle, snaps = step["idle"], step["snapshots"]
+            assert isinstance(idle, dict) and isinstance(snaps, dict)
             cold, hot = step["cold"], step["hot"]
             assert isinstance(cold, dict) and isinstance(hot, dict)
             # Hot requests (a stream asked again within the hot window), as a dashboard polling
@@ -104,13 +121,16 @@ def capacity(
                     "hot": hot,
                     "hot_p90_ms": p90,
                     "snapshot_failures": step["snapshot_failures"],
+                    "machine_cpu_busy_pct": busy_pct,
+                    "feeders_cpu_pct": idle["client_ffmpeg_cpu_pct"],
+                    "load_average_1min": snaps["load_average_1min"],
                     "passed": passed,
                 }
             )
             cells = [workers, n, step["kept_real_time"], f"{median}/{p90}"]
             cells += [f"{cold['median_ms']}/{cold['p90_ms']}", step["streams_asked"]]
-            cells += ["yes" if passed else "no"]
-            widths = (8, 6, 6, 16, 17, 7, 6)
+            cells += [busy_pct, idle["client_ffmpeg_cpu_pct"], "yes" if passed else "no"]
+            widths = (8, 6, 6, 16, 17, 7, 7, 8, 6)
             print("".join(f"{c!s:>{w}}" for c, w in zip(cells, widths, strict=True)), flush=True)
             if not passed:
                 break
