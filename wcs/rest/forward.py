@@ -386,6 +386,7 @@ class Forwarder:
     def gather(self, path: str, body: dict[str, Any]) -> Deferred[list[Any]]:
         """POST `path` to every other node; the JSON lists they answer, concatenated. A node that
         does not answer is left out (and logged)."""
+
         def ask_all(nodes: dict[str, NodeRecord]) -> Deferred[list[Any]]:
             asks = []
             for node in sorted(nodes):
