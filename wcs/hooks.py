@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -20,13 +19,12 @@ from twisted.web.client import (
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from wcs.limits import LogThrottle
+from wcs.web.client import stale_connection
 
 log = Logger(namespace="wcs.hooks")
 
@@ -138,12 +136,8 @@ class RestHooks:
             return agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(payload)))
 
         def again(failure: Failure) -> Deferred[IResponse]:
-            # A pooled connection the app had closed (an HTTP/1.0 app such as Python's
-            # http.server closes after each answer, and Twisted keeps the connection): the
-            # request never reached the app, so it is sent once more, on a new connection.
-            failure.trap(ResponseNeverReceived, RequestTransmissionFailed)
-            reasons = getattr(failure.value, "reasons", [])
-            if not reasons or not all(r.check(ConnectionDone, ConnectionLost) for r in reasons):
+            # A pooled connection the app had closed: the request never reached the app.
+            if not stale_connection(failure):
                 failure.raiseException()  # cancelled by the timeout, or another fault
             return send()
 

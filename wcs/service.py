@@ -211,7 +211,7 @@ class WCSService(MultiService):
         s = self.settings
         self.forwarder: Forwarder | None = None
         if s.cluster_redis_url is None:
-            self.remote = Remote(lambda name: True, None)
+            self.remote = Remote.local_only()
             return
         auth = None if s.disable_rest_auth else (s.rest_auth_user, s.rest_auth_password or "")
         self.forwarder = Forwarder(

@@ -230,6 +230,7 @@ def test_an_owner_that_does_not_answer_is_a_503_naming_it() -> None:
     assert response.header("X-Snapshot-Error") == "owner_unavailable"
     assert response.header("Retry-After") == "1"
     assert response.header("Cache-Control") == "no-store"
+    assert "X-Snapshot-Error" in (response.header("Access-Control-Expose-Headers") or "")
     assert api.forwarder.failed == 1
 
 

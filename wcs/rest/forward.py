@@ -10,7 +10,6 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -21,9 +20,7 @@ from twisted.web.client import (
     FileBodyProducer,
     HTTPConnectionPool,
     PotentialDataLoss,
-    RequestTransmissionFailed,
     ResponseDone,
-    ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
@@ -37,6 +34,8 @@ from wcs.directory import (
     split_owner,
 )
 from wcs.rest.errors import RestError
+from wcs.rest.images import error_headers
+from wcs.web.client import stale_connection
 
 log = Logger(namespace="wcs.cluster")
 
@@ -77,14 +76,7 @@ class AnswerTooLarge(Exception):
 
 def _unavailable(message: str) -> RestError:
     return RestError(
-        503,
-        message,
-        code=OWNER_UNAVAILABLE,
-        headers={
-            b"X-Snapshot-Error": OWNER_UNAVAILABLE.encode(),
-            b"Retry-After": b"1",
-            b"Cache-Control": b"no-store",
-        },
+        503, message, code=OWNER_UNAVAILABLE, headers=error_headers(OWNER_UNAVAILABLE, b"1")
     )
 
 
@@ -142,15 +134,6 @@ def read_body(response: IResponse, limit: int = MAX_ANSWER_BYTES) -> Deferred[by
     done: Deferred[bytes] = Deferred()
     response.deliverBody(_Body(done, limit))
     return done
-
-
-def stale_connection(failure: Failure) -> bool:
-    """Whether a request failed on a pooled connection the server had closed meanwhile, before
-    any of it was answered (safe to send once more on a new connection)."""
-    if not failure.check(ResponseNeverReceived, RequestTransmissionFailed):
-        return False
-    reasons = getattr(failure.value, "reasons", [])
-    return bool(reasons) and all(r.check(ConnectionDone, ConnectionLost) for r in reasons)
 
 
 def _why(failure: Failure) -> str:
@@ -436,6 +419,11 @@ class Remote:
         self.here = here
         self.forwarder = forwarder
 
+    @classmethod
+    def local_only(cls) -> Remote:
+        """One process, no cluster: every request is served here."""
+        return cls(lambda name: True, None)
+
     def applies(self, request: server.Request) -> Forwarder | None:
         """The forwarder, when this request may be forwarded at all."""
         if self.forwarder is None or hop_of(request) is not None:
@@ -447,11 +435,7 @@ class Remote:
         forwarder = self.applies(request)
         if forwarder is None or not isinstance(name, str) or not name or self.here(name):
             return local()
-
-        def route(node: str | None) -> Any:
-            return local() if node is None else forwarder.forward(request, node)
-
-        return forwarder.routed(forwarder.owner_of(name)).addCallback(route)
+        return self._route(request, forwarder, forwarder.owner_of(name), local)
 
     def serve_session(
         self, request: server.Request, media_session_id: object, local: Callable[[], Any]
@@ -460,11 +444,19 @@ class Remote:
         forwarder = self.applies(request)
         if forwarder is None or not isinstance(media_session_id, str) or not media_session_id:
             return local()
+        return self._route(request, forwarder, forwarder.owner_of_session(media_session_id), local)
 
+    @staticmethod
+    def _route(
+        request: server.Request,
+        forwarder: Forwarder,
+        owner: Deferred[str | None],
+        local: Callable[[], Any],
+    ) -> Deferred[Any]:
         def route(node: str | None) -> Any:
             return local() if node is None else forwarder.forward(request, node)
 
-        return forwarder.routed(forwarder.owner_of_session(media_session_id)).addCallback(route)
+        return forwarder.routed(owner).addCallback(route)
 
 
 class ClusterSnapshots:

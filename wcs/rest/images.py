@@ -39,6 +39,14 @@ EXPOSED = b"ETag, Last-Modified, X-Frame-Timestamp, X-Frame-Age-Ms, X-Snapshot-E
 IMAGE_FIELDS = ("format", "width", "height", "quality", "maxAge")
 
 
+def local_name(pulls: PullManager | None, name: object) -> object:
+    """The stream a request names: as in WCS, a pulled camera's stream may be named by its
+    rtsp:// URI. Anything but a non-empty string is passed on for its handler to refuse."""
+    if isinstance(name, str) and name and pulls is not None:
+        return pulls.resolve(name)
+    return name
+
+
 def query_of(request: server.Request) -> dict[str, str | None]:
     """The first value of each query parameter, as text (400 naming one that is not UTF-8)."""
     out: dict[str, str | None] = {}
@@ -124,8 +132,9 @@ class ImageApi:
     def _name(self, name: str | None, param: str) -> str:
         if not name:
             raise RestError(400, f"'{param}' is required and must be a non-empty string")
-        # As in WCS, a pulled camera's stream may be named by its rtsp:// URI.
-        return self.pulls.resolve(name) if self.pulls is not None else name
+        resolved = local_name(self.pulls, name)
+        assert isinstance(resolved, str)
+        return resolved
 
     def get_snapshot(self, request: server.Request, body: dict[str, Any]) -> Deferred[ImageAnswer]:
         """GET /rest-api/stream/snapshot?streamName=...&format=&width=&height=&quality=&maxAge="""
@@ -190,6 +199,19 @@ def json_error(failure: Failure) -> NoReturn:
     failure.raiseException()
 
 
+def error_headers(code: str, retry_after: bytes | None = None) -> dict[bytes, bytes]:
+    """The headers of an image endpoint's error: why (X-Snapshot-Error, readable by a page of
+    another origin), never cached, and when to try again."""
+    headers = {
+        b"X-Snapshot-Error": code.encode(),
+        b"Cache-Control": b"no-store",
+        b"Access-Control-Expose-Headers": EXPOSED,
+    }
+    if retry_after is not None:
+        headers[b"Retry-After"] = retry_after
+    return headers
+
+
 def _image_error(failure: Failure) -> NoReturn:
     """The GET endpoints' errors: the status says what to do, X-Snapshot-Error why."""
     if failure.check(StreamNotFound):
@@ -198,14 +220,7 @@ def _image_error(failure: Failure) -> NoReturn:
     if failure.check(SnapshotTimeout):
         err = failure.value
         assert isinstance(err, SnapshotTimeout)
-        headers = {
-            b"X-Snapshot-Error": err.code.encode(),
-            b"Cache-Control": b"no-store",
-            b"Access-Control-Expose-Headers": EXPOSED,
-        }
-        retry = RETRY_AFTER.get(err.code)
-        if retry is not None:
-            headers[b"Retry-After"] = retry
+        headers = error_headers(err.code, RETRY_AFTER.get(err.code))
         message = SnapshotTimeout.message + (f": {err.detail}" if err.detail else "")
         raise RestError(STATUS.get(err.code, 503), message, code=err.code, headers=headers)
     failure.raiseException()

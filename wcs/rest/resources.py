@@ -24,7 +24,7 @@ from wcs.limits import LogThrottle
 from wcs.rest.errors import RestError, error_json
 from wcs.rest.forward import Forwarded, Remote
 from wcs.rest.health import Health, Readiness, Ready
-from wcs.rest.images import ImageAnswer, ImageApi, json_error, query_of
+from wcs.rest.images import ImageAnswer, ImageApi, json_error, local_name, query_of
 from wcs.rest.views import StreamViews, pull_json
 from wcs.rtsp.pull import PullManager, PullUriError
 from wcs.snapshot.service import SnapshotService
@@ -334,12 +334,7 @@ class StreamApi:
         self.views = views if views is not None else StreamViews()
         self.images = ImageApi(snapshots, pulls, now_ms)
         # A stream another node of the cluster owns: its requests go there.
-        self.remote = remote if remote is not None else Remote(lambda name: True, None)
-
-    def _resolved(self, name: object) -> object:
-        if isinstance(name, str) and name and self.pulls is not None:
-            return self.pulls.resolve(name)
-        return name
+        self.remote = remote if remote is not None else Remote.local_only()
 
     def snapshot(self, request: server.Request, body: dict[str, Any]) -> Any:
         """POST: the WCS snapshot (with image fields: see ImageApi.post_snapshot); GET: the
@@ -349,7 +344,7 @@ class StreamApi:
         else:
             name = body.get("streamName")
         return self.remote.serve(
-            request, self._resolved(name), lambda: self._snapshot(request, body)
+            request, local_name(self.pulls, name), lambda: self._snapshot(request, body)
         )
 
     def _snapshot(
@@ -547,12 +542,10 @@ def build_api_tree(
 ) -> Resource:
     """`/api`: go2rtc's frame URL (`/api/frame.jpeg?src=NAME`), under the REST API's auth."""
     images = ImageApi(snapshots, pulls, lambda: int(time.time() * 1000))
-    routes = remote if remote is not None else Remote(lambda name: True, None)
+    routes = remote if remote is not None else Remote.local_only()
 
     def frame_jpeg(request: server.Request, body: dict[str, Any]) -> Any:
-        name = query_of(request).get("src")
-        if isinstance(name, str) and name and pulls is not None:
-            name = pulls.resolve(name)
+        name = local_name(pulls, query_of(request).get("src"))
         return routes.serve(request, name, lambda: images.frame_jpeg(request, body))
 
     api = Branch(settings)
