@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,18 +40,27 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: `make test` installs it (Debian redis-server)"
         self.socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            # The command line the server's own private Redis runs (--workers).
-            redis_argv(binary, self.socket, self.workdir),
+        # The command line the server's own private Redis runs (--workers), at the log level
+        # that says when it is ready: the event waited on.
+        proc = self.proc = subprocess.Popen(
+            [*redis_argv(binary, self.socket, self.workdir), "--loglevel", "notice"],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.ping():
-            assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.02)
+        ready = threading.Event()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # read to the end, so the pipe never fills
+                if b"ready to accept connections" in line.lower():
+                    ready.set()
+            ready.set()  # exited: the check below says so
+
+        threading.Thread(target=read, daemon=True).start()
+        assert ready.wait(START_TIMEOUT), "redis-server did not get ready"
+        assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
+        assert self.ping()
 
     def client(self) -> redis.Redis:
         """A synchronous client (the `redis` package) for the tests' own reads and writes."""
@@ -68,6 +78,28 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+class Expiries:
+    """Redis's own notices of the keys it expires (keyspace notifications): what a test waits on
+    for a claim to run out, instead of polling. Made before the expiry it waits for."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.client = server.client()
+        self.client.config_set("notify-keyspace-events", "Ex")
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe("__keyevent@0__:expired")
+
+    def wait_gone(self, key: str, deadline: float) -> None:
+        """Until `key` no longer exists; fails at `deadline` (time.monotonic())."""
+        while self.client.exists(key):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{key} outlived its TTL"
+            self.pubsub.get_message(timeout=remaining)
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
 
 
 @contextlib.contextmanager

@@ -7,13 +7,13 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Clip, Server, publish, start_server
-from tests.integration.redis_server import RedisServer
+from tests.integration.redis_server import Expiries, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +25,9 @@ def node(tmp_path: Path, name: str, redis: RedisServer, extra: str = "") -> Serv
     workdir.mkdir()
     config = f"cluster_redis_url={redis.url}\ncluster_ttl_ms={TTL_MS}\ncluster_node_id={name}\n"
     srv = start_server(workdir, config + extra)
-    # The node record is written by the first refresh, just after start.
-    wait_for(lambda: redis.client().exists(f"wcs:node:{name}") == 1, f"{name}'s node record")
+    # A node is ready once its first refresh has written its record (no wait needed).
+    assert redis.client().exists(f"wcs:node:{name}") == 1, f"{name}'s node record is missing"
     return srv
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll Redis (state, not a log line) until `condition` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def looping(srv: Server, name: str, clip: Clip) -> subprocess.Popen[bytes]:
@@ -126,9 +118,12 @@ def test_a_name_is_held_cluster_wide_survives_an_outage_and_frees_when_its_node_
     assert ready(a)[0] == 200
 
     # Node a dies without a word: within the TTL the name is free, and b takes it.
+    expiries = Expiries(redis_server)
     a.proc.kill()
+    killed = time.monotonic()
     a.proc.wait()
-    wait_for(lambda: owner(redis_server, "cam") is None, "a's claim to expire", TTL_MS / 1000 + 3)
+    expiries.wait_gone("wcs:stream:cam", killed + TTL_MS / 1000 + 1.0)
+    expiries.close()
     assert redis_server.client().exists("wcs:node:a") == 0
     stop_all.append(looping(b, "cam", clip))
     assert (owner(redis_server, "cam") or "").startswith("b/")

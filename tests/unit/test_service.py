@@ -245,3 +245,37 @@ def test_ready_says_degraded_while_the_directory_is_unreachable(
     monkeypatch.setattr(service.cluster, "degraded", lambda: "cluster directory unreachable: x")
     reason = service.not_ready_reason()
     assert isinstance(reason, Degraded) and reason == "cluster directory unreachable: x"
+
+
+def test_a_cluster_node_is_ready_once_its_record_is_in_the_directory(
+    monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    """The `wcs ready:` line waits for the directory's first refresh (the node record other
+    nodes forward by): before, a node could be ready and not yet reachable through the
+    cluster."""
+    from twisted.internet.defer import Deferred, succeed
+
+    monkeypatch.setattr(service_module, "raise_open_file_limit", lambda: 65536)
+    reactor = MemoryReactorClock()
+    cluster = {"ip": "127.0.0.1", "cluster_redis_url": "redis://127.0.0.1:1/0"}
+    service = WCSService(Settings(**PORTS, wss_port=6, **cluster), reactor)  # type: ignore[arg-type]
+    assert service.cluster is not None
+    joined: Deferred[None] = Deferred()
+    monkeypatch.setattr(service.cluster, "start", lambda: joined)
+    monkeypatch.setattr(service.cluster, "stop", lambda: succeed(None))
+    readies: list[bool] = []
+
+    def ready() -> None:
+        readies.append(True)
+
+    monkeypatch.setattr(service, "_ready", ready)
+    service.startService()
+    try:
+        # Not when the reactor runs (the other hooks set signal handlers: not run here)...
+        assert ready not in reactor.whenRunningHooks
+        assert readies == []
+        joined.callback(None)  # ...but once the first refresh has written the record.
+        assert readies == [True]
+    finally:
+        service.stopService()
+        service.pool.stop()
