@@ -147,7 +147,12 @@ def test_metrics_move_during_a_live_rtmp_publish(
     assert value(ended, "wcs_decoder_frames_decoded_total") >= value(
         after, "wcs_decoder_frames_decoded_total"
     )
-    assert value(ended, "wcs_connections", listener="rtmp") == 0
+    # The encoder's unpublish ends the stream before its TCP close reaches the server: the
+    # connection count drops when it does (seen 1 in a clean run that scraped in between).
+    wait_for(
+        lambda: value(scrape(server), "wcs_connections", listener="rtmp") == 0,
+        "the RTMP connection to close",
+    )
 
 
 def test_metrics_per_stream_carry_the_stream_name(tmp_path: Path, clips: dict[str, Clip]) -> None:
